@@ -1,0 +1,3 @@
+"""callrec: call recording for cloud telephony."""
+
+__version__ = "0.1.0"

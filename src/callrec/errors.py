@@ -1,0 +1,25 @@
+"""The one exception tree of callrec.
+
+Foreign errors are translated at the boundary (``raise ParseError(msg) from exc``) so callers catch
+``CallrecError`` and show its one-line message.
+"""
+
+
+class CallrecError(Exception):
+    """Root of every error callrec raises on purpose."""
+
+
+class ParseError(CallrecError, ValueError):
+    """A wire format or file could not be parsed; the message is one exact sentence."""
+
+
+class UnsupportedCodec(CallrecError):
+    """No decoder (or encoder) exists for the named codec."""
+
+
+class CaptureError(CallrecError):
+    """A capture file is unreadable as a whole (not a capture, or damaged before any packet)."""
+
+
+class OutputError(CallrecError):
+    """An output file could not be written."""
