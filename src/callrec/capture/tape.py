@@ -1,0 +1,78 @@
+"""Tapes: the raw recording of one call — ``media.pcap`` (every packet as received) and ``call.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from callrec.capture.pcap import PcapWriter, pack_addr
+from callrec.errors import ParseError
+from callrec.models import CallInfo
+
+MEDIA_FILE = "media.pcap"
+META_FILE = "call.json"
+
+
+def is_tape(path: str | os.PathLike[str]) -> bool:
+    """A folder holding both tape files."""
+    folder = Path(path)
+    return folder.is_dir() and (folder / MEDIA_FILE).is_file() and (folder / META_FILE).is_file()
+
+
+def read_info(folder: str | os.PathLike[str]) -> CallInfo:
+    """The call description of a tape; ``ParseError`` with one sentence when it is unreadable."""
+    path = Path(folder) / META_FILE
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParseError(f"{path}: call.json is not readable JSON") from exc
+    return CallInfo.from_json(data)
+
+
+def write_info(folder: str | os.PathLike[str], info: CallInfo) -> None:
+    """Replace ``call.json`` atomically, so a crash never leaves half a file."""
+    folder = Path(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".call.", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(info.to_json(), f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / META_FILE)
+
+
+class TapeWriter:
+    """Writes one call's tape: packets go to ``media.pcap`` as received, metadata to ``call.json``."""
+
+    def __init__(self, folder: str | os.PathLike[str], info: CallInfo, *, append: bool = False) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.info = info
+        self._pcap = PcapWriter(self.folder / MEDIA_FILE, append=append)
+        self.packets = 0
+        write_info(self.folder, info)
+
+    def write(self, ts: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> None:
+        """Append one datagram as received at ``ts`` from ``src`` to ``dst`` (address, port)."""
+        self._pcap.write(ts, pack_addr(src[0]), src[1], pack_addr(dst[0]), dst[1], payload)
+        self.packets += 1
+
+    def write_packed(self, ts: float, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> None:
+        """``write`` with packed addresses (no conversion on the hot path)."""
+        self._pcap.write(ts, src, sport, dst, dport, payload)
+        self.packets += 1
+
+    def update(self) -> None:
+        """Flush media and rewrite ``call.json`` with the current ``info``."""
+        self._pcap.flush()
+        write_info(self.folder, self.info)
+
+    def close(self, *, ended_at: float | None = None, cleanly: bool = True) -> None:
+        """Close the tape; ``cleanly=False`` marks it interrupted."""
+        self._pcap.close()
+        if ended_at is not None:
+            self.info.ended_at = ended_at
+        self.info.closed_cleanly = cleanly
+        self.info.interrupted = not cleanly
+        write_info(self.folder, self.info)

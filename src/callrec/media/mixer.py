@@ -1,0 +1,276 @@
+"""The call mixer: places every party's decoded audio on one output timeline and streams it to a sink.
+
+Memory is bounded by a fixed window of output (``BUFFER_S``) plus each stream's small jitter buffer, so a
+call of any length mixes in the same memory. Layout: two parties → caller left, callee right; three or
+more (a conference) → every voice in both channels; mono output → every voice in the one channel. Sums
+go through a limiter, so mixed voices never clip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from callrec.capture.sdp import RtpMap
+from callrec.errors import ParseError, UnsupportedCodec
+from callrec.media.codecs import decoder_for
+from callrec.media.codecs.base import Decoder, PcmArray
+from callrec.media.resample import StreamResampler
+from callrec.media.timeline import SsrcTimeline, StreamStats
+from callrec.models import CallInfo
+
+# how much output is released per step (short steps keep the window small)
+STEP_S = 0.5
+# output is emitted this far behind the release point: resamplers hand audio over a little late
+COMMIT_LAG_S = 0.5
+# the output window held in memory
+BUFFER_S = 4.0
+# the limiter works on blocks of this length
+LIMITER_BLOCK_S = 0.02
+# after a peak the limiter's gain comes back at this rate (per block)
+LIMITER_RELEASE = 0.05
+FULL_SCALE = 32767
+
+
+class Sink(Protocol):
+    """Where mixed audio goes: blocks of interleaved int16 samples shaped (frames, channels)."""
+
+    def write(self, block: npt.NDArray[np.int16]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class MixResult:
+    """What a finished mix reports."""
+
+    duration_s: float
+    sample_rate: int
+    channels: int
+    streams: list[StreamStats] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def streams_json(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.streams]
+
+
+def channel_layout(info: CallInfo, channels: int) -> dict[str, tuple[int, ...]]:
+    """Which output channels each party's voice goes to."""
+    if channels == 1:
+        return {p.id: (0,) for p in info.parties}
+    callers = [p.id for p in info.parties if p.role == "caller"]
+    callees = [p.id for p in info.parties if p.role == "callee"]
+    if len(info.parties) <= 2 and len(callers) <= 1 and len(callees) <= 1:
+        return {**{p: (0,) for p in callers}, **{p: (1,) for p in callees}}
+    return {p.id: tuple(range(channels)) for p in info.parties}
+
+
+class _Source:
+    """One SSRC of one party, with its decoders and resamplers."""
+
+    __slots__ = ("timeline", "channels", "decoders", "resamplers", "cursor")
+
+    def __init__(self, timeline: SsrcTimeline, channels: tuple[int, ...]) -> None:
+        self.timeline = timeline
+        self.channels = channels
+        self.decoders: dict[str, Decoder | None] = {}
+        self.resamplers: dict[int, StreamResampler] = {}
+        self.cursor = -(1 << 62)
+
+
+class CallMixer:
+    """Mixes one call. Feed packets with ``push`` in arrival order, move time with ``advance``, ``finish``."""
+
+    def __init__(self, info: CallInfo, sink: Sink, *, rate: int = 8000, channels: int = 2) -> None:
+        self.info = info
+        self.sink = sink
+        self.rate = rate
+        self.channels = channels
+        self.t0: float | None = None
+        self._layout = channel_layout(info, channels)
+        self._sources: dict[tuple[str, int], _Source] = {}
+        self._cap = int(BUFFER_S * rate)
+        self._buf = np.zeros((self._cap, channels), np.int32)
+        self._base = 0  # output position of _buf[0]; everything before it was emitted
+        self._released = 0.0
+        self._max_end = 0
+        self._gain = 1.0
+        self._step = STEP_S * rate
+        self._lag = COMMIT_LAG_S * rate
+        self._delay = 0.0
+        self.warnings: list[str] = []
+
+    # feeding
+    def push(
+        self, arrival: float, party: str, ssrc: int, seq: int, ts: int, pt: int, payload: bytes,
+        codec: RtpMap | None,
+    ) -> None:
+        """One RTP packet from ``party`` that arrived at ``arrival`` (seconds, capture clock)."""
+        if self.t0 is None:
+            self.t0 = arrival
+        source = self._sources.get((party, ssrc))
+        if source is None:
+            channels = self._layout.get(party, tuple(range(self.channels)))
+            timeline = SsrcTimeline(ssrc, party, self.rate)
+            source = self._sources[(party, ssrc)] = _Source(timeline, channels)
+            self._delay = timeline.jitter_delay
+        source.timeline.push((arrival - self.t0) * self.rate, seq, ts, pt, payload, codec)
+
+    def advance(self, now: float) -> None:
+        """Release and emit everything the capture clock ``now`` has made final."""
+        if self.t0 is None:
+            return
+        self._release_until((now - self.t0) * self.rate - self._delay)
+
+    def finish(self) -> MixResult:
+        """Release everything left, close the sink and report."""
+        self._release_until(float("inf"))
+        for source in self._sources.values():
+            for resampler in source.resamplers.values():
+                for pos, pcm in resampler.flush():
+                    self._write(source, pos, pcm)
+        self._emit(self._max_end)
+        self.sink.close()
+        stats = [s.timeline.stats for s in self._sources.values()]
+        for s in stats:
+            for name in s.unsupported:
+                self.warnings.append(f"stream {s.ssrc:#010x} of party {s.party}: no decoder for {name}")
+        return MixResult(self._max_end / self.rate, self.rate, self.channels, stats, self.warnings)
+
+    # the timeline
+    def _release_until(self, target: float) -> None:
+        sources = list(self._sources.values())
+        while self._released < target:
+            upcoming = min((s.timeline.next_position() for s in sources), default=float("inf"))
+            step = min(target, self._released + self._step)
+            if upcoming >= step:
+                # nothing waits before this step: jump ahead to the next packet
+                self._released = min(target, max(step, upcoming))
+                continue
+            for source in sources:
+                self._render(source, source.timeline.release(step))
+            self._released = step
+            self._emit(min(step - self._lag, self._max_end))
+
+    def _render(self, source: _Source, frames: list[tuple[int, int, bytes, RtpMap | None]]) -> None:
+        i = 0
+        while i < len(frames):
+            # a run of frames with one payload type decodes in one go
+            pt = frames[i][1]
+            j = i + 1
+            while j < len(frames) and frames[j][1] == pt:
+                j += 1
+            self._render_run(source, frames[i:j])
+            i = j
+
+    def _render_run(self, source: _Source, run: list[tuple[int, int, bytes, RtpMap | None]]) -> None:
+        codec = run[0][3]
+        decoder = self._decoder(source, codec, run[0][1])
+        last = run[-1]
+        self._max_end = max(self._max_end, last[0])
+        if decoder is None:
+            return
+        stats = source.timeline.stats
+        if decoder.name in ("PCMA/8000", "PCMU/8000"):
+            # G.711: one byte per sample, so one table lookup serves the whole run
+            pcm = decoder.decode_many([f[2] for f in run])
+            lengths = np.fromiter((len(f[2]) for f in run), np.int64, len(run))
+            starts = np.fromiter((f[0] for f in run), np.int64, len(run))
+            if np.array_equal(starts[1:] - starts[:-1], lengths[:-1]):
+                self._place(source, decoder, int(starts[0]), pcm)
+                return
+            offsets = np.concatenate(([0], np.cumsum(lengths)))
+            for k, frame in enumerate(run):
+                self._place(source, decoder, frame[0], pcm[offsets[k] : offsets[k + 1]])
+            return
+        for pos, _pt, payload, _codec in run:
+            try:
+                pcm = decoder.decode(payload)
+            except ParseError:
+                stats.undecodable += 1
+                continue
+            self._place(source, decoder, pos, pcm)
+
+    def _decoder(self, source: _Source, codec: RtpMap | None, pt: int) -> Decoder | None:
+        name = codec.name if codec is not None else f"PT{pt}"
+        if name in source.decoders:
+            return source.decoders[name]
+        decoder: Decoder | None = None
+        if codec is None:
+            source.timeline.stats.unsupported.append(f"payload type {pt} (no rtpmap)")
+        else:
+            try:
+                decoder = decoder_for(codec.encoding, codec.clock_rate, codec.channels, codec.fmtp)
+            except UnsupportedCodec:
+                source.timeline.stats.unsupported.append(name)
+        source.decoders[name] = decoder
+        return decoder
+
+    def _place(self, source: _Source, decoder: Decoder, pos: int, pcm: PcmArray) -> None:
+        if decoder.sample_rate == self.rate:
+            self._write(source, pos, pcm)
+            return
+        resampler = source.resamplers.get(decoder.sample_rate)
+        if resampler is None:
+            resampler = source.resamplers[decoder.sample_rate] = StreamResampler(decoder.sample_rate, self.rate)
+        for at, chunk in resampler.process(pos, pcm):
+            self._write(source, at, chunk)
+
+    # the output window
+    def _write(self, source: _Source, pos: int, pcm: PcmArray) -> None:
+        end = pos + len(pcm)
+        start = max(pos, source.cursor, self._base)
+        if end <= start:
+            return
+        if start > pos:
+            pcm = pcm[start - pos :]
+        source.cursor = end
+        if end - self._base > self._cap:
+            self._emit(end - self._cap)
+        lo, hi = start - self._base, end - self._base
+        for ch in source.channels:
+            self._buf[lo:hi, ch] += pcm
+        if end > self._max_end:
+            self._max_end = end
+
+    def _emit(self, upto: float) -> None:
+        upto = int(upto)
+        while self._base < upto:
+            k = min(upto - self._base, self._cap)
+            self.sink.write(self._limit(self._buf[:k]))
+            self._buf[: self._cap - k] = self._buf[k:]
+            self._buf[self._cap - k :] = 0
+            self._base += k
+
+    def _limit(self, block: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
+        if self._gain >= 1.0 and int(np.abs(block).max(initial=0)) <= FULL_SCALE:
+            return block.astype(np.int16)
+        # per-block gain: drops at once to what the block's peak needs, comes back slowly
+        size = max(1, int(LIMITER_BLOCK_S * self.rate))
+        out = np.empty(block.shape, np.int16)
+        for lo in range(0, len(block), size):
+            part = block[lo : lo + size].astype(np.float32)
+            peak = float(np.abs(part).max(initial=0))
+            need = FULL_SCALE / peak if peak > FULL_SCALE else 1.0
+            self._gain = min(need, self._gain + LIMITER_RELEASE)
+            out[lo : lo + size] = np.clip(np.rint(part * self._gain), -FULL_SCALE, FULL_SCALE)
+        return out
+
+
+def mix_packets(
+    info: CallInfo, sink: Sink, packets: Iterable[tuple[float, str, int, int, int, int, bytes]],
+    *, rate: int = 8000, channels: int = 2,
+) -> MixResult:
+    """Mix packets (arrival, party, ssrc, seq, ts, pt, payload) of one call, codecs from ``info``."""
+    mixer = CallMixer(info, sink, rate=rate, channels=channels)
+    codecs: dict[str, dict[int, RtpMap]] = {}
+    for stream in info.streams:
+        codecs.setdefault(stream.party, {}).update(stream.rtpmap)
+    for arrival, party, ssrc, seq, ts, pt, payload in packets:
+        mixer.push(arrival, party, ssrc, seq, ts, pt, payload, codecs.get(party, {}).get(pt))
+        mixer.advance(arrival)
+    return mixer.finish()

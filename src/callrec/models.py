@@ -1,0 +1,120 @@
+"""Call metadata shared by capture, tapes and the mixer (the content of a tape's ``call.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from callrec.capture.sdp import RtpMap
+from callrec.errors import ParseError
+
+PARTY_ROLES = ("caller", "callee", "participant")
+SOURCES = ("siprec", "pcap", "upload")
+
+
+@dataclass(slots=True)
+class Party:
+    """One side of a call: ``A`` is the caller, ``B`` the callee, conference participants ``P1``…"""
+
+    id: str
+    role: str
+    number: str = ""
+    name: str = ""
+    uri: str = ""
+
+
+@dataclass(slots=True)
+class Stream:
+    """One media stream as received: packets sent to ``local_addr:local_port`` come from ``party``."""
+
+    party: str
+    local_addr: str
+    local_port: int
+    remote_addr: str = ""
+    remote_port: int = 0
+    label: str = ""
+    rtpmap: dict[int, RtpMap] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CallInfo:
+    """Everything known about one call; serialised as ``call.json``."""
+
+    call_ids: list[str]
+    parties: list[Party] = field(default_factory=list)
+    streams: list[Stream] = field(default_factory=list)
+    domain: str = "default"
+    interaction_id: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    source: str = "pcap"
+    closed_cleanly: bool = False
+    interrupted: bool = False
+
+    @property
+    def call_id(self) -> str:
+        return self.call_ids[0] if self.call_ids else ""
+
+    def party(self, party_id: str) -> Party | None:
+        return next((p for p in self.parties if p.id == party_id), None)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for stream in data["streams"]:
+            stream["rtpmap"] = {str(pt): codec for pt, codec in stream["rtpmap"].items()}
+        data["version"] = 1
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> CallInfo:
+        """Build from parsed ``call.json``; raise ``ParseError`` when a required field is missing."""
+        try:
+            streams = [
+                Stream(
+                    party=str(s["party"]),
+                    local_addr=str(s["local_addr"]),
+                    local_port=int(s["local_port"]),
+                    remote_addr=str(s.get("remote_addr", "")),
+                    remote_port=int(s.get("remote_port", 0)),
+                    label=str(s.get("label", "")),
+                    rtpmap={
+                        int(pt): RtpMap(
+                            str(c["encoding"]),
+                            int(c["clock_rate"]),
+                            int(c.get("channels", 1)),
+                            {str(k): str(v) for k, v in c.get("fmtp", {}).items()},
+                        )
+                        for pt, c in s.get("rtpmap", {}).items()
+                    },
+                )
+                for s in data.get("streams", [])
+            ]
+            parties = [
+                Party(
+                    id=str(p["id"]),
+                    role=str(p["role"]),
+                    number=str(p.get("number", "")),
+                    name=str(p.get("name", "")),
+                    uri=str(p.get("uri", "")),
+                )
+                for p in data.get("parties", [])
+            ]
+            call_ids = [str(c) for c in data["call_ids"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ParseError(f"call.json is not a valid tape description: {exc}") from exc
+        return cls(
+            call_ids=call_ids,
+            parties=parties,
+            streams=streams,
+            domain=str(data.get("domain", "default")),
+            interaction_id=str(data.get("interaction_id", "")),
+            started_at=_opt_float(data.get("started_at")),
+            ended_at=_opt_float(data.get("ended_at")),
+            source=str(data.get("source", "pcap")),
+            closed_cleanly=bool(data.get("closed_cleanly", False)),
+            interrupted=bool(data.get("interrupted", False)),
+        )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

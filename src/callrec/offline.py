@@ -1,0 +1,278 @@
+"""``callrec mix``: a capture (or a tape) in, one recording per call out.
+
+Reads the capture once, in order: SIP builds the dialogs and says where each party receives media, RTP
+sent there goes to that call's mixer, and each mixer streams its recording to disk as it goes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from callrec.capture import tape
+from callrec.capture.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
+from callrec.capture.pcap import CaptureReader
+from callrec.capture.rtp import payload_offset
+from callrec.capture.sip import StreamFramer
+from callrec.errors import OutputError
+from callrec.media.encode import Mp3Writer, WavWriter, open_writer
+from callrec.media.mixer import CallMixer
+from callrec.models import CallInfo
+
+_RTP = struct.Struct("!BBHII")
+# how often (capture clock) every open call's mixer is moved on
+TICK_S = 0.5
+# RTP may trail a BYE a little; a call is finished this long after it ended
+END_GRACE_S = 2.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(slots=True)
+class MixOptions:
+    """Output settings of ``callrec mix``."""
+
+    fmt: str = "mp3"
+    codec: str = "pcm"
+    bitrate_kbps: int = 16
+    rate: int = 8000
+    call_id: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.fmt == "wav" and self.codec == "gsm" else 2
+
+    @property
+    def extension(self) -> str:
+        return "." + self.fmt
+
+
+@dataclass(slots=True)
+class CallOutput:
+    """One call's result, as printed by ``--json``."""
+
+    call_id: str
+    output: Path | None
+    duration_s: float = 0.0
+    sample_rate: int = 0
+    channels: int = 0
+    bytes: int = 0
+    streams: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "output": str(self.output) if self.output else None,
+            "duration_s": round(self.duration_s, 3),
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "bytes": self.bytes,
+            "streams": self.streams,
+            "warnings": self.warnings,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class MixReport:
+    calls: list[CallOutput] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def safe_name(call_id: str) -> str:
+    """A Call-ID as a file name: every character outside ``[A-Za-z0-9._-]`` becomes ``_``."""
+    return _UNSAFE.sub("_", call_id) or "_"
+
+
+@dataclass(slots=True)
+class _Job:
+    info: CallInfo
+    mixer: CallMixer
+    writer: Mp3Writer | WavWriter
+    codecs: dict[str, dict[int, Any]]
+    last_packet: float = 0.0
+
+
+class _Run:
+    """One pass over one capture."""
+
+    def __init__(self, staging: Path, opts: MixOptions) -> None:
+        self.staging = staging
+        self.opts = opts
+        self.tracker = DialogTracker()
+        self.jobs: dict[int, _Job] = {}
+        self.report = MixReport()
+        self.names: set[str] = set()
+        self.counts = {"rtp": 0, "rtcp": 0, "sip": 0, "not_rtp": 0, "unmatched": 0}
+
+    def run(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> None:
+        tracker, jobs, counts = self.tracker, self.jobs, self.counts
+        bindings = tracker.bindings
+        framers: dict[tuple[bytes, int, bytes, int], StreamFramer] = {}
+        next_tick = 0.0
+        now = 0.0
+        for d in reader:
+            now = d.ts
+            if d.proto == 17:
+                binding = bindings.get((d.dst, d.dport))
+                payload = d.payload
+                if binding is not None and len(payload) >= 12 and payload[0] >> 6 == 2:
+                    if 192 <= payload[1] <= 223:
+                        counts["rtcp"] += 1  # RTCP multiplexed on the RTP port (RFC 5761)
+                    else:
+                        self._rtp(binding, now, payload)
+                elif looks_like_sip(payload):
+                    counts["sip"] += 1
+                    self._sip(now, payload)
+                elif (d.dst, d.dport - 1) in bindings:
+                    counts["rtcp"] += 1
+                elif binding is not None:
+                    counts["not_rtp"] += 1
+                else:
+                    counts["unmatched"] += 1
+            elif d.proto == 6:
+                key = (d.src, d.sport, d.dst, d.dport)
+                framer = framers.get(key)
+                if framer is None:
+                    if not looks_like_sip(d.payload):
+                        continue
+                    framer = framers[key] = StreamFramer()
+                for message in framer.feed(d.payload):
+                    counts["sip"] += 1
+                    self._sip(now, message)
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                self._tick(now)
+                if progress is not None:
+                    progress(reader.bytes_read, reader.total_bytes)
+        self._tick(now)
+        for dialog in list(tracker.dialogs.values()):
+            self._finish(dialog)
+        if progress is not None:
+            progress(reader.total_bytes, reader.total_bytes)
+
+    def _rtp(self, binding: Binding, now: float, payload: bytes) -> None:
+        job = self.jobs.get(id(binding.dialog))
+        if job is None:
+            job = self._start(binding.dialog)
+            if job is None:
+                return
+        b0, b1, seq, ts, ssrc = _RTP.unpack_from(payload)
+        if b0 & 0x3F:
+            start, end = payload_offset(payload)
+            if end <= start:
+                self.counts["not_rtp"] += 1
+                return
+            payload = payload[start:end]
+        else:
+            payload = payload[12:]
+        pt = b1 & 0x7F
+        party = binding.stream.party
+        job.mixer.push(now, party, ssrc, seq, ts, pt, payload, binding.stream.rtpmap.get(pt))
+        job.last_packet = now
+        self.counts["rtp"] += 1
+
+    def _sip(self, now: float, data: bytes) -> None:
+        self.tracker.feed(now, data)
+
+    def _start(self, dialog: Dialog) -> _Job | None:
+        info = dialog.info
+        if self.opts.call_id is not None and self.opts.call_id not in info.call_ids:
+            return None
+        name = safe_name(info.call_id)
+        while name in self.names:
+            name += "_"
+        self.names.add(name)
+        path = self.staging / (name + self.opts.extension)
+        writer = open_writer(
+            path, fmt=self.opts.fmt, rate=self.opts.rate, channels=self.opts.channels,
+            bitrate_kbps=self.opts.bitrate_kbps, codec=self.opts.codec,
+        )
+        mixer = CallMixer(info, writer, rate=self.opts.rate, channels=self.opts.channels)
+        job = self.jobs[id(dialog)] = _Job(info, mixer, writer, {})
+        return job
+
+    def _tick(self, now: float) -> None:
+        for dialog in list(self.tracker.dialogs.values()):
+            job = self.jobs.get(id(dialog))
+            if job is not None:
+                job.mixer.advance(now)
+            if dialog.ended_at is not None and now - dialog.ended_at > END_GRACE_S:
+                self._finish(dialog)
+
+    def _finish(self, dialog: Dialog) -> None:
+        self.tracker.forget(dialog)
+        job = self.jobs.pop(id(dialog), None)
+        info = dialog.info
+        if job is None:
+            if self.opts.call_id is None or self.opts.call_id in info.call_ids:
+                self.report.calls.append(CallOutput(info.call_id, None, error="the call has no media"))
+            return
+        result = job.mixer.finish()
+        self.report.calls.append(
+            CallOutput(
+                call_id=info.call_id,
+                output=job.writer.path,
+                duration_s=result.duration_s,
+                sample_rate=result.sample_rate,
+                channels=result.channels,
+                bytes=job.writer.bytes,
+                streams=result.streams_json(),
+                warnings=result.warnings,
+            )
+        )
+
+
+def mix(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    opts: MixOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> MixReport:
+    """Mix every call of a capture or tape ``source`` into ``output`` (a folder, or one file)."""
+    source, output = Path(source), Path(output)
+    single_file = output.suffix.lower() in (".mp3", ".wav") and not output.is_dir()
+    target_dir = output.parent if single_file else output
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".callrec-", dir=target_dir))
+    except OSError as exc:
+        raise OutputError(f"cannot create {target_dir}: {exc.strerror}") from exc
+    try:
+        run = _Run(staging, opts)
+        if tape.is_tape(source):
+            info = tape.read_info(source)
+            run.tracker.add_call(info)
+            pcap_path = source / tape.MEDIA_FILE
+        else:
+            pcap_path = source
+        with CaptureReader(pcap_path) as reader:
+            run.run(reader, progress)
+            run.report.warnings.extend(reader.warnings)
+            run.report.stats = {**reader.stats, **run.counts, "sip_malformed": run.tracker.malformed}
+        _place_outputs(run.report, output, single_file)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return run.report
+
+
+def _place_outputs(report: MixReport, output: Path, single_file: bool) -> None:
+    written = [c for c in report.calls if c.output is not None]
+    if not (single_file and len(written) == 1):
+        output.mkdir(parents=True, exist_ok=True)
+    for call in written:
+        assert call.output is not None
+        dest = output if single_file and len(written) == 1 else output / call.output.name
+        os.replace(call.output, dest)
+        call.output = dest
+
+
