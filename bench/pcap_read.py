@@ -20,10 +20,11 @@ from callrec.capture.pcap import CaptureReader
 def make_call(path: str, packets: int = 360_000) -> None:
     eth = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
     payload = bytes(172)
+    hosts = (b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02")
     with open(path, "wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
         for i in range(packets):
-            a, b = (b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02") if i % 2 else (b"\x0a\x00\x00\x02", b"\x0a\x00\x00\x01")
+            a, b = hosts if i % 2 else hosts[::-1]
             ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), i & 0xFFFF, 0x4000, 64, 17, 0, a, b)
             udp = struct.pack("!HHHH", 40000 + i % 2, 40002 - i % 2, 8 + len(payload), 0)
             frame = eth + ip + udp + payload
