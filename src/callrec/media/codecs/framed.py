@@ -94,4 +94,10 @@ class IlbcDecoder(AvDecoder):
 
     def decode(self, payload: bytes) -> PcmArray:
         """Decode every frame of the payload with the context of its mode."""
-        return self._decode_with(self._context(self._mode_of(payload)), payload)
+        mode = self._mode_of(payload)
+        ctx, size = self._context(mode), ILBC_FRAME_BYTES[mode]
+        if len(payload) == size:
+            return self._decode_with(ctx, payload)
+        # libavcodec's iLBC decoder takes the first frame of a packet and drops the rest
+        parts = [self._decode_with(ctx, payload[i : i + size]) for i in range(0, len(payload), size)]
+        return np.concatenate(parts)
