@@ -33,6 +33,7 @@ from callrec.errors import ParseError, UnsupportedCodec
 from callrec.media.codecs import STATIC_PAYLOAD_TYPES, Decoder, decoder_for, is_audio
 from callrec.media.codecs.amr import storage_frames
 from callrec.media.codecs.g711 import ALAW_TABLE, ULAW_TABLE
+from callrec.media.codecs.pyav import frames_to_mono
 
 Pcm = npt.NDArray[np.int16]
 TONE_HZ = 440.0
@@ -380,6 +381,19 @@ def test_conceal_is_silence_of_the_asked_length() -> None:
     for encoding, rate in [("PCMA", 8000), ("G722", 8000), ("opus", 48000), ("AMR", 8000)]:
         hole = decoder_for(encoding, rate).conceal(321)
         assert hole.dtype == np.int16 and len(hole) == 321 and not hole.any()
+
+
+def test_frames_to_mono_scales_and_downmixes_every_sample_format() -> None:
+    left, right = np.array([0.5, -1.0, 0.25]), np.array([0.5, 0.0, -0.25])
+    fltp = av.AudioFrame.from_ndarray(
+        np.stack([left, right]).astype(np.float32), format="fltp", layout="stereo"
+    )
+    flt = av.AudioFrame.from_ndarray(left[None].astype(np.float32), format="flt", layout="mono")
+    s16 = av.AudioFrame.from_ndarray(np.array([[100, 300, -5, -7]], np.int16), format="s16", layout="stereo")
+    s32 = av.AudioFrame.from_ndarray(np.array([[1 << 30, -(1 << 31)]], np.int32), format="s32", layout="mono")
+    out = frames_to_mono([fltp, flt, s16, s32])
+    assert out.tolist() == [16384, -16384, 0, 16384, -32768, 8192, 200, -6, 16384, -32768]
+    assert frames_to_mono([]).dtype == np.int16
 
 
 # --- G.711 ----------------------------------------------------------------------------------------------

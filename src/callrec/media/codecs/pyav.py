@@ -29,20 +29,14 @@ __all__ = [
     "open_context",
 ]
 
-_EMPTY: PcmArray = np.zeros(0, np.int16)
 
-
-def open_context(
-    codec: str, sample_rate: int, *, bit_rate: int = 0, options: dict[str, str] | None = None
-) -> AudioCodecContext:
+def open_context(codec: str, sample_rate: int, *, bit_rate: int = 0) -> AudioCodecContext:
     """A mono decoding context for ``codec``; ``bit_rate`` is how some decoders (iLBC) learn their mode."""
     ctx = cast(AudioCodecContext, av.CodecContext.create(codec, "r"))
     ctx.sample_rate = sample_rate
     ctx.layout = "mono"
     if bit_rate:
         ctx.bit_rate = bit_rate
-    if options:
-        ctx.options = options
     return ctx
 
 
@@ -54,7 +48,7 @@ def frames_to_mono(frames: Iterable[AudioFrame]) -> PcmArray:
     """
     parts = [_frame_to_mono(frame) for frame in frames]
     if not parts:
-        return _EMPTY
+        return np.zeros(0, np.int16)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -97,7 +91,7 @@ class AvDecoder:
     def decode_many(self, payloads: list[bytes]) -> PcmArray:
         """Decode consecutive payloads in order (the same as concatenating ``decode`` results)."""
         parts = [self.decode(payload) for payload in payloads]
-        return np.concatenate(parts) if parts else _EMPTY
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
     def conceal(self, samples: int) -> PcmArray:
         """Silence for lost packets."""
