@@ -64,7 +64,7 @@ def ffmpeg_decode(data: bytes, codec: str) -> np.ndarray:
     """Decode raw codec bytes to 8 kHz int16 with the ffmpeg CLI."""
     assert FFMPEG
     fmt = CODECS[codec][1]
-    extra = ["-ar", "16000"] if codec == "G722" else ["-ar", "8000"]
+    extra = [] if codec == "G722" else ["-ar", "8000"]
     out = subprocess.run(
         [FFMPEG, "-v", "error", "-f", fmt, *extra, "-ac", "1", "-i", "-", "-f", "s16le", "-ar", "8000", "-ac", "1", "-"],
         input=data, capture_output=True, check=True,
@@ -184,9 +184,14 @@ def build_stream(plan: StreamPlan, duration: float, rng: random.Random) -> tuple
         ts += ts_step
     # impairments on the wire
     wire: list[Packet] = []
+    # the first and last packets of each SSRC are never lost: no receiver can know they were sent
+    edges = {id(p) for i, p in enumerate(packets) if i < 3 or i >= len(packets) - 3}
+    for i in range(1, len(packets)):
+        if packets[i].ssrc != packets[i - 1].ssrc:
+            edges.update(id(p) for p in packets[max(0, i - 3) : i + 3])
     for p in packets:
         is_audio = p.pt not in (13, 101)
-        if is_audio and rng.random() < plan.loss:
+        if is_audio and id(p) not in edges and rng.random() < plan.loss:
             truth.lost += 1
             at = int(round(p.send * RATE))
             n = RATE * plan.ptime_ms // 1000
@@ -275,8 +280,10 @@ class Scenario:
 @dataclass
 class Built:
     t0: float  # capture time of the first media packet
+    duration: float  # from the first media packet to the end of the last audio frame
     truth: dict[str, StreamTruth]
     datagrams: list[tuple[float, str, int, str, int, bytes]]
+    media: list[tuple[float, str, int, str, int, bytes]]
 
 
 def build(scn: Scenario, base_time: float = 1_700_000_000.0) -> Built:
@@ -314,7 +321,8 @@ def build(scn: Scenario, base_time: float = 1_700_000_000.0) -> Built:
     shift = int(round((t0 - t) * RATE))
     for truth in (ta, tb):
         truth.audio = truth.audio[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift, np.int16), truth.audio])
-    return Built(t0, {"A": ta, "B": tb}, out)
+    ends = [t + tr.last_end for tr in (ta, tb) if tr.last_end]
+    return Built(t0, max(ends) - t0 if ends else 0.0, {"A": ta, "B": tb}, out, media)
 
 
 def _rtp(p: Packet) -> bytes:
