@@ -561,3 +561,34 @@ def test_addresses_round_trip() -> None:
 def test_pack_addr_rejects_a_hostname() -> None:
     with pytest.raises(ParseError, match="^'sip.example.com' is not an IPv4 or IPv6 address$"):
         pack_addr("sip.example.com")
+
+
+def test_kuznetzov_pcap_with_longer_record_headers(tmp_path: Path) -> None:
+    frame = ether(ip4(udp()))
+    header = struct.pack("<IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
+    record = struct.pack("<IIII8x", int(TS), 250000, len(frame), len(frame))
+    (tmp_path / "c.pcap").write_bytes(header + record + frame)
+    assert_hello_v4(read_one(tmp_path / "c.pcap"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    src=st.binary(min_size=4, max_size=4), dst=st.binary(min_size=4, max_size=4),
+    src6=st.binary(min_size=16, max_size=16), payload=st.binary(max_size=300),
+)
+def test_writer_checksums_match_dpkt(src: bytes, dst: bytes, src6: bytes, payload: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "media.pcap"
+        with PcapWriter(path) as writer:
+            for _ in range(3):  # the IP identification changes per packet
+                writer.write(TS, src, 1, dst, 2, payload)
+            writer.write(TS, src6, 1, B6, 2, payload)
+        with open(path, "rb") as f:
+            raws = [raw for _, raw in dpkt.pcap.Reader(f)]
+    for raw in raws[:3]:
+        v4 = dpkt.ip.IP(raw)
+        stored, v4.sum = v4.sum, 0
+        assert dpkt.ip.IP(bytes(v4)).sum == stored
+    v6 = dpkt.ip6.IP6(raws[3])
+    stored, v6.data.sum = v6.data.sum, 0
+    assert dpkt.ip6.IP6(bytes(v6)).data.sum == stored

@@ -12,6 +12,8 @@ FRAGMENT_TIMEOUT_S = 30.0
 MAX_FRAGMENT_SET_BYTES = 2 * 65535
 MAX_TCP_FLOWS = 4096
 MAX_TCP_PENDING_SEGMENTS = 64
+# out-of-order bytes waiting across all flows; past this a gap is taken as lost in the capture
+MAX_TCP_PENDING_BYTES = 32 << 20
 
 SEQ_MASK = 0xFFFFFFFF
 TCP_SYN = 0x02
@@ -121,22 +123,27 @@ class TcpStreams:
     def __init__(self, stats: dict[str, int]) -> None:
         self.stats = stats
         self._flows: dict[FlowKey, _Flow] = {}
+        self._pending_bytes = 0
 
     def segment(self, key: FlowKey, seq: int, flags: int, payload: bytes) -> list[bytes]:
         """Feed one segment; return the payload pieces that are now deliverable, in order."""
         flows = self._flows
         flow = flows.pop(key, None)  # re-inserted below: the dict order is least recently used first
         if flags & TCP_RST:
+            if flow is not None:
+                self._pending_bytes -= sum(map(len, flow.pending.values()))
             return []
         if flow is None:
             if len(flows) >= MAX_TCP_FLOWS:
-                del flows[next(iter(flows))]
+                evicted = flows.pop(next(iter(flows)))
+                self._pending_bytes -= sum(map(len, evicted.pending.values()))
                 _count(self.stats, "tcp_flows_dropped")
             flow = _Flow()
         flows[key] = flow
         if flags & TCP_SYN:
             seq = (seq + 1) & SEQ_MASK  # the SYN itself takes one sequence number
             flow.next_seq = seq
+            self._pending_bytes -= sum(map(len, flow.pending.values()))
             flow.pending.clear()
         if not payload:
             return []
@@ -157,7 +164,8 @@ class TcpStreams:
             kept = flow.pending.get(seq)
             if kept is None or len(kept) < len(payload):
                 flow.pending[seq] = payload
-            if len(flow.pending) <= MAX_TCP_PENDING_SEGMENTS:
+                self._pending_bytes += len(payload) - (len(kept) if kept else 0)
+            if len(flow.pending) <= MAX_TCP_PENDING_SEGMENTS and self._pending_bytes <= MAX_TCP_PENDING_BYTES:
                 return out
             ref = flow.next_seq
             flow.next_seq = min(flow.pending, key=lambda s: _seq_delta(s, ref))
@@ -176,6 +184,7 @@ class TcpStreams:
             if delta > 0:
                 return
             chunk = pending.pop(seq)
+            self._pending_bytes -= len(chunk)
             if -delta >= len(chunk):
                 _count(self.stats, "tcp_retransmitted")
                 continue

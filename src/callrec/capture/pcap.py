@@ -32,14 +32,23 @@ __all__ = ["CaptureReader", "Datagram", "PcapWriter", "format_addr", "pack_addr"
 
 CHUNK_BYTES = 1 << 20
 
+# magic -> byte order, timestamp fraction units per second, record header length
 PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e9),
+    b"\xd4\xc3\xb2\xa1": ("<", 1e6, 16),
+    b"\xa1\xb2\xc3\xd4": (">", 1e6, 16),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e9, 16),
+    b"\xa1\xb2\x3c\x4d": (">", 1e9, 16),
+    # Alexey Kuznetzov's patched libpcap (old Red Hat tcpdump) adds 8 bytes to each record header
+    b"\x34\xcd\xb2\xa1": ("<", 1e6, 24),
+    b"\xa1\xb2\xcd\x34": (">", 1e6, 24),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
+COUNTERS = (
+    "packets", "datagrams", "non_ip", "malformed", "unsupported_link", "other_proto",
+    "fragments", "reassembled", "fragments_dropped",
+    "tcp_segments", "tcp_retransmitted", "tcp_gaps", "tcp_flows_dropped",
+)
 WARN_TRUNCATED = "capture is truncated: the last packet is cut off"
 
 class CaptureReader:
@@ -116,7 +125,7 @@ class CaptureReader:
     def __iter__(self) -> Iterator[Datagram]:
         self.truncated = False
         self.warnings = []
-        self.stats = {"packets": 0, "datagrams": 0, "non_ip": 0, "malformed": 0}
+        self.stats = dict.fromkeys(COUNTERS, 0)
         self._file.seek(0)
         self.bytes_read = 0
         decoder = NetDecoder(self.stats, self.warn)
@@ -125,7 +134,7 @@ class CaptureReader:
         return self._iter_pcap(decoder)
 
     def _iter_pcap(self, decoder: NetDecoder) -> Iterator[Datagram]:
-        endian, ts_div = self._pcap_format or ("<", 1e6)
+        endian, ts_div, header_len = self._pcap_format or ("<", 1e6, 16)
         self._file.seek(24)
         self.bytes_read = 24
         record = struct.Struct(endian + "IIII").unpack_from
@@ -137,7 +146,7 @@ class CaptureReader:
         buf = b""
         off = n = 0
         while True:
-            start = off + 16
+            start = off + header_len
             if start > n:
                 more = self.read_chunk(buf, off)
                 if more is None:
