@@ -592,3 +592,20 @@ def test_writer_checksums_match_dpkt(src: bytes, dst: bytes, src6: bytes, payloa
     v6 = dpkt.ip6.IP6(raws[3])
     stored, v6.data.sum = v6.data.sum, 0
     assert dpkt.ip6.IP6(bytes(v6)).data.sum == stored
+
+
+def test_pcapng_sections_may_change_byte_order(tmp_path: Path) -> None:
+    little = write_pcapng(tmp_path / "le.pcapng", [(TS, ether(ip4(udp(b"first"))))])
+    with big_endian_writers():
+        big = write_pcapng(tmp_path / "be.pcapng", [(TS + 1, bytes(ip4(udp(b"second"))))], linktype=101)
+    (tmp_path / "c.pcapng").write_bytes(little.read_bytes() + big.read_bytes())
+    datagrams, _ = read(tmp_path / "c.pcapng")
+    assert [(d.ts, d.payload) for d in datagrams] == [(TS, b"first"), (TS + 1, b"second")]
+
+
+def test_pcapng_malformed_packets_are_summed_up_in_one_warning(tmp_path: Path) -> None:
+    bad = bytearray(bytes(ip4(udp())))
+    bad[0] = 0x44
+    datagrams, reader = read(write_pcapng(tmp_path / "c.pcapng", [(TS, bytes(bad))] * 2, linktype=101))
+    assert datagrams == []
+    assert reader.warnings == ["2 malformed packets were dropped"]

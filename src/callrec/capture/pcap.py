@@ -184,9 +184,10 @@ class CaptureReader:
             if datagrams:
                 stats["datagrams"] += len(datagrams)
                 yield from datagrams
-        self._summarize()
+        self.finish()
 
-    def _summarize(self) -> None:
+    def finish(self) -> None:
+        """End of the file: sum up what was dropped in one warning."""
         if self.stats.get("malformed"):
             self.warn(f"{self.stats['malformed']} malformed packets were dropped")
 

@@ -51,6 +51,8 @@ class ChunkSource(Protocol):
 
     def mark_damaged(self, offset: int) -> None: ...
 
+    def finish(self) -> None: ...
+
 
 def parse_idb(buf: bytes, block: int, length: int, endian: str) -> Interface:
     """Link type and timestamp scale of one interface description block at ``buf[block:]``."""
@@ -168,6 +170,7 @@ def iter_pcapng(source: ChunkSource, decoder: NetDecoder, endian: str) -> Iterat
         if datagrams:
             stats["datagrams"] += len(datagrams)
             yield from datagrams
+    source.finish()
 
 
 def _length(buf: bytes, at: int, endian: str) -> int:
