@@ -51,6 +51,7 @@ COUNTERS = (
 )
 WARN_TRUNCATED = "capture is truncated: the last packet is cut off"
 
+
 class CaptureReader:
     """Iterates the UDP datagrams and in-order TCP payloads of a pcap or pcapng file.
 
@@ -116,7 +117,10 @@ class CaptureReader:
 
     def read_chunk(self, buf: bytes, off: int) -> bytes | None:
         """``buf[off:]`` followed by the next chunk of the file, or None at the end of the file."""
-        chunk = self._file.read(CHUNK_BYTES)
+        try:
+            chunk = self._file.read(CHUNK_BYTES)
+        except OSError as exc:  # a disk error is not damage we can read past
+            raise CaptureError(f"{self.name}: {exc.strerror or exc}") from exc
         if not chunk:
             return None
         self.bytes_read += len(chunk)
