@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -81,6 +82,11 @@ def mix_command(
         return
     except KeyboardInterrupt:
         _fail("interrupted")
+        return
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get("CALLREC_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set CALLREC_DEBUG=1 for a traceback)")
         return
     for warning in report.warnings:
         print(f"callrec: warning: {warning}", file=sys.stderr)
