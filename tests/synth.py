@@ -105,6 +105,7 @@ class StreamPlan:
     silence_gap: bool = False
     dynamic_pt: int | None = None  # send the first codec under this dynamic PT (declared in SDP)
     silent: bool = False  # one-way audio: this party sends nothing
+    gain: float = 1.0  # loudness relative to the 12000 peak of voice()
 
 
 @dataclass
@@ -128,6 +129,8 @@ def build_stream(plan: StreamPlan, duration: float, rng: random.Random) -> tuple
         return [], truth
     stop = plan.stop if plan.stop is not None else duration
     sig = voice(stop - plan.start + 1, plan.seed)
+    if plan.gain != 1.0:
+        sig = np.clip(sig.astype(np.float64) * plan.gain, -32767, 32767).astype(np.int16)
     truth_audio = np.zeros(int((duration + 1) * RATE), np.int32)
     packets: list[Packet] = []
     frame_s = plan.ptime_ms / 1000

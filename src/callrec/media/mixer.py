@@ -34,6 +34,8 @@ LIMITER_BLOCK_S = 0.02
 # after a peak the limiter's gain comes back at this rate (per block)
 LIMITER_RELEASE = 0.05
 FULL_SCALE = 32767
+# the limiter brings peaks down to this, a little under full scale, so nothing sits at the rail
+LIMITER_CEILING = 32000
 
 
 class Sink(Protocol):
@@ -255,7 +257,7 @@ class CallMixer:
         for lo in range(0, len(block), size):
             part = block[lo : lo + size].astype(np.float32)
             peak = float(np.abs(part).max(initial=0))
-            need = FULL_SCALE / peak if peak > FULL_SCALE else 1.0
+            need = LIMITER_CEILING / peak if peak > LIMITER_CEILING else 1.0
             self._gain = min(need, self._gain + LIMITER_RELEASE)
             out[lo : lo + size] = np.clip(np.rint(part * self._gain), -FULL_SCALE, FULL_SCALE)
         return out
