@@ -163,7 +163,12 @@ def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], by
             name, colon, value = line.partition(":")
             if colon:
                 headers[_canonical(name.strip())] = value.strip()
-        parts.append((headers, content.removesuffix(b"\r\n").removesuffix(b"\n")))
+        # the line break before a delimiter belongs to the delimiter (RFC 2046 section 5.1.1)
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        elif content.endswith(b"\n"):
+            content = content[:-1]
+        parts.append((headers, content))
     return parts
 
 
