@@ -47,7 +47,8 @@ def decode(path: Path, rate: int = 8000, channels: int = 2) -> np.ndarray:
     ffmpeg = need(FFMPEG, "ffmpeg")
     out = subprocess.run(
         [ffmpeg, "-v", "error", "-i", str(path), "-f", "s16le", "-ac", str(channels), "-ar", str(rate), "-"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
     return np.frombuffer(out, np.int16).reshape(-1, channels)
 
@@ -56,7 +57,9 @@ def probe(path: Path) -> dict[str, Any]:
     ffprobe = need(FFPROBE, "ffprobe")
     out = subprocess.run(
         [ffprobe, "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
-        capture_output=True, check=True, text=True,
+        capture_output=True,
+        check=True,
+        text=True,
     ).stdout
     data: dict[str, Any] = json.loads(out)
     return data

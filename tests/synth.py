@@ -54,8 +54,26 @@ def ffmpeg_encode(pcm: np.ndarray, codec: str, rate: int = RATE) -> bytes:
     fmt = CODECS[codec][1]
     extra = ["-ar", "16000"] if codec == "G722" else []
     out = subprocess.run(
-        [FFMPEG, "-v", "error", "-f", "s16le", "-ar", str(rate), "-ac", "1", "-i", "-", *extra, "-f", fmt, "-"],
-        input=pcm.tobytes(), capture_output=True, check=True,
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-f",
+            "s16le",
+            "-ar",
+            str(rate),
+            "-ac",
+            "1",
+            "-i",
+            "-",
+            *extra,
+            "-f",
+            fmt,
+            "-",
+        ],
+        input=pcm.tobytes(),
+        capture_output=True,
+        check=True,
     )
     return out.stdout
 
@@ -66,8 +84,28 @@ def ffmpeg_decode(data: bytes, codec: str) -> np.ndarray:
     fmt = CODECS[codec][1]
     extra = [] if codec == "G722" else ["-ar", "8000"]
     out = subprocess.run(
-        [FFMPEG, "-v", "error", "-f", fmt, *extra, "-ac", "1", "-i", "-", "-f", "s16le", "-ar", "8000", "-ac", "1", "-"],
-        input=data, capture_output=True, check=True,
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-f",
+            fmt,
+            *extra,
+            "-ac",
+            "1",
+            "-i",
+            "-",
+            "-f",
+            "s16le",
+            "-ar",
+            "8000",
+            "-ac",
+            "1",
+            "-",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
     )
     return np.frombuffer(out.stdout, np.int16)
 
@@ -102,6 +140,7 @@ class StreamPlan:
     ts_start: int = 5000
     ssrc_change: bool = False
     dtmf: bool = False
+    dtmf_at: float = 0.7  # where the 200 ms RFC 4733 event starts, as a fraction of the stream
     silence_gap: bool = False
     dynamic_pt: int | None = None  # send the first codec under this dynamic PT (declared in SDP)
     silent: bool = False  # one-way audio: this party sends nothing
@@ -141,8 +180,11 @@ def build_stream(plan: StreamPlan, duration: float, rng: random.Random) -> tuple
     truth.ssrcs.append(ssrc)
     encoded: dict[str, bytes] = {}
     decoded: dict[str, np.ndarray] = {}
-    gap = range(int(n_frames * 0.3), int(n_frames * 0.3) + int(1.0 / frame_s)) if plan.silence_gap else range(0)
-    dtmf = range(int(n_frames * 0.7), int(n_frames * 0.7) + int(0.2 / frame_s)) if plan.dtmf else range(0)
+    gap = (
+        range(int(n_frames * 0.3), int(n_frames * 0.3) + int(1.0 / frame_s)) if plan.silence_gap else range(0)
+    )
+    dtmf_start = int(n_frames * plan.dtmf_at)
+    dtmf = range(dtmf_start, min(n_frames, dtmf_start + int(0.2 / frame_s))) if plan.dtmf else range(0)
     marker_next = True
     for k in range(n_frames):
         codec = plan.codec if (plan.second_codec is None or k < middle) else plan.second_codec
@@ -224,8 +266,9 @@ def build_stream(plan: StreamPlan, duration: float, rng: random.Random) -> tuple
             seen_max[p.ssrc] = p.seq
     truth.audio = np.clip(truth_audio, -32768, 32767).astype(np.int16)
     truth.first_send = packets[0].send if packets else 0.0
-    audio_packets = [p for p in packets if p.pt not in (13, 101)]
-    truth.last_end = audio_packets[-1].send + frame_s if audio_packets else 0.0
+    # the recording lasts until the end of the last media frame, speech or telephone-event
+    media_packets = [p for p in packets if p.pt != 13]
+    truth.last_end = media_packets[-1].send + frame_s if media_packets else 0.0
     return wire, truth
 
 
@@ -244,8 +287,14 @@ def sdp(ip: str, port: int, codecs: list[str], dynamic: dict[int, str] | None = 
     maps += ["a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16"]
     pts.append(13)
     lines = [
-        "v=0", f"o=- 1 1 IN IP4 {ip}", "s=-", f"c=IN IP4 {ip}", "t=0 0",
-        f"m=audio {port} RTP/AVP {' '.join(map(str, pts))}", *maps, "a=sendrecv",
+        "v=0",
+        f"o=- 1 1 IN IP4 {ip}",
+        "s=-",
+        f"c=IN IP4 {ip}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {' '.join(map(str, pts))}",
+        *maps,
+        "a=sendrecv",
     ]
     return ("\r\n".join(lines) + "\r\n").encode()
 
@@ -302,10 +351,32 @@ def build(scn: Scenario, base_time: float = 1_700_000_000.0) -> Built:
     answer = sdp(B_IP, scn.b_port, codecs_offer, {**(dyn_a or {}), **(dyn_b or {})})
     out: list[tuple[float, str, int, str, int, bytes]] = []
     t = base_time
-    out.append((t - 0.5, A_IP, 5060, B_IP, 5060, sip(f"INVITE sip:200@{B_IP} SIP/2.0", scn.call_id, "1 INVITE", offer)))
-    out.append((t - 0.4, B_IP, 5060, A_IP, 5060, sip("SIP/2.0 180 Ringing", scn.call_id, "1 INVITE", to_tag="xyz")))
-    out.append((t - 0.1, B_IP, 5060, A_IP, 5060, sip("SIP/2.0 200 OK", scn.call_id, "1 INVITE", answer, "xyz")))
-    out.append((t - 0.05, A_IP, 5060, B_IP, 5060, sip(f"ACK sip:200@{B_IP} SIP/2.0", scn.call_id, "1 ACK", to_tag="xyz")))
+    out.append(
+        (
+            t - 0.5,
+            A_IP,
+            5060,
+            B_IP,
+            5060,
+            sip(f"INVITE sip:200@{B_IP} SIP/2.0", scn.call_id, "1 INVITE", offer),
+        )
+    )
+    out.append(
+        (t - 0.4, B_IP, 5060, A_IP, 5060, sip("SIP/2.0 180 Ringing", scn.call_id, "1 INVITE", to_tag="xyz"))
+    )
+    out.append(
+        (t - 0.1, B_IP, 5060, A_IP, 5060, sip("SIP/2.0 200 OK", scn.call_id, "1 INVITE", answer, "xyz"))
+    )
+    out.append(
+        (
+            t - 0.05,
+            A_IP,
+            5060,
+            B_IP,
+            5060,
+            sip(f"ACK sip:200@{B_IP} SIP/2.0", scn.call_id, "1 ACK", to_tag="xyz"),
+        )
+    )
     pa, ta = build_stream(scn.a, scn.duration, rng)
     pb, tb = build_stream(scn.b, scn.duration, rng)
     media: list[tuple[float, str, int, str, int, bytes]] = []
@@ -317,13 +388,19 @@ def build(scn: Scenario, base_time: float = 1_700_000_000.0) -> Built:
     t0 = media[0][0] if media else t
     out += media
     end = t + scn.duration + 0.2
-    out.append((end, A_IP, 5060, B_IP, 5060, sip(f"BYE sip:200@{B_IP} SIP/2.0", scn.call_id, "2 BYE", to_tag="xyz")))
-    out.append((end + 0.01, B_IP, 5060, A_IP, 5060, sip("SIP/2.0 200 OK", scn.call_id, "2 BYE", to_tag="xyz")))
+    out.append(
+        (end, A_IP, 5060, B_IP, 5060, sip(f"BYE sip:200@{B_IP} SIP/2.0", scn.call_id, "2 BYE", to_tag="xyz"))
+    )
+    out.append(
+        (end + 0.01, B_IP, 5060, A_IP, 5060, sip("SIP/2.0 200 OK", scn.call_id, "2 BYE", to_tag="xyz"))
+    )
     out.sort(key=lambda m: m[0])
     # shift truths onto the output clock: t = 0 is the first media packet
     shift = int(round((t0 - t) * RATE))
     for truth in (ta, tb):
-        truth.audio = truth.audio[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift, np.int16), truth.audio])
+        truth.audio = (
+            truth.audio[shift:] if shift >= 0 else np.concatenate([np.zeros(-shift, np.int16), truth.audio])
+        )
     ends = [t + tr.last_end for tr in (ta, tb) if tr.last_end]
     return Built(t0, max(ends) - t0 if ends else 0.0, {"A": ta, "B": tb}, out, media)
 
@@ -337,9 +414,13 @@ def udp_frame(src: str, sport: int, dst: str, dport: int, payload: bytes, ident:
     """An Ethernet/IPv4/UDP frame built with dpkt."""
     udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
     udp.ulen = len(udp)
-    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_UDP, data=udp, id=ident)
+    ip = dpkt.ip.IP(
+        src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_UDP, data=udp, id=ident
+    )
     ip.len = len(ip)
-    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
+    return bytes(
+        dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=dpkt.ethernet.ETH_TYPE_IP, data=ip)
+    )
 
 
 def write_pcap(path: Path, datagrams: list[tuple[float, str, int, str, int, bytes]]) -> Path:

@@ -35,7 +35,12 @@ def minute_call(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synth.B
 
 @pytest.mark.parametrize(("args", "codec", "rate", "channels"), CASES, ids=[" ".join(c[0]) for c in CASES])
 def test_format_reads_back(
-    tmp_path: Path, minute_call: tuple[Path, synth.Built], args: list[str], codec: str, rate: int, channels: int
+    tmp_path: Path,
+    minute_call: tuple[Path, synth.Built],
+    args: list[str],
+    codec: str,
+    rate: int,
+    channels: int,
 ) -> None:
     pcap, built = minute_call
     ext = "mp3" if "mp3" in args else "wav"
@@ -61,7 +66,9 @@ def test_format_reads_back(
 
 
 @pytest.mark.parametrize(("bitrate", "per_minute"), [(16, 120_000), (8, 60_000)])
-def test_mp3_size_per_minute(tmp_path: Path, minute_call: tuple[Path, synth.Built], bitrate: int, per_minute: int) -> None:
+def test_mp3_size_per_minute(
+    tmp_path: Path, minute_call: tuple[Path, synth.Built], bitrate: int, per_minute: int
+) -> None:
     pcap, built = minute_call
     out = tmp_path / "call.mp3"
     mix_json(str(pcap), "-o", str(out), "--bitrate", str(bitrate))

@@ -20,8 +20,12 @@ MAX_OFFSET = int(0.020 * RATE)  # both channels within 20 ms of the truth
 
 
 def scenario(**kw: object) -> synth.Scenario:
-    a = dataclasses.replace(synth.StreamPlan("A", seed=11), **{k[2:]: v for k, v in kw.items() if k.startswith("a_")})
-    b = dataclasses.replace(synth.StreamPlan("B", seed=22), **{k[2:]: v for k, v in kw.items() if k.startswith("b_")})
+    a = dataclasses.replace(
+        synth.StreamPlan("A", seed=11), **{k[2:]: v for k, v in kw.items() if k.startswith("a_")}
+    )
+    b = dataclasses.replace(
+        synth.StreamPlan("B", seed=22), **{k[2:]: v for k, v in kw.items() if k.startswith("b_")}
+    )
     both = {k: v for k, v in kw.items() if not k.startswith(("a_", "b_"))}
     extra = {k: both.pop(k) for k in list(both) if k in ("duration", "seed", "call_id")}
     a = dataclasses.replace(a, **both)
@@ -34,10 +38,15 @@ SCENARIOS = {
     "jitter_reorder_200ms": {"jitter_s": 0.2},
     "loss_5pct": {"loss": 0.05},
     "duplicates": {"duplicates": 0.08},
-    "seq_and_ts_wrap": {"a_seq_start": 65400, "a_ts_start": (1 << 32) - 8000, "b_seq_start": 65530,
-                        "b_ts_start": (1 << 32) - 160},
+    "seq_and_ts_wrap": {
+        "a_seq_start": 65400,
+        "a_ts_start": (1 << 32) - 8000,
+        "b_seq_start": 65530,
+        "b_ts_start": (1 << 32) - 160,
+    },
     "ssrc_change": {"ssrc_change": True},
     "dtmf_and_comfort_noise_gap": {"dtmf": True, "silence_gap": True},
+    "trailing_dtmf": {"a_dtmf": True, "a_dtmf_at": 0.99, "b_stop": 10.0},
     "codec_change_pcma_to_pcmu": {"a_second_codec": "PCMU", "b_codec": "PCMU", "b_second_codec": "PCMA"},
     "g722_8000_clock": {"codec": "G722"},
     "codec_change_to_g722": {"a_second_codec": "G722"},
@@ -47,9 +56,20 @@ SCENARIOS = {
     "one_way_audio": {"b_silent": True},
     "late_start_early_stop": {"b_start": 3.0, "b_stop": 8.0},
     "all_together": {
-        "jitter_s": 0.2, "loss": 0.04, "duplicates": 0.05, "ssrc_change": True, "dtmf": True,
-        "silence_gap": True, "a_seq_start": 65500, "a_ts_start": (1 << 32) - 4000, "a_ptime_ms": 30,
-        "b_ptime_ms": 20, "b_start": 1.5, "b_stop": 13.0, "a_second_codec": "PCMU", "b_dynamic_pt": 98,
+        "jitter_s": 0.2,
+        "loss": 0.04,
+        "duplicates": 0.05,
+        "ssrc_change": True,
+        "dtmf": True,
+        "silence_gap": True,
+        "a_seq_start": 65500,
+        "a_ts_start": (1 << 32) - 4000,
+        "a_ptime_ms": 30,
+        "b_ptime_ms": 20,
+        "b_start": 1.5,
+        "b_stop": 13.0,
+        "a_second_codec": "PCMU",
+        "b_dynamic_pt": 98,
         "duration": 16.0,
     },
 }
@@ -76,8 +96,12 @@ def check_channels(built: synth.Built, audio: np.ndarray) -> None:
             continue
         for lo, hi in wins:
             lag, peak = xcorr(audio[lo:hi, ch], truth[lo:hi], 2 * RATE // 10)
-            assert abs(lag) <= MAX_OFFSET, f"party {party} at {lo / RATE:.1f} s is {lag / RATE * 1000:.0f} ms off"
-            assert peak > 0.5, f"party {party} at {lo / RATE:.1f} s: channel does not hold its audio ({peak:.2f})"
+            assert abs(lag) <= MAX_OFFSET, (
+                f"party {party} at {lo / RATE:.1f} s is {lag / RATE * 1000:.0f} ms off"
+            )
+            assert peak > 0.5, (
+                f"party {party} at {lo / RATE:.1f} s: channel does not hold its audio ({peak:.2f})"
+            )
             # no crosstalk: the other party's voice is not in this channel
             other_truth = built.truth[other].audio
             if len(other_truth) >= hi:

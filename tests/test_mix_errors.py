@@ -49,7 +49,9 @@ def test_capture_without_calls(tmp_path: Path) -> None:
     # only media, no SIP: nothing can be attributed to a call
     built = synth.build(synth.Scenario(duration=2.0))
     pcap = synth.write_pcap(tmp_path / "media-only.pcap", built.media)
-    assert_one_line_error(callrec("mix", str(pcap), "-o", str(tmp_path), check=False), "no call with media found")
+    assert_one_line_error(
+        callrec("mix", str(pcap), "-o", str(tmp_path), check=False), "no call with media found"
+    )
 
 
 def test_bad_options(tmp_path: Path) -> None:

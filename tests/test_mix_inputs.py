@@ -19,8 +19,10 @@ RATE = 8000
 def two_calls(tmp_path: Path) -> tuple[Path, synth.Built, synth.Built]:
     need(synth.FFMPEG, "ffmpeg")
     one = synth.build(synth.Scenario(call_id="first/call@host", duration=4.0))
-    two = synth.build(synth.Scenario(call_id="second call@host", duration=4.0, a_port=20100, b_port=30100,
-                                     seed=9), base_time=1_700_000_001.0)
+    two = synth.build(
+        synth.Scenario(call_id="second call@host", duration=4.0, a_port=20100, b_port=30100, seed=9),
+        base_time=1_700_000_001.0,
+    )
     pcap = synth.write_pcap(tmp_path / "two.pcap", sorted(one.datagrams + two.datagrams, key=lambda d: d[0]))
     return pcap, one, two
 
@@ -70,11 +72,18 @@ def test_pcapng_with_linux_cooked_v2_and_ipv6(tmp_path: Path) -> None:
 
     def sll2_ipv6(src: str, sp: int, dst: str, dp: int, payload: bytes) -> bytes:
         payload = payload.replace(b"IN IP4 10.0.0.1", b"IN IP6 2001:db8::1").replace(
-            b"IN IP4 10.0.0.2", b"IN IP6 2001:db8::2")
+            b"IN IP4 10.0.0.2", b"IN IP6 2001:db8::2"
+        )
         udp = dpkt.udp.UDP(sport=sp, dport=dp, data=payload)
         udp.ulen = len(udp)
-        ip6 = dpkt.ip6.IP6(src=socket.inet_pton(socket.AF_INET6, v6[src]), dst=socket.inet_pton(socket.AF_INET6, v6[dst]),
-                           nxt=17, hlim=64, data=udp, plen=len(udp))
+        ip6 = dpkt.ip6.IP6(
+            src=socket.inet_pton(socket.AF_INET6, v6[src]),
+            dst=socket.inet_pton(socket.AF_INET6, v6[dst]),
+            nxt=17,
+            hlim=64,
+            data=udp,
+            plen=len(udp),
+        )
         head = b"\x86\xdd\x00\x00" + (2).to_bytes(4, "big") + b"\x00\x01\x00\x06" + bytes(8)
         return head + bytes(ip6)
 
@@ -108,7 +117,9 @@ def test_sip_over_tcp_and_fragmented_invite(tmp_path: Path) -> None:
             raw = bytes(udp)
             chunks = [raw[i : i + 1200] for i in range(0, len(raw), 1200)]
             for k, chunk in reversed(list(enumerate(chunks))):  # out of order
-                ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=17, id=4242, data=chunk)
+                ip = dpkt.ip.IP(
+                    src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=17, id=4242, data=chunk
+                )
                 ip.mf = int(k < len(chunks) - 1)
                 ip.offset = k * 1200 // 8  # dpkt keeps the wire unit: 8-byte blocks
                 ip.len = len(ip)
@@ -119,10 +130,14 @@ def test_sip_over_tcp_and_fragmented_invite(tmp_path: Path) -> None:
         key = (src, dst)
         seq = seqs.get(key, 1000)
         for part in (payload[:40], payload[40:]):
-            tcp = dpkt.tcp.TCP(sport=sp, dport=dp, seq=seq, flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, data=part)
+            tcp = dpkt.tcp.TCP(
+                sport=sp, dport=dp, seq=seq, flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, data=part
+            )
             ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=6, data=tcp)
             ip.len = len(ip)
-            frames.append((ts, bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip))))
+            frames.append(
+                (ts, bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip)))
+            )
             seq += len(part)
         seqs[key] = seq
     path = tmp_path / "mixed.pcap"
@@ -158,8 +173,10 @@ def test_unknown_payload_type_is_silence_and_the_rest_is_mixed(tmp_path: Path) -
 def test_unsupported_codec_is_reported(tmp_path: Path) -> None:
     need(synth.FFMPEG, "ffmpeg")
     built = synth.build(synth.Scenario(duration=3.0, b=synth.StreamPlan("B", seed=2, dynamic_pt=96)))
-    datagrams = [(ts, s, sp, d, dp, p.replace(b"a=rtpmap:96 PCMA/8000", b"a=rtpmap:96 X-SECRET/8000"))
-                 for ts, s, sp, d, dp, p in built.datagrams]
+    datagrams = [
+        (ts, s, sp, d, dp, p.replace(b"a=rtpmap:96 PCMA/8000", b"a=rtpmap:96 X-SECRET/8000"))
+        for ts, s, sp, d, dp, p in built.datagrams
+    ]
     pcap = synth.write_pcap(tmp_path / "secret.pcap", datagrams)
     out = tmp_path / "secret.wav"
     [report] = mix_json(str(pcap), "-o", str(out))
@@ -174,8 +191,13 @@ def test_unsupported_codec_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize("codec", ["PCMU", "G722"])
 def test_codecs_end_to_end(tmp_path: Path, codec: str) -> None:
     need(synth.FFMPEG, "ffmpeg")
-    built = synth.build(synth.Scenario(duration=4.0, a=synth.StreamPlan("A", seed=1, codec=codec),
-                                       b=synth.StreamPlan("B", seed=2, codec=codec)))
+    built = synth.build(
+        synth.Scenario(
+            duration=4.0,
+            a=synth.StreamPlan("A", seed=1, codec=codec),
+            b=synth.StreamPlan("B", seed=2, codec=codec),
+        )
+    )
     pcap = synth.write_pcap(tmp_path / "c.pcap", built.datagrams)
     out = tmp_path / "c.wav"
     [report] = mix_json(str(pcap), "-o", str(out))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,16 +16,18 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from callrec.errors import CallrecError
 from callrec.media.encode import MP3_BITRATES_KBPS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="callrec: call recording for cloud telephony")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="callrec: call recording for cloud telephony"
+)
 err = Console(stderr=True)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     mp3 = "mp3"
     wav = "wav"
 
 
-class WavCodec(str, Enum):
+class WavCodec(StrEnum):
     pcm = "pcm"
     alaw = "alaw"
     ulaw = "ulaw"
@@ -42,14 +44,18 @@ def _fail(message: str) -> None:
 def mix_command(
     input: Annotated[Path, typer.Argument(help="A pcap/pcapng capture with SIP and RTP, or a tape folder")],
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="Output folder, or a .mp3/.wav file for one call")
+        Path | None, typer.Option("-o", "--output", help="Output folder, or a .mp3/.wav file for one call")
     ] = None,
-    fmt: Annotated[Optional[Format], typer.Option("--format", help="mp3 (default) or wav")] = None,
-    codec: Annotated[Optional[WavCodec], typer.Option("--codec", help="WAV codec: pcm, alaw, ulaw, gsm")] = None,
+    fmt: Annotated[Format | None, typer.Option("--format", help="mp3 (default) or wav")] = None,
+    codec: Annotated[WavCodec | None, typer.Option("--codec", help="WAV codec: pcm, alaw, ulaw, gsm")] = None,
     bitrate: Annotated[int, typer.Option("--bitrate", help="MP3 bitrate, kbit/s: 8, 16, 24 or 32")] = 16,
     rate: Annotated[int, typer.Option("--rate", help="Sample rate: 8000 or 16000")] = 8000,
-    call_id: Annotated[Optional[str], typer.Option("--call-id", help="Mix only the call with this Call-ID")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per call (JSON Lines)")] = False,
+    call_id: Annotated[
+        str | None, typer.Option("--call-id", help="Mix only the call with this Call-ID")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per call (JSON Lines)")
+    ] = False,
 ) -> None:
     """Mix every call in a capture (or a tape) into a stereo recording: caller left, callee right."""
     from callrec.offline import MixOptions, mix
@@ -64,17 +70,25 @@ def mix_command(
         _fail("--rate must be 8000 or 16000")
     if not input.exists():
         _fail(f"{input}: no such file or folder")
-    opts = MixOptions(fmt=chosen, codec=codec.value if codec else "pcm", bitrate_kbps=bitrate, rate=rate,
-                      call_id=call_id)
+    opts = MixOptions(
+        fmt=chosen, codec=codec.value if codec else "pcm", bitrate_kbps=bitrate, rate=rate, call_id=call_id
+    )
     show_progress = err.is_terminal and not as_json
     try:
         if show_progress:
             with Progress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
             ) as bar:
                 task = bar.add_task(f"mixing {input.name}", total=None)
-                report = mix(input, out, opts, lambda done, total: bar.update(task, completed=done, total=total))
+                report = mix(
+                    input, out, opts, lambda done, total: bar.update(task, completed=done, total=total)
+                )
         else:
             report = mix(input, out, opts)
     except CallrecError as exc:

@@ -20,8 +20,10 @@ from callrec.capture import tape
 from callrec.capture.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
 from callrec.capture.pcap import CaptureReader
 from callrec.capture.rtp import payload_offset
+from callrec.capture.sdp import RtpMap
 from callrec.capture.sip import StreamFramer
 from callrec.errors import OutputError
+from callrec.media.codecs import STATIC_PAYLOAD_TYPES
 from callrec.media.encode import Mp3Writer, WavWriter, open_writer
 from callrec.media.mixer import CallMixer
 from callrec.models import CallInfo
@@ -112,10 +114,11 @@ class _Run:
         self.jobs: dict[int, _Job] = {}
         self.report = MixReport()
         self.names: set[str] = set()
+        self._fallbacks: dict[tuple[int, int], RtpMap | None] = {}
         self.counts = {"rtp": 0, "rtcp": 0, "sip": 0, "not_rtp": 0, "unmatched": 0}
 
     def run(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> None:
-        tracker, jobs, counts = self.tracker, self.jobs, self.counts
+        tracker, counts = self.tracker, self.counts
         bindings = tracker.bindings
         framers: dict[tuple[bytes, int, bytes, int], StreamFramer] = {}
         next_tick = 0.0
@@ -176,10 +179,26 @@ class _Run:
         else:
             payload = payload[12:]
         pt = b1 & 0x7F
-        party = binding.stream.party
-        job.mixer.push(now, party, ssrc, seq, ts, pt, payload, binding.stream.rtpmap.get(pt))
+        stream = binding.stream
+        codec = stream.rtpmap.get(pt)
+        if codec is None:
+            codec = self._codec_fallback(binding, pt)
+        job.mixer.push(now, stream.party, ssrc, seq, ts, pt, payload, codec)
         job.last_packet = now
         self.counts["rtp"] += 1
+
+    def _codec_fallback(self, binding: Binding, pt: int) -> RtpMap | None:
+        """A payload type the receiver's SDP does not list: senders use what they offered themselves
+        (their own SDP), or a static RFC 3551 type nobody negotiated; media is decoded as received."""
+        key = (id(binding.stream), pt)
+        if key in self._fallbacks:
+            return self._fallbacks[key]
+        codec = next((s.rtpmap[pt] for s in binding.dialog.info.streams if pt in s.rtpmap), None)
+        if codec is None and pt in STATIC_PAYLOAD_TYPES:
+            encoding, clock, channels = STATIC_PAYLOAD_TYPES[pt]
+            codec = RtpMap(encoding, clock, channels)
+        self._fallbacks[key] = codec
+        return codec
 
     def _sip(self, now: float, data: bytes) -> None:
         self.tracker.feed(now, data)
@@ -194,8 +213,12 @@ class _Run:
         self.names.add(name)
         path = self.staging / (name + self.opts.extension)
         writer = open_writer(
-            path, fmt=self.opts.fmt, rate=self.opts.rate, channels=self.opts.channels,
-            bitrate_kbps=self.opts.bitrate_kbps, codec=self.opts.codec,
+            path,
+            fmt=self.opts.fmt,
+            rate=self.opts.rate,
+            channels=self.opts.channels,
+            bitrate_kbps=self.opts.bitrate_kbps,
+            codec=self.opts.codec,
         )
         mixer = CallMixer(info, writer, rate=self.opts.rate, channels=self.opts.channels)
         job = self.jobs[id(dialog)] = _Job(info, mixer, writer, {})
@@ -274,5 +297,3 @@ def _place_outputs(report: MixReport, output: Path, single_file: bool) -> None:
         dest = output if single_file and len(written) == 1 else output / call.output.name
         os.replace(call.output, dest)
         call.output = dest
-
-

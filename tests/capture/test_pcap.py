@@ -305,8 +305,12 @@ def test_pcapng_if_tsresol_timestamps_are_exact(tmp_path: Path) -> None:
             (1, 3 * 2**20 + 2**19, bytes(ip4(udp()))),
         ]:
             epb = dpkt.pcapng.EnhancedPacketBlockLE(
-                iface_id=iface, ts_high=units >> 32, ts_low=units & 0xFFFFFFFF,
-                caplen=len(frame), pkt_len=len(frame), pkt_data=frame,
+                iface_id=iface,
+                ts_high=units >> 32,
+                ts_low=units & 0xFFFFFFFF,
+                caplen=len(frame),
+                pkt_len=len(frame),
+                pkt_data=frame,
             )
             writer.writepkt(epb)
     datagrams, _ = read(tmp_path / "c.pcapng")
@@ -327,8 +331,9 @@ def test_pcapng_big_endian(tmp_path: Path) -> None:
 
 def test_pcapng_simple_and_obsolete_packet_blocks(tmp_path: Path) -> None:
     frame = ether(ip4(udp()))
-    pb = dpkt.pcapng.PacketBlockLE(ts_high=0, ts_low=int(TS * 1e6) & 0xFFFFFFFF, caplen=len(frame),
-                                   pkt_len=len(frame), pkt_data=frame)
+    pb = dpkt.pcapng.PacketBlockLE(
+        ts_high=0, ts_low=int(TS * 1e6) & 0xFFFFFFFF, caplen=len(frame), pkt_len=len(frame), pkt_data=frame
+    )
     pb.ts_high = int(TS * 1e6) >> 32
     padded = frame + bytes(-len(frame) % 4)
     spb = struct.pack("<III", 3, 16 + len(padded), len(frame)) + padded + struct.pack("<I", 16 + len(padded))
@@ -497,10 +502,31 @@ def test_tshark_reads_writer_output(tmp_path: Path) -> None:
         writer.write(TS, A4, 5004, B4, 5006, b"rtp4")
         writer.write(TS + 0.5, A6, 5004, B6, 5006, b"rtp6!")
     result = subprocess.run(
-        [tshark, "-r", str(path), "-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE",
-         "-T", "fields", "-E", "separator=,", "-e", "frame.time_epoch", "-e", "ip.checksum.status",
-         "-e", "udp.checksum.status", "-e", "udp.payload"],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            tshark,
+            "-r",
+            str(path),
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "ip.checksum.status",
+            "-e",
+            "udp.checksum.status",
+            "-e",
+            "udp.payload",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     lines = result.stdout.split()
     # checksum status 1 is "good"; 3 is "not present" (the optional IPv4 UDP checksum)
@@ -573,8 +599,10 @@ def test_kuznetzov_pcap_with_longer_record_headers(tmp_path: Path) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    src=st.binary(min_size=4, max_size=4), dst=st.binary(min_size=4, max_size=4),
-    src6=st.binary(min_size=16, max_size=16), payload=st.binary(max_size=300),
+    src=st.binary(min_size=4, max_size=4),
+    dst=st.binary(min_size=4, max_size=4),
+    src6=st.binary(min_size=16, max_size=16),
+    payload=st.binary(max_size=300),
 )
 def test_writer_checksums_match_dpkt(src: bytes, dst: bytes, src6: bytes, payload: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,21 +23,40 @@ SRC = "192.0.2.20"
 PCMA = {8: RtpMap("PCMA", 8000), 101: RtpMap("telephone-event", 8000)}
 
 
-def record(folder: Path, parties: list[Party], plans: list[synth.StreamPlan], duration: float,
-           cleanly: bool = True) -> tuple[CallInfo, dict[str, synth.StreamTruth], float]:
+def record(
+    folder: Path, parties: list[Party], plans: list[synth.StreamPlan], duration: float, cleanly: bool = True
+) -> tuple[CallInfo, dict[str, synth.StreamTruth], float]:
     """Write a tape the way the recorder does: each party's stream arrives on its own recorder port."""
     rng = random.Random(5)
-    streams = [Stream(party=p.id, local_addr=RECORDER, local_port=40000 + 2 * i, remote_addr=SRC,
-                      remote_port=50000 + 2 * i, label=str(i), rtpmap=dict(PCMA)) for i, p in enumerate(parties)]
-    info = CallInfo(call_ids=["tape-call@src"], parties=parties, streams=streams, source="siprec",
-                    interaction_id="ix-1", started_at=1_700_000_000.0)
+    streams = [
+        Stream(
+            party=p.id,
+            local_addr=RECORDER,
+            local_port=40000 + 2 * i,
+            remote_addr=SRC,
+            remote_port=50000 + 2 * i,
+            label=str(i),
+            rtpmap=dict(PCMA),
+        )
+        for i, p in enumerate(parties)
+    ]
+    info = CallInfo(
+        call_ids=["tape-call@src"],
+        parties=parties,
+        streams=streams,
+        source="siprec",
+        interaction_id="ix-1",
+        started_at=1_700_000_000.0,
+    )
     packets = []
     truths = {}
-    for stream, plan in zip(streams, plans):
+    for stream, plan in zip(streams, plans, strict=True):
         wire, truth = synth.build_stream(plan, duration, rng)
         truths[stream.party] = truth
         for p in wire:
-            rtp = struct.pack("!BBHII", 0x80, (0x80 if p.marker else 0) | p.pt, p.seq, p.ts, p.ssrc) + p.payload
+            rtp = (
+                struct.pack("!BBHII", 0x80, (0x80 if p.marker else 0) | p.pt, p.seq, p.ts, p.ssrc) + p.payload
+            )
             packets.append((1_700_000_000.0 + p.arrival, stream, rtp))
     packets.sort(key=lambda x: x[0])
     tape = TapeWriter(folder, info)
@@ -54,8 +73,12 @@ def test_tape_round_trip_and_two_party_layout(tmp_path: Path) -> None:
     need(synth.FFMPEG, "ffmpeg")
     folder = tmp_path / "tape"
     parties = [Party("A", "caller", "100", "Alice"), Party("B", "callee", "200", "Bob")]
-    info, truths, _ = record(folder, parties, [synth.StreamPlan("A", seed=1, jitter_s=0.1),
-                                               synth.StreamPlan("B", seed=2, start=0.5)], 5.0)
+    info, truths, _ = record(
+        folder,
+        parties,
+        [synth.StreamPlan("A", seed=1, jitter_s=0.1), synth.StreamPlan("B", seed=2, start=0.5)],
+        5.0,
+    )
     assert is_tape(folder)
     assert read_info(folder) == CallInfo.from_json(json.loads((folder / "call.json").read_text()))
     again = read_info(folder)
@@ -77,11 +100,33 @@ def test_tape_opens_in_wireshark(tmp_path: Path) -> None:
     tshark = need(shutil.which("tshark"), "tshark")
     need(synth.FFMPEG, "ffmpeg")
     folder = tmp_path / "tape"
-    record(folder, [Party("A", "caller"), Party("B", "callee")],
-           [synth.StreamPlan("A", seed=1), synth.StreamPlan("B", seed=2)], 1.0)
-    out = subprocess.run([tshark, "-r", str(folder / "media.pcap"), "-d", "udp.port==40000,rtp",
-                          "-T", "fields", "-e", "ip.dst", "-e", "udp.dstport", "-e", "rtp.p_type"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout.split("\n")
+    record(
+        folder,
+        [Party("A", "caller"), Party("B", "callee")],
+        [synth.StreamPlan("A", seed=1), synth.StreamPlan("B", seed=2)],
+        1.0,
+    )
+    out = subprocess.run(
+        [
+            tshark,
+            "-r",
+            str(folder / "media.pcap"),
+            "-d",
+            "udp.port==40000,rtp",
+            "-T",
+            "fields",
+            "-e",
+            "ip.dst",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "rtp.p_type",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split("\n")
     rows = [r.split("\t") for r in out if r]
     assert len(rows) == 100
     assert {r[0] for r in rows} == {RECORDER}
@@ -124,8 +169,13 @@ def test_conference_is_one_file_with_every_voice_and_no_clipping(tmp_path: Path)
 def test_interrupted_tape_still_mixes(tmp_path: Path) -> None:
     need(synth.FFMPEG, "ffmpeg")
     folder = tmp_path / "tape"
-    record(folder, [Party("A", "caller"), Party("B", "callee")],
-           [synth.StreamPlan("A", seed=1), synth.StreamPlan("B", seed=2)], 2.0, cleanly=False)
+    record(
+        folder,
+        [Party("A", "caller"), Party("B", "callee")],
+        [synth.StreamPlan("A", seed=1), synth.StreamPlan("B", seed=2)],
+        2.0,
+        cleanly=False,
+    )
     info = read_info(folder)
     assert info.interrupted and not info.closed_cleanly
     [report] = mix_json(str(folder), "-o", str(tmp_path / "x.mp3"))

@@ -66,10 +66,7 @@ class DialogTracker:
         info = dialog.info
         # who sent this: a request from the caller carries the caller's From tag, and so does its response
         from_caller = dialog.caller_tag is None or msg.from_tag == dialog.caller_tag
-        if msg.is_request:
-            sender_is_caller = from_caller
-        else:
-            sender_is_caller = not from_caller
+        sender_is_caller = from_caller if msg.is_request else not from_caller
         if msg.method in ("INVITE", "UPDATE", "ACK", "PRACK") or (
             msg.status is not None and cseq_method in ("INVITE", "UPDATE", "PRACK") and msg.status < 300
         ):
@@ -126,7 +123,11 @@ class DialogTracker:
                 continue  # 0.0.0.0: hold in RFC 2543 style, nothing will be received there
             endpoint = (addr, media.port)
             stream = next(
-                (s for s in dialog.info.streams if (s.local_addr, s.local_port) == (media.address, media.port)),
+                (
+                    s
+                    for s in dialog.info.streams
+                    if (s.local_addr, s.local_port) == (media.address, media.port)
+                ),
                 None,
             )
             if stream is None:

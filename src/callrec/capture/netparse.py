@@ -33,11 +33,15 @@ LINKTYPE_LINUX_SLL2 = 276
 RAW_IP_LINKTYPES = frozenset({LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6})
 # the 4-byte address family of BSD loopback is in the capturing host's byte order, so sniff the IP version
 NULL_LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_LOOP})
-SUPPORTED_LINKTYPES = RAW_IP_LINKTYPES | NULL_LINKTYPES | {
-    LINKTYPE_ETHERNET,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-}
+SUPPORTED_LINKTYPES = (
+    RAW_IP_LINKTYPES
+    | NULL_LINKTYPES
+    | {
+        LINKTYPE_ETHERNET,
+        LINKTYPE_LINUX_SLL,
+        LINKTYPE_LINUX_SLL2,
+    }
+)
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
@@ -160,8 +164,11 @@ class NetDecoder:
             return self._count("malformed")
         if frag & 0x3FFF:  # more-fragments flag or a non-zero offset
             whole = self._fragments.add(
-                (src, dst, ident, proto), (frag & 0x1FFF) * 8, bool(frag & 0x2000),
-                buf[p + header_len : p + total], ts,
+                (src, dst, ident, proto),
+                (frag & 0x1FFF) * 8,
+                bool(frag & 0x2000),
+                buf[p + header_len : p + total],
+                ts,
             )
             if whole is None:
                 return []

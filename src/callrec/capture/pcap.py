@@ -45,9 +45,19 @@ PCAP_MAGICS = {
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
 COUNTERS = (
-    "packets", "datagrams", "non_ip", "malformed", "unsupported_link", "other_proto",
-    "fragments", "reassembled", "fragments_dropped",
-    "tcp_segments", "tcp_retransmitted", "tcp_gaps", "tcp_flows_dropped",
+    "packets",
+    "datagrams",
+    "non_ip",
+    "malformed",
+    "unsupported_link",
+    "other_proto",
+    "fragments",
+    "reassembled",
+    "fragments_dropped",
+    "tcp_segments",
+    "tcp_retransmitted",
+    "tcp_gaps",
+    "tcp_flows_dropped",
 )
 WARN_TRUNCATED = "capture is truncated: the last packet is cut off"
 
@@ -176,8 +186,12 @@ class CaptureReader:
             if caplen >= fast_min:
                 link, vihl, total, frag, proto, src, dst, sport, dport, ulen = fast(buf, start)
                 if (
-                    link == want and vihl == 0x45 and proto == PROTO_UDP and not frag & 0x3FFF
-                    and 8 <= ulen <= total - 20 and total <= caplen - l2
+                    link == want
+                    and vihl == 0x45
+                    and proto == PROTO_UDP
+                    and not frag & 0x3FFF
+                    and 8 <= ulen <= total - 20
+                    and total <= caplen - l2
                 ):
                     stats["datagrams"] += 1
                     p = start + l2 + 28

@@ -159,8 +159,12 @@ def iter_pcapng(source: ChunkSource, decoder: NetDecoder, endian: str) -> Iterat
         if caplen >= fast_min:
             link, vihl, total, frag, proto, src, dst, sport, dport, ulen = fast(buf, start)
             if (
-                link == want and vihl == 0x45 and proto == PROTO_UDP and not frag & 0x3FFF
-                and 8 <= ulen <= total - 20 and total <= caplen - l2
+                link == want
+                and vihl == 0x45
+                and proto == PROTO_UDP
+                and not frag & 0x3FFF
+                and 8 <= ulen <= total - 20
+                and total <= caplen - l2
             ):
                 stats["datagrams"] += 1
                 p = start + l2 + 28

@@ -129,8 +129,20 @@ class PcapWriter:
             checksum = 0xFFFF - (words % 0xFFFF or 0xFFFF)
             # a zero UDP checksum means "none" in IPv4, which spares a pass over the payload
             header = _IP4_UDP.pack(
-                0x45, 0, total, ident, IPV4_DONT_FRAGMENT, TTL, PROTO_UDP, checksum, src, dst,
-                sport, dport, udp_len, 0,
+                0x45,
+                0,
+                total,
+                ident,
+                IPV4_DONT_FRAGMENT,
+                TTL,
+                PROTO_UDP,
+                checksum,
+                src,
+                dst,
+                sport,
+                dport,
+                udp_len,
+                0,
             )
         elif len(src) == 16:
             if udp_len > 0xFFFF:

@@ -36,7 +36,9 @@ LAME_ENCODER_DELAY = 576
 MPEG2_SAMPLES_PER_FRAME = 576
 
 
-def _info_frame(header: bytes, frame_bytes: int, frames: int, total_bytes: int, delay: int, padding: int) -> bytes:
+def _info_frame(
+    header: bytes, frame_bytes: int, frames: int, total_bytes: int, delay: int, padding: int
+) -> bytes:
     """A Xing "Info" frame with a LAME tag, the first frame of a CBR file.
 
     Players read the encoder delay and end padding from it and trim them, so the decoded audio starts at
@@ -98,8 +100,9 @@ class Mp3Writer:
             frames = (self.bytes - self._frame_bytes) // self._frame_bytes
             out_samples = self._samples * self._out_rate // self._in_rate
             padding = max(0, frames * MPEG2_SAMPLES_PER_FRAME - LAME_ENCODER_DELAY - out_samples)
-            info = _info_frame(self._header, self._frame_bytes, frames, self.bytes, LAME_ENCODER_DELAY,
-                               padding)
+            info = _info_frame(
+                self._header, self._frame_bytes, frames, self.bytes, LAME_ENCODER_DELAY, padding
+            )
             self._file.seek(0)
             self._file.write(info)
         self._file.close()
@@ -120,7 +123,12 @@ class WavWriter:
         container = "WAV" if codec == "gsm" else "RF64"
         try:
             self._file = soundfile.SoundFile(
-                self._part, "w", samplerate=rate, channels=channels, subtype=WAV_CODECS[codec], format=container
+                self._part,
+                "w",
+                samplerate=rate,
+                channels=channels,
+                subtype=WAV_CODECS[codec],
+                format=container,
             )
         except (OSError, RuntimeError, ValueError, soundfile.LibsndfileError) as exc:
             raise OutputError(f"cannot write {self.path}: {exc}") from exc
@@ -149,7 +157,13 @@ def _open(path: Path) -> BinaryIO:
 
 
 def open_writer(
-    path: str | os.PathLike[str], *, fmt: str, rate: int, channels: int, bitrate_kbps: int = 16, codec: str = "pcm"
+    path: str | os.PathLike[str],
+    *,
+    fmt: str,
+    rate: int,
+    channels: int,
+    bitrate_kbps: int = 16,
+    codec: str = "pcm",
 ) -> Mp3Writer | WavWriter:
     """The writer for an output format (``mp3`` or ``wav``)."""
     if fmt == "mp3":

@@ -108,7 +108,14 @@ class CallMixer:
 
     # feeding
     def push(
-        self, arrival: float, party: str, ssrc: int, seq: int, ts: int, pt: int, payload: bytes,
+        self,
+        arrival: float,
+        party: str,
+        ssrc: int,
+        seq: int,
+        ts: int,
+        pt: int,
+        payload: bytes,
         codec: RtpMap | None,
     ) -> None:
         """One RTP packet from ``party`` that arrived at ``arrival`` (seconds, capture clock)."""
@@ -135,6 +142,7 @@ class CallMixer:
             for resampler in source.resamplers.values():
                 for pos, pcm in resampler.flush():
                     self._write(source, pos, pcm)
+            self._max_end = max(self._max_end, int(source.timeline.signal_end))
         self._emit(self._max_end)
         self.sink.close()
         stats = [s.timeline.stats for s in self._sources.values()]
@@ -218,7 +226,9 @@ class CallMixer:
             return
         resampler = source.resamplers.get(decoder.sample_rate)
         if resampler is None:
-            resampler = source.resamplers[decoder.sample_rate] = StreamResampler(decoder.sample_rate, self.rate)
+            resampler = source.resamplers[decoder.sample_rate] = StreamResampler(
+                decoder.sample_rate, self.rate
+            )
         for at, chunk in resampler.process(pos, pcm):
             self._write(source, at, chunk)
 
@@ -264,8 +274,12 @@ class CallMixer:
 
 
 def mix_packets(
-    info: CallInfo, sink: Sink, packets: Iterable[tuple[float, str, int, int, int, int, bytes]],
-    *, rate: int = 8000, channels: int = 2,
+    info: CallInfo,
+    sink: Sink,
+    packets: Iterable[tuple[float, str, int, int, int, int, bytes]],
+    *,
+    rate: int = 8000,
+    channels: int = 2,
 ) -> MixResult:
     """Mix packets (arrival, party, ssrc, seq, ts, pt, payload) of one call, codecs from ``info``."""
     mixer = CallMixer(info, sink, rate=rate, channels=channels)

@@ -110,6 +110,7 @@ class SsrcTimeline:
         self._segment: Segment | None = None
         self._transit: float | None = None
         self._jitter = 0.0
+        self.signal_end = 0.0  # output position where the last telephone-event or comfort noise ends
         self._delay = JITTER_DELAY_S * out_rate
         self._window = ANCHOR_WINDOW_S * out_rate
         self._slack = ANCHOR_SLACK_S * out_rate
@@ -152,9 +153,13 @@ class SsrcTimeline:
             name = codec.encoding.lower()
             if name == "telephone-event":
                 stats.events += 1
+                # the event lasts from its timestamp for its duration (RFC 4733 section 2.3)
+                units = int.from_bytes(payload[2:4], "big") if len(payload) >= 4 else 0
+                self._note_signal(ext_ts + units, codec.clock_rate)
                 return
             if name == "cn":
                 stats.comfort_noise += 1
+                self._note_signal(ext_ts, codec.clock_rate)
                 return
             stats.codecs[codec.name] = stats.codecs.get(codec.name, 0) + 1
             clock = codec.clock_rate
@@ -170,6 +175,12 @@ class SsrcTimeline:
         self._transit = transit
         segment = self._anchor(arrival, ext_ts, clock)
         heapq.heappush(self._heap, (ext_seq, ext_ts, pt, payload, segment, codec))
+
+    def _note_signal(self, ext_ts: int, clock: int) -> None:
+        """Remember where a non-audio packet ends: the recording lasts until the last media, not the last speech."""
+        segment = self._segment
+        if segment is not None and segment.clock_rate == clock:
+            self.signal_end = max(self.signal_end, segment.position(ext_ts))
 
     def _anchor(self, arrival: float, ext_ts: int, clock: int) -> Segment:
         segment = self._segment
