@@ -10,6 +10,7 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v sox >/dev/null || need+=(sox)
 [ -e /usr/lib/x86_64-linux-gnu/libsndfile.so.1 ] || ldconfig -p | grep -q libsndfile.so.1 || need+=(libsndfile1)
 ldconfig -p | grep -q libbcg729 || need+=(libbcg729-0)
+ldconfig -p | grep -q libmp3lame.so.0 || need+=(libmp3lame0)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

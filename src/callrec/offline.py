@@ -28,7 +28,7 @@ from callrec.media.encode import Mp3Writer, WavWriter, open_writer
 from callrec.media.mixer import CallMixer
 from callrec.models import CallInfo
 
-_RTP = struct.Struct("!BBHII")
+_RTP_HEADER = struct.Struct("!BBHII")
 # how often (capture clock) every open call's mixer is moved on
 TICK_S = 0.5
 # RTP may trail a BYE a little; a call is finished this long after it ended
@@ -100,8 +100,20 @@ class _Job:
     info: CallInfo
     mixer: CallMixer
     writer: Mp3Writer | WavWriter
-    codecs: dict[str, dict[int, Any]]
-    last_packet: float = 0.0
+
+
+@dataclass(slots=True)
+class _Route:
+    """The cached way from (endpoint, SSRC) to a timeline, so the hot path does one dict lookup."""
+
+    push: Callable[[float, int, int, int, bytes, RtpMap | None], None]
+    t0: float
+    rate: int
+    codecs: dict[int, RtpMap | None]
+    binding: Binding | None
+
+
+_SKIP = _Route(lambda *args: None, 0.0, 0, {}, None)  # RTP nobody signalled, or of a call not asked for
 
 
 class _Run:
@@ -115,6 +127,7 @@ class _Run:
         self.report = MixReport()
         self.names: set[str] = set()
         self._fallbacks: dict[tuple[int, int], RtpMap | None] = {}
+        self._routes: dict[tuple[bytes, int, int], _Route] = {}
         self.counts = {"rtp": 0, "rtcp": 0, "sip": 0, "not_rtp": 0, "unmatched": 0}
 
     def run(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> None:
@@ -123,16 +136,46 @@ class _Run:
         framers: dict[tuple[bytes, int, bytes, int], StreamFramer] = {}
         next_tick = 0.0
         now = 0.0
+        routes = self._routes
+        rtp_count = 0
         for d in reader:
             now = d.ts
+            if now >= next_tick:
+                # before the packet, for every packet: the RTP fast path below ends in `continue`
+                next_tick = now + TICK_S
+                self._tick(now)
+                if progress is not None:
+                    progress(reader.bytes_read, reader.total_bytes)
             if d.proto == 17:
-                binding = bindings.get((d.dst, d.dport))
                 payload = d.payload
+                if len(payload) >= 12 and payload[0] >> 6 == 2 and not 192 <= payload[1] <= 223:
+                    # the hot path: an RTP packet whose (endpoint, SSRC) already has its timeline
+                    b0, b1, seq, ts, ssrc = _RTP_HEADER.unpack_from(payload)
+                    route = routes.get((d.dst, d.dport, ssrc))
+                    if route is None:
+                        binding = bindings.get((d.dst, d.dport))
+                        route = _SKIP if binding is None else self._route(binding, d.dst, d.dport, ssrc, now)
+                    if route is not _SKIP:
+                        if b0 & 0x3F:
+                            start, end = payload_offset(payload)
+                            if end <= start:
+                                counts["not_rtp"] += 1
+                                continue
+                            payload = payload[start:end]
+                        else:
+                            payload = payload[12:]
+                        pt = b1 & 0x7F
+                        codec = route.codecs.get(pt)
+                        if codec is None:
+                            codec = route.codecs[pt] = self._codec_fallback(route.binding, pt)
+                        route.push((now - route.t0) * route.rate, seq, ts, pt, payload, codec)
+                        rtp_count += 1
+                    elif (d.dst, d.dport) not in bindings:
+                        counts["unmatched"] += 1  # RTP nobody signalled (a call not asked for is skipped silently)
+                    continue
+                binding = bindings.get((d.dst, d.dport))
                 if binding is not None and len(payload) >= 12 and payload[0] >> 6 == 2:
-                    if 192 <= payload[1] <= 223:
-                        counts["rtcp"] += 1  # RTCP multiplexed on the RTP port (RFC 5761)
-                    else:
-                        self._rtp(binding, now, payload)
+                    counts["rtcp"] += 1  # RTCP multiplexed on the RTP port (RFC 5761)
                 elif looks_like_sip(payload):
                     counts["sip"] += 1
                     self._sip(now, payload)
@@ -152,44 +195,32 @@ class _Run:
                 for message in framer.feed(d.payload):
                     counts["sip"] += 1
                     self._sip(now, message)
-            if now >= next_tick:
-                next_tick = now + TICK_S
-                self._tick(now)
-                if progress is not None:
-                    progress(reader.bytes_read, reader.total_bytes)
         self._tick(now)
         for dialog in list(tracker.dialogs.values()):
             self._finish(dialog)
+        counts["rtp"] += rtp_count
         if progress is not None:
             progress(reader.total_bytes, reader.total_bytes)
 
-    def _rtp(self, binding: Binding, now: float, payload: bytes) -> None:
+    def _route(self, binding: Binding, dst: bytes, dport: int, ssrc: int, now: float) -> _Route:
+        """Where one SSRC sent to one endpoint goes (its call's mixer is started on its first packet)."""
         job = self.jobs.get(id(binding.dialog))
         if job is None:
             job = self._start(binding.dialog)
-            if job is None:
-                return
-        b0, b1, seq, ts, ssrc = _RTP.unpack_from(payload)
-        if b0 & 0x3F:
-            start, end = payload_offset(payload)
-            if end <= start:
-                self.counts["not_rtp"] += 1
-                return
-            payload = payload[start:end]
+        if job is None:
+            route = _SKIP  # a call not asked for (--call-id)
         else:
-            payload = payload[12:]
-        pt = b1 & 0x7F
-        stream = binding.stream
-        codec = stream.rtpmap.get(pt)
-        if codec is None:
-            codec = self._codec_fallback(binding, pt)
-        job.mixer.push(now, stream.party, ssrc, seq, ts, pt, payload, codec)
-        job.last_packet = now
-        self.counts["rtp"] += 1
+            timeline = job.mixer.timeline(binding.stream.party, ssrc, now)
+            assert job.mixer.t0 is not None
+            route = _Route(timeline.push, job.mixer.t0, job.mixer.rate, dict(binding.stream.rtpmap), binding)
+        self._routes[(dst, dport, ssrc)] = route
+        return route
 
-    def _codec_fallback(self, binding: Binding, pt: int) -> RtpMap | None:
+    def _codec_fallback(self, binding: Binding | None, pt: int) -> RtpMap | None:
         """A payload type the receiver's SDP does not list: senders use what they offered themselves
         (their own SDP), or a static RFC 3551 type nobody negotiated; media is decoded as received."""
+        if binding is None:
+            return None
         key = (id(binding.stream), pt)
         if key in self._fallbacks:
             return self._fallbacks[key]
@@ -201,7 +232,11 @@ class _Run:
         return codec
 
     def _sip(self, now: float, data: bytes) -> None:
+        version = self.tracker.version
         self.tracker.feed(now, data)
+        if self.tracker.version != version:
+            # endpoints or codecs changed: routes are rebuilt on the next packet
+            self._routes.clear()
 
     def _start(self, dialog: Dialog) -> _Job | None:
         info = dialog.info
@@ -221,7 +256,7 @@ class _Run:
             codec=self.opts.codec,
         )
         mixer = CallMixer(info, writer, rate=self.opts.rate, channels=self.opts.channels)
-        job = self.jobs[id(dialog)] = _Job(info, mixer, writer, {})
+        job = self.jobs[id(dialog)] = _Job(info, mixer, writer)
         return job
 
     def _tick(self, now: float) -> None:
@@ -234,6 +269,9 @@ class _Run:
 
     def _finish(self, dialog: Dialog) -> None:
         self.tracker.forget(dialog)
+        # fallbacks are keyed by object ids, which a finished dialog's objects give back
+        self._routes.clear()
+        self._fallbacks.clear()
         job = self.jobs.pop(id(dialog), None)
         info = dialog.info
         if job is None:

@@ -45,6 +45,7 @@ class DialogTracker:
         self.bindings: dict[Endpoint, Binding] = {}
         self.malformed = 0
         self.sdp_errors = 0
+        self.version = 0  # bumped whenever an endpoint or its codecs change
 
     def feed(self, ts: float, data: bytes) -> Dialog | None:
         """Take one SIP message as captured; return the dialog it belongs to (None if none)."""
@@ -161,6 +162,7 @@ class DialogTracker:
             binding = self.bindings.get(endpoint)
             if binding is not None and binding.dialog is dialog:
                 del self.bindings[endpoint]
+                self.version += 1
         self.dialogs.pop(dialog.info.call_id, None)
 
 

@@ -1,4 +1,4 @@
-"""Output writers: MP3 (lameenc, CBR) and WAV (libsndfile: PCM 16-bit, A-law, µ-law, GSM 6.10; RF64 past 4 GB).
+"""Output writers: MP3 (LAME, CBR) and WAV (libsndfile: PCM 16-bit, A-law, µ-law, GSM 6.10; RF64 past 4 GB).
 
 Each writer takes blocks of int16 samples shaped (frames, channels) and streams them to disk, so memory
 does not depend on the length of the call. The file is written under a temporary name and renamed into
@@ -11,12 +11,11 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-import lameenc
 import numpy as np
 import numpy.typing as npt
-import soundfile
 
 from callrec.errors import OutputError
+from callrec.media.lame import mp3_encoder
 
 MP3_BITRATES_KBPS = (8, 16, 24, 32)
 WAV_CODECS = {"pcm": "PCM_16", "alaw": "ALAW", "ulaw": "ULAW", "gsm": "GSM610"}
@@ -31,8 +30,6 @@ def mp3_sample_rate(bitrate_kbps: int) -> int:
     return 8000 if bitrate_kbps <= 16 else 16000
 
 
-# lame's encoder delay in output samples; ffmpeg adds its own 529-sample decoder delay on top
-LAME_ENCODER_DELAY = 576
 MPEG2_SAMPLES_PER_FRAME = 576
 
 
@@ -63,13 +60,8 @@ class Mp3Writer:
             raise OutputError(f"MP3 bitrate must be one of {', '.join(map(str, MP3_BITRATES_KBPS))} kbit/s")
         self.path = Path(path)
         self._part = _part_path(self.path)
-        encoder = lameenc.Encoder()
-        encoder.set_bit_rate(bitrate_kbps)
-        encoder.set_in_sample_rate(rate)
-        encoder.set_out_sample_rate(mp3_sample_rate(bitrate_kbps))
-        encoder.set_channels(channels)
-        encoder.set_quality(MP3_QUALITY)
-        self._encoder = encoder
+        self._encoder = mp3_encoder(in_rate=rate, out_rate=mp3_sample_rate(bitrate_kbps), channels=channels,
+                                    bitrate_kbps=bitrate_kbps, quality=MP3_QUALITY)
         self._out_rate = mp3_sample_rate(bitrate_kbps)
         self._in_rate = rate
         # MPEG-2/2.5 layer III: 72 * bitrate / sample rate bytes a frame (whole numbers at our rates)
@@ -82,7 +74,7 @@ class Mp3Writer:
 
     def write(self, block: npt.NDArray[np.int16]) -> None:
         self._samples += len(block)
-        data = self._encoder.encode(np.ascontiguousarray(block, np.int16).tobytes())
+        data = self._encoder.encode(block)
         if data:
             self._emit(data)
 
@@ -99,9 +91,9 @@ class Mp3Writer:
         if self._header:
             frames = (self.bytes - self._frame_bytes) // self._frame_bytes
             out_samples = self._samples * self._out_rate // self._in_rate
-            padding = max(0, frames * MPEG2_SAMPLES_PER_FRAME - LAME_ENCODER_DELAY - out_samples)
+            padding = max(0, frames * MPEG2_SAMPLES_PER_FRAME - self._encoder.delay - out_samples)
             info = _info_frame(
-                self._header, self._frame_bytes, frames, self.bytes, LAME_ENCODER_DELAY, padding
+                self._header, self._frame_bytes, frames, self.bytes, self._encoder.delay, padding
             )
             self._file.seek(0)
             self._file.write(info)
@@ -119,6 +111,8 @@ class WavWriter:
             raise OutputError("WAV GSM 6.10 is mono only")
         self.path = Path(path)
         self._part = _part_path(self.path)
+        import soundfile  # only WAV needs libsndfile; MP3 runs start faster without it
+
         # libsndfile has no RF64 GSM 6.10; at 1.6 kB/s a GSM file reaches 4 GB only after 700 hours
         container = "WAV" if codec == "gsm" else "RF64"
         try:

@@ -107,6 +107,18 @@ class CallMixer:
         self.warnings: list[str] = []
 
     # feeding
+    def timeline(self, party: str, ssrc: int, arrival: float) -> SsrcTimeline:
+        """The timeline of one SSRC of ``party``, made on its first packet (the call's first fixes t = 0)."""
+        if self.t0 is None:
+            self.t0 = arrival
+        source = self._sources.get((party, ssrc))
+        if source is None:
+            channels = self._layout.get(party, tuple(range(self.channels)))
+            timeline = SsrcTimeline(ssrc, party, self.rate)
+            source = self._sources[(party, ssrc)] = _Source(timeline, channels)
+            self._delay = timeline.jitter_delay
+        return source.timeline
+
     def push(
         self,
         arrival: float,
@@ -119,15 +131,9 @@ class CallMixer:
         codec: RtpMap | None,
     ) -> None:
         """One RTP packet from ``party`` that arrived at ``arrival`` (seconds, capture clock)."""
-        if self.t0 is None:
-            self.t0 = arrival
-        source = self._sources.get((party, ssrc))
-        if source is None:
-            channels = self._layout.get(party, tuple(range(self.channels)))
-            timeline = SsrcTimeline(ssrc, party, self.rate)
-            source = self._sources[(party, ssrc)] = _Source(timeline, channels)
-            self._delay = timeline.jitter_delay
-        source.timeline.push((arrival - self.t0) * self.rate, seq, ts, pt, payload, codec)
+        timeline = self.timeline(party, ssrc, arrival)
+        assert self.t0 is not None
+        timeline.push((arrival - self.t0) * self.rate, seq, ts, pt, payload, codec)
 
     def advance(self, now: float) -> None:
         """Release and emit everything the capture clock ``now`` has made final."""
@@ -145,7 +151,7 @@ class CallMixer:
             self._max_end = max(self._max_end, int(source.timeline.signal_end))
         self._emit(self._max_end)
         self.sink.close()
-        stats = [s.timeline.stats for s in self._sources.values()]
+        stats = [s.timeline.final_stats() for s in self._sources.values()]
         for s in stats:
             for name in s.unsupported:
                 self.warnings.append(f"stream {s.ssrc:#010x} of party {s.party}: no decoder for {name}")
@@ -188,14 +194,16 @@ class CallMixer:
         if decoder.name in ("PCMA/8000", "PCMU/8000"):
             # G.711: one byte per sample, so one table lookup serves the whole run
             pcm = decoder.decode_many([f[2] for f in run])
-            lengths = np.fromiter((len(f[2]) for f in run), np.int64, len(run))
-            starts = np.fromiter((f[0] for f in run), np.int64, len(run))
-            if np.array_equal(starts[1:] - starts[:-1], lengths[:-1]):
-                self._place(source, decoder, int(starts[0]), pcm)
-                return
-            offsets = np.concatenate(([0], np.cumsum(lengths)))
-            for k, frame in enumerate(run):
-                self._place(source, decoder, frame[0], pcm[offsets[k] : offsets[k + 1]])
+            start = end = run[0][0]
+            at = 0
+            for pos, _pt, payload, _codec in run:
+                if pos != end:
+                    # not contiguous (loss, a timestamp jump): place what came before, go on from here
+                    self._place(source, decoder, start, pcm[at : at + end - start])
+                    at += end - start
+                    start = pos
+                end = pos + len(payload)
+            self._place(source, decoder, start, pcm[at:])
             return
         for pos, _pt, payload, _codec in run:
             try:
@@ -251,15 +259,20 @@ class CallMixer:
 
     def _emit(self, upto: float) -> None:
         upto = int(upto)
+        buf = self._buf
         while self._base < upto:
             k = min(upto - self._base, self._cap)
-            self.sink.write(self._limit(self._buf[:k]))
-            self._buf[: self._cap - k] = self._buf[k:]
-            self._buf[self._cap - k :] = 0
+            self.sink.write(self._limit(buf[:k]))
+            # only [0, max_end) can hold audio: move what is left of it to the front, clear behind it
+            live = max(0, min(self._max_end - self._base - k, self._cap - k))
+            if live:
+                buf[:live] = buf[k : k + live]
+            buf[live : min(live + k, self._cap)] = 0
             self._base += k
 
     def _limit(self, block: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
-        if self._gain >= 1.0 and int(np.abs(block).max(initial=0)) <= FULL_SCALE:
+        in_range = not len(block) or (int(block.max()) <= FULL_SCALE and int(block.min()) >= -FULL_SCALE)
+        if self._gain >= 1.0 and in_range:
             return block.astype(np.int16)
         # per-block gain: drops at once to what the block's peak needs, comes back slowly
         size = max(1, int(LIMITER_BLOCK_S * self.rate))

@@ -2,7 +2,7 @@
 
 Every packet gets a position on the call's output timeline (in output samples from t = 0, the call's first
 media packet). The position comes from the packet's RTP timestamp, anchored to arrival time: the anchor is
-the smallest ``arrival - rtp_time`` seen over a sliding window, i.e. the least delayed packet, so network
+the smallest ``arrival - rtp_time`` seen over a sliding 3-second window, i.e. the least delayed packet, so network
 jitter does not shift the audio, while sender clock drift, timestamp jumps and silence suppression are
 followed. Packets wait in a small jitter buffer and are released in sequence order once the timeline has
 moved ``JITTER_DELAY_S`` past them.
@@ -10,23 +10,24 @@ moved ``JITTER_DELAY_S`` past them.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from callrec.capture.sdp import RtpMap
-from callrec.media.seq import unwrap_seq, unwrap_ts
 
 # release a packet this long after its slot: reordering/jitter up to 200 ms must still be absorbed
 JITTER_DELAY_S = 0.4
-# the anchor is the least-delayed packet of this window; short enough to follow clock drift
-ANCHOR_WINDOW_S = 3.0
+# the anchor is the least-delayed packet of the last few buckets (a 3 s window, moving in 0.5 s steps);
+# short enough to follow clock drift
+ANCHOR_BUCKET_S = 0.5
+ANCHOR_BUCKETS = 6
 # the anchor moves only by more than this, so jitter does not make small gaps and overlaps
 ANCHOR_SLACK_S = 0.005
 # a packet arriving this much later than its timestamp says means the sender's clock jumped: re-anchor
 REANCHOR_S = 0.5
-# forget sequence numbers this far behind the newest (duplicate detection stays bounded)
+# duplicates are recognised this many sequence numbers back (a power of two: a ring indexed by seq)
 SEEN_HORIZON = 4096
 DEFAULT_CLOCK_RATE = 8000
 
@@ -39,7 +40,9 @@ class Segment:
     clock_rate: int
     scale: float  # output samples per RTP timestamp unit
     anchor: float  # output position of base_ts
-    window: deque[tuple[float, float]] = field(default_factory=deque)
+    bucket_end: float = 0.0  # arrival position where the current bucket closes
+    bucket_min: float = float("inf")  # least offset (arrival - timestamp position) in the current bucket
+    history: deque[float] = field(default_factory=lambda: deque(maxlen=ANCHOR_BUCKETS))
 
     def position(self, ext_ts: int) -> float:
         return self.anchor + (ext_ts - self.base_ts) * self.scale
@@ -52,7 +55,6 @@ class StreamStats:
     ssrc: int
     party: str
     codecs: dict[str, int] = field(default_factory=dict)
-    packets: int = 0
     received: int = 0
     duplicates: int = 0
     reordered: int = 0
@@ -64,6 +66,11 @@ class StreamStats:
     first_seq: int | None = None
     max_seq: int | None = None
     max_jitter: float = 0.0  # seconds
+
+    @property
+    def packets(self) -> int:
+        """Every packet of the SSRC, duplicates included."""
+        return self.received + self.duplicates
 
     @property
     def lost(self) -> int:
@@ -93,125 +100,190 @@ class StreamStats:
 
 # (ext_seq, ext_ts, payload_type, payload, segment, codec)
 Pending = tuple[int, int, int, bytes, Segment, RtpMap | None]
+_AUDIO, _EVENT, _NOISE = 0, 1, 2
+_SEEN_MASK = SEEN_HORIZON - 1
 
 
 class SsrcTimeline:
-    """One SSRC of one party: orders its packets and positions them on the output timeline."""
+    """One SSRC of one party: orders its packets and positions them on the output timeline.
+
+    ``push`` runs for every packet of every call, so its common case (the next packet in sequence, same
+    payload type) is kept short: sequence numbers seen are remembered in a ring, not a set, and in-order
+    packets are appended to the pending list instead of going through a heap.
+    """
 
     def __init__(self, ssrc: int, party: str, out_rate: int) -> None:
         self.ssrc = ssrc
         self.party = party
         self.out_rate = out_rate
         self.stats = StreamStats(ssrc=ssrc, party=party)
-        self._heap: list[Pending] = []
-        self._seen: set[int] = set()
+        self._pending: list[Pending] = []  # sorted by extended sequence number from _head on
+        self._head = 0
+        self._seen = [-1] * SEEN_HORIZON
+        self._max: int | None = None
         self._released = -1 << 62
-        self._ref_ts: int | None = None
+        self._ref_ts = 0
+        self._last_pt = -1
+        self._last_codec: RtpMap | None = None
+        self._kind = _AUDIO
+        self._clock = DEFAULT_CLOCK_RATE
+        self._name = ""
         self._segment: Segment | None = None
         self._transit: float | None = None
         self._jitter = 0.0
+        self._max_jitter = 0.0  # in timestamp units of the current clock
+        self._ts_per_sample = DEFAULT_CLOCK_RATE / out_rate
+        self._count = 0  # audio packets of the current payload type not yet added to stats.codecs
+        self._received = 0
         self.signal_end = 0.0  # output position where the last telephone-event or comfort noise ends
         self._delay = JITTER_DELAY_S * out_rate
-        self._window = ANCHOR_WINDOW_S * out_rate
+        self._bucket = ANCHOR_BUCKET_S * out_rate
         self._slack = ANCHOR_SLACK_S * out_rate
         self._reanchor = REANCHOR_S * out_rate
 
     def push(self, arrival: float, seq: int, ts: int, pt: int, payload: bytes, codec: RtpMap | None) -> None:
         """Take one packet that arrived at output position ``arrival``."""
-        stats = self.stats
-        stats.packets += 1
         # sequence: duplicates, reordering, late arrivals
-        if stats.max_seq is None:
-            ext_seq = seq
-            stats.first_seq = stats.max_seq = seq
+        top = self._max
+        in_order = True
+        if top is None:
+            ext_seq = self._max = seq
+            self.stats.first_seq = seq
             self._ref_ts = ts
         else:
-            ext_seq = unwrap_seq(seq, stats.max_seq)
-            if ext_seq in self._seen:
-                stats.duplicates += 1
-                return
-            if ext_seq < stats.max_seq:
-                stats.reordered += 1
-                if stats.first_seq is not None and ext_seq < stats.first_seq:
-                    stats.first_seq = ext_seq
+            step = (seq - top) & 0xFFFF
+            if step == 1:
+                ext_seq = self._max = top + 1
             else:
-                stats.max_seq = ext_seq
-        self._seen.add(ext_seq)
-        if len(self._seen) > 2 * SEEN_HORIZON:
-            horizon = stats.max_seq - SEEN_HORIZON
-            self._seen = {s for s in self._seen if s > horizon}
-        stats.received += 1
-        assert self._ref_ts is not None
-        ext_ts = unwrap_ts(ts, self._ref_ts)
-        if ext_seq == stats.max_seq:
+                if step >= 0x8000:
+                    step -= 0x10000
+                ext_seq = top + step
+                if self._seen[ext_seq & _SEEN_MASK] == ext_seq:
+                    self.stats.duplicates += 1
+                    return
+                if step < 0:
+                    in_order = False
+                    self._out_of_order(ext_seq)
+                else:
+                    self._max = ext_seq
+        self._seen[ext_seq & _SEEN_MASK] = ext_seq
+        self._received += 1
+        ref = self._ref_ts
+        delta = (ts - ref) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        ext_ts = ref + delta
+        if in_order:
             self._ref_ts = ext_ts
         if ext_seq <= self._released:
-            stats.late += 1
+            self.stats.late += 1
             return
         # what the payload is: telephone-events and comfort noise are counted, never decoded
-        if codec is not None:
-            name = codec.encoding.lower()
-            if name == "telephone-event":
-                stats.events += 1
-                # the event lasts from its timestamp for its duration (RFC 4733 section 2.3)
-                units = int.from_bytes(payload[2:4], "big") if len(payload) >= 4 else 0
-                self._note_signal(ext_ts + units, codec.clock_rate)
-                return
-            if name == "cn":
-                stats.comfort_noise += 1
-                self._note_signal(ext_ts, codec.clock_rate)
-                return
-            stats.codecs[codec.name] = stats.codecs.get(codec.name, 0) + 1
-            clock = codec.clock_rate
-        else:
-            stats.codecs[f"PT{pt}"] = stats.codecs.get(f"PT{pt}", 0) + 1
-            clock = DEFAULT_CLOCK_RATE
+        if pt != self._last_pt or codec is not self._last_codec:
+            self._classify(pt, codec)
+        if self._kind != _AUDIO:
+            self._signal(ext_ts, payload)
+            return
+        self._count += 1
         # RFC 3550 section 6.4.1 interarrival jitter, in timestamp units
-        transit = arrival / self.out_rate * clock - ext_ts
+        transit = arrival * self._ts_per_sample - ext_ts
         if self._transit is not None:
-            self._jitter += (abs(transit - self._transit) - self._jitter) / 16.0
-            if self._jitter / clock > stats.max_jitter:
-                stats.max_jitter = self._jitter / clock
+            jitter = self._jitter = self._jitter + (abs(transit - self._transit) - self._jitter) / 16.0
+            if jitter > self._max_jitter:
+                self._max_jitter = jitter
+                if jitter / self._clock > self.stats.max_jitter:
+                    self.stats.max_jitter = jitter / self._clock
         self._transit = transit
-        segment = self._anchor(arrival, ext_ts, clock)
-        heapq.heappush(self._heap, (ext_seq, ext_ts, pt, payload, segment, codec))
-
-    def _note_signal(self, ext_ts: int, clock: int) -> None:
-        """Remember where a non-audio packet ends: the recording lasts until the last media, not the last speech."""
+        # anchoring: the offset of a packet is how late it arrived compared with its timestamp
         segment = self._segment
-        if segment is not None and segment.clock_rate == clock:
-            self.signal_end = max(self.signal_end, segment.position(ext_ts))
-
-    def _anchor(self, arrival: float, ext_ts: int, clock: int) -> Segment:
-        segment = self._segment
-        if segment is None or segment.clock_rate != clock:
+        if segment is None or segment.clock_rate != self._clock:
             # a new clock (first packet, or a codec change to another clock rate) starts a new segment
-            segment = self._new_segment(arrival, ext_ts, clock)
-            self._transit = None
+            segment = self._new_segment(arrival, ext_ts, self._clock)
         offset = arrival - (ext_ts - segment.base_ts) * segment.scale
         if offset - segment.anchor > self._reanchor:
-            segment = self._new_segment(arrival, ext_ts, clock)
+            # far later than the timestamps say: the sender's clock jumped back (or stalled), start again
+            segment = self._new_segment(arrival, ext_ts, self._clock)
             offset = arrival
-        window = segment.window
-        while window and window[-1][1] >= offset:
-            window.pop()
-        window.append((arrival, offset))
-        while window[0][0] < arrival - self._window:
-            window.popleft()
-        best = window[0][1]
+        elif offset < segment.anchor - self._slack:
+            segment.anchor = offset  # less delayed than any packet so far: follow at once
+        if offset < segment.bucket_min:
+            segment.bucket_min = offset
+        if arrival >= segment.bucket_end:
+            self._next_bucket(segment, arrival)
+        item = (ext_seq, ext_ts, pt, payload, segment, codec)
+        pending = self._pending
+        if in_order or len(pending) == self._head or pending[-1][0] < ext_seq:
+            pending.append(item)
+        else:
+            bisect.insort(pending, item, lo=self._head)
+
+    def _out_of_order(self, ext_seq: int) -> None:
+        stats = self.stats
+        stats.reordered += 1
+        if stats.first_seq is not None and ext_seq < stats.first_seq:
+            stats.first_seq = ext_seq
+
+    def _classify(self, pt: int, codec: RtpMap | None) -> None:
+        self._flush_count()
+        self._last_pt, self._last_codec = pt, codec
+        if codec is None:
+            kind, clock, self._name = _AUDIO, DEFAULT_CLOCK_RATE, f"PT{pt}"
+        else:
+            name = codec.encoding.lower()
+            kind = _EVENT if name == "telephone-event" else _NOISE if name == "cn" else _AUDIO
+            clock, self._name = codec.clock_rate, codec.name
+        self._kind = kind
+        if kind == _AUDIO and clock != self._clock:
+            # jitter is measured in timestamp units: another clock starts the estimate again
+            self._transit = None
+            self._max_jitter = 0.0
+        self._clock = clock
+        self._ts_per_sample = clock / self.out_rate
+
+    def _flush_count(self) -> None:
+        if self._count:
+            counts = self.stats.codecs
+            counts[self._name] = counts.get(self._name, 0) + self._count
+            self._count = 0
+
+    def final_stats(self) -> StreamStats:
+        """The stream's figures, complete."""
+        self._flush_count()
+        self.stats.received = self._received
+        self.stats.max_seq = self._max
+        return self.stats
+
+    def _signal(self, ext_ts: int, payload: bytes) -> None:
+        """Count a non-audio packet and remember where it ends: the recording lasts until the last media."""
+        end = ext_ts
+        if self._kind == _EVENT:
+            self.stats.events += 1
+            # the event lasts from its timestamp for its duration (RFC 4733 section 2.3)
+            end += int.from_bytes(payload[2:4], "big") if len(payload) >= 4 else 0
+        else:
+            self.stats.comfort_noise += 1
+        segment = self._segment
+        if segment is not None and segment.clock_rate == self._clock:
+            self.signal_end = max(self.signal_end, segment.position(end))
+
+    def _next_bucket(self, segment: Segment, arrival: float) -> None:
+        """Close the anchor bucket: the anchor becomes the least offset of the window, if it moved enough."""
+        segment.history.append(segment.bucket_min)
+        segment.bucket_min = float("inf")
+        segment.bucket_end = arrival + self._bucket
+        best = min(segment.history)
         if abs(best - segment.anchor) > self._slack:
             segment.anchor = best
-        return segment
 
     def _new_segment(self, arrival: float, ext_ts: int, clock: int) -> Segment:
-        self._segment = Segment(ext_ts, clock, self.out_rate / clock, arrival)
+        self._segment = Segment(ext_ts, clock, self.out_rate / clock, arrival, arrival + self._bucket)
         return self._segment
 
     def next_position(self) -> float:
         """Output position of the next packet waiting to be released (infinity when none waits)."""
-        if not self._heap:
+        if self._head == len(self._pending):
             return float("inf")
-        head = self._heap[0]
+        head = self._pending[self._head]
         return head[4].position(head[1])
 
     def release(self, limit: float) -> list[tuple[int, int, bytes, RtpMap | None]]:
@@ -219,16 +291,22 @@ class SsrcTimeline:
 
         Returns (position, payload type, payload, codec) for each.
         """
-        heap = self._heap
+        pending = self._pending
+        head = self._head
         out: list[tuple[int, int, bytes, RtpMap | None]] = []
-        while heap:
-            head = heap[0]
-            pos = head[4].position(head[1])
+        while head < len(pending):
+            _seq, ext_ts, pt, payload, segment, codec = pending[head]
+            pos = segment.anchor + (ext_ts - segment.base_ts) * segment.scale
             if pos >= limit:
                 break
-            heapq.heappop(heap)
-            self._released = head[0]
-            out.append((int(round(pos)), head[2], head[3], head[5]))
+            out.append((round(pos), pt, payload, codec))
+            head += 1
+        if out:
+            self._released = pending[head - 1][0]
+        if head > 1024:
+            del pending[:head]
+            head = 0
+        self._head = head
         return out
 
     @property
