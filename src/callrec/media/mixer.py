@@ -20,7 +20,7 @@ from callrec.errors import ParseError, UnsupportedCodec
 from callrec.media.codecs import decoder_for
 from callrec.media.codecs.base import Decoder, PcmArray
 from callrec.media.resample import StreamResampler
-from callrec.media.timeline import SsrcTimeline, StreamStats
+from callrec.media.timeline import Run, SsrcTimeline, StreamStats
 from callrec.models import CallInfo
 
 # how much output is released per step (short steps keep the window small)
@@ -172,46 +172,36 @@ class CallMixer:
             self._released = step
             self._emit(min(step - self._lag, self._max_end))
 
-    def _render(self, source: _Source, frames: list[tuple[int, int, bytes, RtpMap | None]]) -> None:
-        i = 0
-        while i < len(frames):
-            # a run of frames with one payload type decodes in one go
-            pt = frames[i][1]
-            j = i + 1
-            while j < len(frames) and frames[j][1] == pt:
-                j += 1
-            self._render_run(source, frames[i:j])
-            i = j
-
-    def _render_run(self, source: _Source, run: list[tuple[int, int, bytes, RtpMap | None]]) -> None:
-        codec = run[0][3]
-        decoder = self._decoder(source, codec, run[0][1])
-        last = run[-1]
-        self._max_end = max(self._max_end, last[0])
-        if decoder is None:
-            return
-        stats = source.timeline.stats
-        if decoder.name in ("PCMA/8000", "PCMU/8000"):
-            # G.711: one byte per sample, so one table lookup serves the whole run
-            pcm = decoder.decode_many([f[2] for f in run])
-            start = end = run[0][0]
-            at = 0
-            for pos, _pt, payload, _codec in run:
-                if pos != end:
-                    # not contiguous (loss, a timestamp jump): place what came before, go on from here
-                    self._place(source, decoder, start, pcm[at : at + end - start])
-                    at += end - start
-                    start = pos
-                end = pos + len(payload)
-            self._place(source, decoder, start, pcm[at:])
-            return
-        for pos, _pt, payload, _codec in run:
-            try:
-                pcm = decoder.decode(payload)
-            except ParseError:
-                stats.undecodable += 1
+    def _render(self, source: _Source, runs: list[Run]) -> None:
+        for pt, codec, positions, payloads in runs:
+            decoder = self._decoder(source, codec, pt)
+            self._max_end = max(self._max_end, positions[-1])
+            if decoder is None:
                 continue
-            self._place(source, decoder, pos, pcm)
+            if decoder.name in ("PCMA/8000", "PCMU/8000"):
+                self._render_g711(source, decoder, positions, payloads)
+                continue
+            for pos, payload in zip(positions, payloads, strict=True):
+                try:
+                    pcm = decoder.decode(payload)
+                except ParseError:
+                    source.timeline.stats.undecodable += 1
+                    continue
+                self._place(source, decoder, pos, pcm)
+
+    def _render_g711(self, source: _Source, decoder: Decoder, positions: list[int], payloads: list[bytes]) -> None:
+        # one byte per sample, so one table lookup serves the whole run
+        pcm = decoder.decode_many(payloads)
+        start = end = positions[0]
+        at = 0
+        for pos, payload in zip(positions, payloads, strict=True):
+            if pos != end:
+                # not contiguous (loss, a timestamp jump): place what came before, go on from here
+                self._place(source, decoder, start, pcm[at : at + end - start])
+                at += end - start
+                start = pos
+            end = pos + len(payload)
+        self._place(source, decoder, start, pcm[at:])
 
     def _decoder(self, source: _Source, codec: RtpMap | None, pt: int) -> Decoder | None:
         name = codec.name if codec is not None else f"PT{pt}"

@@ -100,6 +100,8 @@ class StreamStats:
 
 # (ext_seq, ext_ts, payload_type, payload, segment, codec)
 Pending = tuple[int, int, int, bytes, Segment, RtpMap | None]
+# (payload_type, codec, output positions, payloads): consecutive released packets of one payload type
+Run = tuple[int, RtpMap | None, list[int], list[bytes]]
 _AUDIO, _EVENT, _NOISE = 0, 1, 2
 _SEEN_MASK = SEEN_HORIZON - 1
 
@@ -286,28 +288,38 @@ class SsrcTimeline:
         head = self._pending[self._head]
         return head[4].position(head[1])
 
-    def release(self, limit: float) -> list[tuple[int, int, bytes, RtpMap | None]]:
+    def release(self, limit: float) -> list[Run]:
         """Release, in sequence order, the waiting packets positioned before ``limit``.
 
-        Returns (position, payload type, payload, codec) for each.
+        Consecutive packets of one payload type come out as one run: (payload type, codec, output
+        positions, payloads), so the mixer decodes a run at once.
         """
         pending = self._pending
         head = self._head
-        out: list[tuple[int, int, bytes, RtpMap | None]] = []
+        runs: list[Run] = []
+        last_pt = -1
+        last_codec: RtpMap | None = None
+        positions: list[int] = []
+        payloads: list[bytes] = []
         while head < len(pending):
             _seq, ext_ts, pt, payload, segment, codec = pending[head]
             pos = segment.anchor + (ext_ts - segment.base_ts) * segment.scale
             if pos >= limit:
                 break
-            out.append((round(pos), pt, payload, codec))
+            if pt != last_pt or codec is not last_codec or not runs:
+                positions, payloads = [], []
+                runs.append((pt, codec, positions, payloads))
+                last_pt, last_codec = pt, codec
+            positions.append(round(pos))
+            payloads.append(payload)
             head += 1
-        if out:
+        if runs:
             self._released = pending[head - 1][0]
         if head > 1024:
             del pending[:head]
             head = 0
         self._head = head
-        return out
+        return runs
 
     @property
     def jitter_delay(self) -> float:
