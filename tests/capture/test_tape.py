@@ -69,6 +69,12 @@ def record(
     return info, truths, t0
 
 
+def two_party(folder: Path, seconds: float, *, cleanly: bool = True) -> None:
+    """A plain caller/callee tape."""
+    plans = [synth.StreamPlan("A", seed=1), synth.StreamPlan("B", seed=2)]
+    record(folder, [Party("A", "caller"), Party("B", "callee")], plans, seconds, cleanly=cleanly)
+
+
 def test_tape_round_trip_and_two_party_layout(tmp_path: Path) -> None:
     need(synth.FFMPEG, "ffmpeg")
     folder = tmp_path / "tape"
@@ -100,12 +106,7 @@ def test_tape_opens_in_wireshark(tmp_path: Path) -> None:
     tshark = need(shutil.which("tshark"), "tshark")
     need(synth.FFMPEG, "ffmpeg")
     folder = tmp_path / "tape"
-    record(
-        folder,
-        [Party("A", "caller"), Party("B", "callee")],
-        [synth.StreamPlan("A", seed=1), synth.StreamPlan("B", seed=2)],
-        1.0,
-    )
+    two_party(folder, 1.0)
     out = subprocess.run(
         [
             tshark,
@@ -169,13 +170,7 @@ def test_conference_is_one_file_with_every_voice_and_no_clipping(tmp_path: Path)
 def test_interrupted_tape_still_mixes(tmp_path: Path) -> None:
     need(synth.FFMPEG, "ffmpeg")
     folder = tmp_path / "tape"
-    record(
-        folder,
-        [Party("A", "caller"), Party("B", "callee")],
-        [synth.StreamPlan("A", seed=1), synth.StreamPlan("B", seed=2)],
-        2.0,
-        cleanly=False,
-    )
+    two_party(folder, 2.0, cleanly=False)
     info = read_info(folder)
     assert info.interrupted and not info.closed_cleanly
     [report] = mix_json(str(folder), "-o", str(tmp_path / "x.mp3"))

@@ -8,7 +8,6 @@ go through a limiter, so mixed voices never clip.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -274,22 +273,3 @@ class CallMixer:
             self._gain = min(need, self._gain + LIMITER_RELEASE)
             out[lo : lo + size] = np.clip(np.rint(part * self._gain), -FULL_SCALE, FULL_SCALE)
         return out
-
-
-def mix_packets(
-    info: CallInfo,
-    sink: Sink,
-    packets: Iterable[tuple[float, str, int, int, int, int, bytes]],
-    *,
-    rate: int = 8000,
-    channels: int = 2,
-) -> MixResult:
-    """Mix packets (arrival, party, ssrc, seq, ts, pt, payload) of one call, codecs from ``info``."""
-    mixer = CallMixer(info, sink, rate=rate, channels=channels)
-    codecs: dict[str, dict[int, RtpMap]] = {}
-    for stream in info.streams:
-        codecs.setdefault(stream.party, {}).update(stream.rtpmap)
-    for arrival, party, ssrc, seq, ts, pt, payload in packets:
-        mixer.push(arrival, party, ssrc, seq, ts, pt, payload, codecs.get(party, {}).get(pt))
-        mixer.advance(arrival)
-    return mixer.finish()
