@@ -141,6 +141,7 @@ class StreamPlan:
     ssrc_change: bool = False
     dtmf: bool = False
     dtmf_at: float = 0.7  # where the 200 ms RFC 4733 event starts, as a fraction of the stream
+    dtmf_ssrc: bool = False  # events on an SSRC of their own (as sipp's uac_pcap sends them)
     silence_gap: bool = False
     dynamic_pt: int | None = None  # send the first codec under this dynamic PT (declared in SDP)
     silent: bool = False  # one-way audio: this party sends nothing
@@ -214,7 +215,10 @@ def build_stream(plan: StreamPlan, duration: float, rng: random.Random) -> tuple
             event_ts = (ts - (k - dtmf.start) * ts_step) & 0xFFFFFFFF
             duration_units = (k - dtmf.start + 1) * ts_step
             body = struct.pack("!BBH", 5, 10 | (0x80 if k == dtmf.stop - 1 else 0), duration_units)
-            packets.append(Packet(send, send, seq & 0xFFFF, event_ts, ssrc, 101, k == dtmf.start, body))
+            event_ssrc = (ssrc ^ 0x5A5A5A5A) if plan.dtmf_ssrc else ssrc
+            if plan.dtmf_ssrc and event_ssrc not in truth.ssrcs:
+                truth.ssrcs.append(event_ssrc)
+            packets.append(Packet(send, send, seq & 0xFFFF, event_ts, event_ssrc, 101, k == dtmf.start, body))
             seq += 1
             ts += ts_step
             continue

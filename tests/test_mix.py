@@ -47,6 +47,7 @@ SCENARIOS = {
     "ssrc_change": {"ssrc_change": True},
     "dtmf_and_comfort_noise_gap": {"dtmf": True, "silence_gap": True},
     "trailing_dtmf": {"a_dtmf": True, "a_dtmf_at": 0.99, "b_stop": 10.0},
+    "trailing_dtmf_own_ssrc": {"a_dtmf": True, "a_dtmf_at": 0.99, "a_dtmf_ssrc": True, "b_stop": 10.0},
     "codec_change_pcma_to_pcmu": {"a_second_codec": "PCMU", "b_codec": "PCMU", "b_second_codec": "PCMA"},
     "g722_8000_clock": {"codec": "G722"},
     "codec_change_to_g722": {"a_second_codec": "G722"},

@@ -131,6 +131,7 @@ class SsrcTimeline:
         self._clock = DEFAULT_CLOCK_RATE
         self._name = ""
         self._segment: Segment | None = None
+        self._signal_segment: Segment | None = None  # positions non-audio packets when no audio segment fits
         self._transit: float | None = None
         self._jitter = 0.0
         self._max_jitter = 0.0  # in timestamp units of the current clock
@@ -184,7 +185,7 @@ class SsrcTimeline:
         if pt != self._last_pt or codec is not self._last_codec:
             self._classify(pt, codec)
         if self._kind != _AUDIO:
-            self._signal(ext_ts, payload)
+            self._signal(arrival, ext_ts, payload)
             return
         self._count += 1
         # RFC 3550 section 6.4.1 interarrival jitter, in timestamp units
@@ -255,7 +256,7 @@ class SsrcTimeline:
         self.stats.max_seq = self._max
         return self.stats
 
-    def _signal(self, ext_ts: int, payload: bytes) -> None:
+    def _signal(self, arrival: float, ext_ts: int, payload: bytes) -> None:
         """Count a non-audio packet and remember where it ends: the recording lasts until the last media."""
         end = ext_ts
         if self._kind == _EVENT:
@@ -265,8 +266,13 @@ class SsrcTimeline:
         else:
             self.stats.comfort_noise += 1
         segment = self._segment
-        if segment is not None and segment.clock_rate == self._clock:
-            self.signal_end = max(self.signal_end, segment.position(end))
+        if segment is None or segment.clock_rate != self._clock:
+            # no audio on this clock (an SSRC of events only, as some phones send): place by arrival
+            segment = self._signal_segment
+            if segment is None or segment.clock_rate != self._clock:
+                segment = Segment(ext_ts, self._clock, self.out_rate / self._clock, arrival)
+                self._signal_segment = segment
+        self.signal_end = max(self.signal_end, segment.position(end))
 
     def _next_bucket(self, segment: Segment, arrival: float) -> None:
         """Close the anchor bucket: the anchor becomes the least offset of the window, if it moved enough."""
