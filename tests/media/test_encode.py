@@ -83,3 +83,23 @@ def test_bad_writer_settings() -> None:
         WavWriter("/tmp/never.wav", rate=8000, channels=2, codec="gsm")
     with pytest.raises(OutputError, match="output format must be mp3 or wav"):
         open_writer("/tmp/never.ogg", fmt="ogg", rate=8000, channels=2)
+
+
+class _FullDisk:
+    def write(self, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    def seek(self, pos: int) -> int:
+        return pos
+
+    def close(self) -> None:
+        pass
+
+
+def test_full_disk_is_an_output_error(tmp_path: Path) -> None:
+    writer = Mp3Writer(tmp_path / "x.mp3", rate=8000, channels=2, bitrate_kbps=16)
+    writer._file = _FullDisk()  # type: ignore[assignment]
+    with pytest.raises(OutputError, match=r"^cannot write .*x\.mp3: No space left on device$"):
+        for _ in range(10):
+            writer.write(np.ones((8000, 2), np.int16))
+        writer.close()

@@ -81,7 +81,10 @@ class Mp3Writer:
     def _emit(self, data: bytes) -> None:
         if not self._header:
             self._header = bytes(data[:4])
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from exc
         self.bytes += len(data)
 
     def close(self) -> None:
@@ -95,8 +98,11 @@ class Mp3Writer:
             info = _info_frame(
                 self._header, self._frame_bytes, frames, self.bytes, self._encoder.delay, padding
             )
-            self._file.seek(0)
-            self._file.write(info)
+            try:
+                self._file.seek(0)
+                self._file.write(info)
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.path}: {exc.strerror}") from exc
         self._file.close()
         os.replace(self._part, self.path)
 
@@ -131,7 +137,10 @@ class WavWriter:
         self.bytes = 0
 
     def write(self, block: npt.NDArray[np.int16]) -> None:
-        self._file.write(block)
+        try:
+            self._file.write(block)
+        except (OSError, RuntimeError) as exc:  # libsndfile reports a full disk as a RuntimeError subclass
+            raise OutputError(f"cannot write {self.path}: {exc}") from exc
 
     def close(self) -> None:
         self._file.close()
