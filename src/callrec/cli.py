@@ -119,6 +119,65 @@ def mix_command(
         _fail(f"{input}: no call{where} with media found")
 
 
+@app.command("record")
+def record_command(
+    listen: Annotated[str, typer.Option("--listen", help="SIP address, UDP and TCP")] = "0.0.0.0:5060",
+    rtp_ports: Annotated[str, typer.Option("--rtp-ports", help="RTP port range FIRST-LAST")] = "30000-39999",
+    data: Annotated[Path, typer.Option("--data", help="Data folder; tapes go to DATA/tapes")] = Path("data"),
+    allow: Annotated[
+        list[str] | None, typer.Option("--allow", help="SRC address or CIDR allowed to record (repeatable)")
+    ] = None,
+    media_address: Annotated[
+        str, typer.Option("--media-address", help="Address given to SRCs for RTP (default: the one they reach)")
+    ] = "",
+    idle_timeout: Annotated[
+        float, typer.Option("--idle-timeout", help="Close a session with no media nor SIP for this long, s")
+    ] = 300.0,
+    max_sessions: Annotated[int, typer.Option("--max-sessions", help="Sessions at once; more get 503")] = 5000,
+    mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Mix each tape when it closes")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+) -> None:
+    """Record SIPREC sessions (RFC 7866) to tapes without transcoding, until SIGTERM or SIGINT."""
+    import logging
+
+    from callrec.config import (
+        DEFAULT_SIP_PORT,
+        parse_hostport,
+        parse_networks,
+        parse_port_range,
+        recorder_config_from_env,
+    )
+    from callrec.runner import run
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = recorder_config_from_env()
+        cfg.listen_host, cfg.listen_port = parse_hostport(listen, DEFAULT_SIP_PORT, "--listen")
+        cfg.rtp_first, cfg.rtp_last = parse_port_range(rtp_ports)
+        cfg.data_dir = data
+        if allow:
+            cfg.allow = parse_networks(allow)
+        cfg.media_address = media_address or cfg.media_address
+        cfg.idle_timeout_s = idle_timeout
+        cfg.max_sessions = max_sessions
+        cfg.mix_on_close = mix
+        if not cfg.allow:
+            print("callrec: warning: no --allow given: any address may open recording sessions", file=sys.stderr)
+        ready = (
+            f"callrec record: listening on {{host}}:{{port}} (udp, tcp), rtp ports {cfg.rtp_first}-{cfg.rtp_last},"
+            f" tapes under {cfg.tapes_dir}"
+        )
+        run(cfg, mix=mix, ready=ready)
+    except CallrecError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot start the recorder: {exc.strerror or exc}")
+
+
 @app.command("version")
 def version_command() -> None:
     """Print the version."""

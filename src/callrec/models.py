@@ -50,6 +50,10 @@ class CallInfo:
     source: str = "pcap"
     closed_cleanly: bool = False
     interrupted: bool = False
+    # why the recording ended: "bye", "cancel", "idle", "shutdown", "no-ack", "crash", "" while open
+    end_reason: str = ""
+    # the recorder process that writes the tape while it is open (see capture/recovery.py)
+    recorder: str = ""
 
     @property
     def call_id(self) -> str:
@@ -113,6 +117,8 @@ class CallInfo:
             source=str(data.get("source", "pcap")),
             closed_cleanly=bool(data.get("closed_cleanly", False)),
             interrupted=bool(data.get("interrupted", False)),
+            end_reason=str(data.get("end_reason", "")),
+            recorder=str(data.get("recorder", "")),
         )
 
 

@@ -175,11 +175,16 @@ def split_multipart(body: bytes, boundary: str) -> list[tuple[dict[str, str], by
 class StreamFramer:
     """Cuts SIP messages out of a TCP byte stream by their Content-Length (RFC 3261 section 18.3)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = False) -> None:
         self._buffer = bytearray()
+        self._strict = strict
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return every whole message now complete."""
+        """Add received bytes; return every whole message now complete.
+
+        A message announcing more than 64 KiB is dropped with what is buffered; with ``strict`` it raises
+        ``ParseError`` instead (a live connection is then closed: it cannot be trusted).
+        """
         self._buffer += data
         out: list[bytes] = []
         while True:
@@ -198,6 +203,11 @@ class StreamFramer:
                 if _canonical(name.strip()) == "content-length":
                     value = value.strip()
                     length = int(value) if value.isdigit() else 0
+            if end + 4 + length > MAX_MESSAGE_BYTES:
+                self._buffer.clear()
+                if self._strict:
+                    raise ParseError("SIP message on the stream is larger than 64 KiB")
+                return out
             total = end + 4 + length
             if len(self._buffer) < total:
                 return out
@@ -236,3 +246,48 @@ def display_name(value: str | None) -> str:
         return ""
     before = value.split("<")[0].strip()
     return before.strip('"') if "<" in value else ""
+
+
+def make_response(
+    request: SipMessage,
+    status: int,
+    reason: str,
+    *,
+    to_tag: str | None = None,
+    received: tuple[str, int] | None = None,
+) -> SipMessage:
+    """A response to ``request`` (RFC 3261 section 8.2.6): its Via, From, Call-ID, CSeq; To with our tag.
+
+    ``received`` is where the request came from: it fills the top Via's ``received``/``rport``
+    (RFC 3581) so the response finds its way back through NAT.
+    """
+    reason = " ".join(reason.split())  # a reason phrase is one line
+    response = SipMessage(status=status, reason=reason)
+    for i, via in enumerate(request.header_all("via")):
+        if i == 0 and received is not None:
+            via = _via_received(via, received)
+        response.headers.append(("via", via))
+    to = request.header("to") or ""
+    if to_tag and status > 100 and _tag(to) is None:
+        to = f"{to};tag={to_tag}"
+    for name, value in (("from", request.header("from")), ("to", to), ("call-id", request.call_id)):
+        response.headers.append((name, value or ""))
+    response.headers.append(("cseq", request.header("cseq") or ""))
+    return response
+
+
+def _via_received(via: str, source: tuple[str, int]) -> str:
+    head, *params = via.split(";")
+    out = [head]
+    for param in params:
+        name = param.strip().split("=")[0].lower()
+        if name == "rport":
+            param = f"rport={source[1]}"
+        elif name == "received":
+            continue
+        out.append(param.strip())
+    sent_by = head.split()[-1] if head.split() else ""
+    host = sent_by.rsplit(":", 1)[0] if sent_by.count(":") == 1 else sent_by
+    if host.strip("[]") != source[0] or any(p.startswith("rport=") for p in out):
+        out.insert(1, f"received={source[0]}")
+    return ";".join(out)

@@ -35,6 +35,7 @@ def write_info(folder: str | os.PathLike[str], info: CallInfo) -> None:
     """Replace ``call.json`` atomically, so a crash never leaves half a file."""
     folder = Path(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".call.", suffix=".json")
+    os.fchmod(fd, 0o644)  # mkstemp makes it private; tapes are read by the mixer and the service
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(info.to_json(), f, indent=2, sort_keys=True)
         f.flush()
@@ -62,6 +63,10 @@ class TapeWriter:
         """``write`` with packed addresses (no conversion on the hot path)."""
         self._pcap.write(ts, src, sport, dst, dport, payload)
         self.packets += 1
+
+    def flush(self) -> None:
+        """Push buffered packets to the operating system (a crash of this process then loses nothing)."""
+        self._pcap.flush()
 
     def update(self) -> None:
         """Flush media and rewrite ``call.json`` with the current ``info``."""

@@ -1,0 +1,5 @@
+"""``python -m callrec``: the same as the ``callrec`` command."""
+
+from callrec.cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""SIP transports: UDP datagrams and TCP byte streams in, whole messages out, answers back the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from callrec.capture.sip import MAX_MESSAGE_BYTES, StreamFramer
+from callrec.errors import ParseError
+
+log = logging.getLogger("callrec.sip")
+
+
+@dataclass(slots=True)
+class Origin:
+    """Where a message came from and how to answer it (RFC 3261 section 18.2.2: to the source)."""
+
+    transport: str  # "UDP" or "TCP"
+    remote: tuple[str, int]
+    local: tuple[str, int]
+    send: Callable[[bytes], None]
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "UDP"
+
+
+MessageHandler = Callable[[bytes, Origin], None]
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, listener: SipListener) -> None:
+        self._listener = listener
+        self._transport: asyncio.DatagramTransport | None = None
+        self._local: tuple[str, int] = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interfaces without subclassing them
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._local = transport.get_extra_info("sockname")[:2]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        remote = (str(addr[0]), int(addr[1]))
+
+        def send(payload: bytes) -> None:
+            transport.sendto(payload, addr)
+
+        self._listener.deliver(data, Origin("UDP", remote, self._local, send))
+
+    def error_received(self, exc: Exception) -> None:
+        # an ICMP port-unreachable for an answer we sent: the SRC went away; nothing to do
+        log.debug("UDP error: %s", exc)
+
+
+class _Tcp(asyncio.Protocol):
+    def __init__(self, listener: SipListener) -> None:
+        self._listener = listener
+        self._framer = StreamFramer(strict=True)
+        self._origin: Origin | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+
+        def send(payload: bytes) -> None:
+            if not transport.is_closing():
+                transport.write(payload)
+
+        self._origin = Origin("TCP", (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1])), send)
+        self._listener.connections.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._listener.connections.discard(self._transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._origin is not None and self._transport is not None
+        try:
+            messages = self._framer.feed(data)
+        except ParseError as exc:
+            self._listener.dropped += 1
+            log.warning("closing SIP/TCP connection from %s:%d: %s", *self._origin.remote, exc)
+            self._transport.close()
+            return
+        for message in messages:
+            self._listener.deliver(message, self._origin)
+
+
+class SipListener:
+    """Listens for SIP on one address over UDP and TCP and hands every message to ``handler``."""
+
+    def __init__(self, handler: MessageHandler) -> None:
+        self._handler = handler
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self.connections: set[asyncio.Transport] = set()
+        self.dropped = 0
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind UDP and TCP; returns the bound address (port 0 picks a free port, the same for both)."""
+        loop = asyncio.get_running_loop()
+        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+        self._udp = udp
+        bound = udp.get_extra_info("sockname")
+        self._tcp = await loop.create_server(lambda: _Tcp(self), host, bound[1], reuse_address=True)
+        return str(bound[0]), int(bound[1])
+
+    def deliver(self, data: bytes, origin: Origin) -> None:
+        if len(data) > MAX_MESSAGE_BYTES or not data.strip():
+            # keep-alive CRLFs (RFC 5626) and empty datagrams are not messages
+            if data.strip():
+                self.dropped += 1
+            return
+        self._handler(data, origin)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            for transport in list(self.connections):
+                transport.close()
+            await self._tcp.wait_closed()

@@ -1,0 +1,640 @@
+"""The SIPREC session recording server: SIP dialogs in, one tape per recording session out.
+
+Signalling runs through ``SipListener`` (UDP and TCP) and ``ServerTransactions``; each accepted INVITE
+becomes a ``RecordingSession`` with one RTP/RTCP port pair per recordable ``m=`` line, whose packets
+``MediaReceiver`` appends to the session's tape as they arrive. Disk work that may block (creating a
+tape, rewriting ``call.json``, closing) runs in a small thread pool so that media is never held up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from callrec.capture import tape
+from callrec.capture.listener import Origin, SipListener
+from callrec.capture.media_io import MediaReceiver
+from callrec.capture.ports import PortAllocator, PortsExhausted
+from callrec.capture.recovery import TapeRegistry
+from callrec.capture.sdp import Sdp
+from callrec.capture.session import (
+    MediaLine,
+    RecordingSession,
+    build_answer,
+    is_siprec,
+    parties_from,
+    party_of,
+    recordable,
+    tape_folder,
+)
+from callrec.capture.sip import SipMessage, make_response
+from callrec.capture.siprec import RecordingMetadata
+from callrec.capture.sipvalidate import salvage_request, validate_request
+from callrec.capture.transactions import ServerTransactions
+from callrec.config import RecorderConfig
+from callrec.errors import CallrecError, ParseError
+from callrec.models import CallInfo, Party, Stream
+
+log = logging.getLogger("callrec.recorder")
+
+ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
+SUPPORTED_OPTIONS = frozenset({"siprec"})
+METADATA_TYPE = "application/rs-metadata+xml"
+HOUSEKEEPING_S = 1.0
+DISK_CHECK_S = 2.0
+RETRY_AFTER_S = 30
+
+
+@dataclass(slots=True)
+class RecorderStats:
+    sessions_total: int = 0
+    sessions_rejected: int = 0
+    sip_bad: int = 0
+    sip_dropped: int = 0
+    tapes_recovered: int = 0
+    closed: dict[str, int] = field(default_factory=dict)
+
+
+class Recorder:
+    """``callrec record``: accepts SIPREC sessions and writes their tapes under ``cfg.tapes_dir``."""
+
+    def __init__(self, cfg: RecorderConfig, on_tape_closed: Callable[[Path], None] | None = None) -> None:
+        self.cfg = cfg
+        self.stats = RecorderStats()
+        self.sessions: dict[str, RecordingSession] = {}
+        self._on_tape_closed = on_tape_closed
+        self._ports = PortAllocator(cfg.rtp_first, cfg.rtp_last)
+        self._disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callrec-disk")
+        self._info_lock = threading.Lock()
+        self._listener = SipListener(self._handle)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._media: MediaReceiver | None = None
+        self._transactions: ServerTransactions | None = None
+        self._registry: TapeRegistry | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._disk_ok = True
+        self._disk_checked = 0.0
+        self._local_ip: dict[str, str] = {}
+        self.address: tuple[str, int] = ("", 0)
+
+    # ---- life cycle -------------------------------------------------------------------------------
+    async def start(self) -> list[Path]:
+        """Recover tapes left open by a dead recorder, then listen; returns the recovered tapes."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.cfg.tapes_dir.mkdir(parents=True, exist_ok=True)
+        self._registry = TapeRegistry(self.cfg.tapes_dir)
+        recovered = await loop.run_in_executor(self._disk, self._registry.recover)
+        self.stats.tapes_recovered = len(recovered)
+        for folder in recovered:
+            log.warning("tape %s was left open by a recorder that died: closed and marked interrupted", folder)
+            if self._on_tape_closed is not None:
+                self._on_tape_closed(folder)
+        self._media = MediaReceiver(loop, self.cfg.listen_host if self.cfg.listen_host else "0.0.0.0")
+        self._transactions = ServerTransactions(loop, self._ack_timeout)
+        self.address = await self._listener.start(self.cfg.listen_host, self.cfg.listen_port)
+        self._housekeeping = loop.create_task(self._housekeep())
+        return recovered
+
+    async def stop(self) -> None:
+        """Close every session's tape cleanly (telling each SRC with a BYE) and stop listening."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        for task in list(self._pending):
+            task.cancel()
+        for session in list(self.sessions.values()):
+            self._send_bye(session)
+            self._close(session, "shutdown")
+        await asyncio.sleep(0)  # let the BYEs leave
+        await self._listener.close()
+        if self._transactions is not None:
+            self._transactions.close()
+        if self._media is not None:
+            self._media.close_all()
+        self._disk.shutdown(wait=True)
+        if self._registry is not None:
+            self._registry.close()
+
+    # ---- signalling -------------------------------------------------------------------------------
+    def _handle(self, data: bytes, origin: Origin) -> None:
+        try:
+            msg = SipMessage.parse(data)
+            if msg.is_request:
+                validate_request(msg)
+        except ParseError as exc:
+            self._bad_request(data, origin, exc)
+            return
+        if not msg.is_request:
+            return  # answers to our BYEs: nothing to do with them
+        assert self._transactions is not None
+        if msg.method != "ACK" and not self.cfg.allowed(origin.remote[0]):
+            self._reply_stateless(msg, origin, 403, "Forbidden: address not allowed to record")
+            return
+        if self._transactions.received(msg, origin.send, origin.reliable):
+            return
+        method = msg.method
+        try:
+            if method == "INVITE":
+                self._invite(msg, origin)
+            elif method == "ACK":
+                self._ack(msg)
+            elif method == "BYE":
+                self._bye(msg, origin)
+            elif method == "CANCEL":
+                self._cancel(msg, origin)
+            elif method == "OPTIONS":
+                self._options(msg, origin)
+            elif method == "UPDATE":
+                self._update(msg, origin)
+            elif method == "INFO":
+                self._in_dialog_ok(msg, origin)
+            else:
+                self._respond(msg, origin, 405, "Method Not Allowed", headers=[("allow", ALLOWED_METHODS)])
+        except CallrecError as exc:
+            log.warning("%s %s failed: %s", method, msg.call_id, exc)
+            self._respond(msg, origin, 500, f"Server Internal Error: {exc}")
+
+    def _bad_request(self, data: bytes, origin: Origin, exc: ParseError) -> None:
+        request = salvage_request(data)
+        if request is None or request.method == "ACK":
+            self.stats.sip_dropped += 1
+            log.debug("dropped a message from %s:%d: %s", *origin.remote, exc)
+            return
+        self.stats.sip_bad += 1
+        response = make_response(request, 400, f"Bad Request: {exc}", received=origin.remote)
+        origin.send(response.serialize())
+
+    def _respond(
+        self,
+        request: SipMessage,
+        origin: Origin,
+        status: int,
+        reason: str,
+        *,
+        to_tag: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        content_type: str = "",
+    ) -> None:
+        assert self._transactions is not None
+        response = make_response(request, status, reason, to_tag=to_tag, received=origin.remote)
+        response.headers.append(("server", self.cfg.user_agent))
+        response.headers.extend(headers or [])
+        if body:
+            response.headers.append(("content-type", content_type))
+            response.body = body
+        self._transactions.respond(request, response)
+
+    def _reply_stateless(self, request: SipMessage, origin: Origin, status: int, reason: str) -> None:
+        response = make_response(request, status, reason, to_tag=_new_tag(), received=origin.remote)
+        origin.send(response.serialize())
+
+    def _contact(self, origin: Origin) -> str:
+        host = self._advertised(origin)
+        host = f"[{host}]" if ":" in host else host
+        transport = ";transport=tcp" if origin.reliable else ""
+        return f"<sip:callrec@{host}:{self.address[1]}{transport}>;+sip.srs"
+
+    def _options(self, msg: SipMessage, origin: Origin) -> None:
+        self._respond(
+            msg,
+            origin,
+            200,
+            "OK",
+            to_tag=_new_tag() if msg.to_tag is None else None,
+            headers=[
+                ("allow", ALLOWED_METHODS),
+                ("accept", f"application/sdp, {METADATA_TYPE}, multipart/mixed"),
+                ("supported", "siprec"),
+            ],
+        )
+
+    def _invite(self, msg: SipMessage, origin: Origin) -> None:
+        if msg.to_tag is not None:
+            self._reinvite(msg, origin)
+            return
+        unsupported = _unsupported(msg)
+        if unsupported:
+            self._respond(msg, origin, 420, "Bad Extension", headers=[("unsupported", ", ".join(unsupported))])
+            return
+        if msg.call_id in self.sessions:
+            self._respond(msg, origin, 482, "Loop Detected: Call-ID already in a session", to_tag=_new_tag())
+            return
+        refusal = self._refusal()
+        if refusal is not None:
+            self.stats.sessions_rejected += 1
+            self._respond(msg, origin, 503, refusal, to_tag=_new_tag(), headers=[("retry-after", str(RETRY_AFTER_S))])
+            return
+        sdp_body = msg.sdp_body()
+        if not sdp_body:
+            self._respond(msg, origin, 488, "Not Acceptable Here: the INVITE has no SDP offer", to_tag=_new_tag())
+            return
+        try:
+            sdp = Sdp.parse(sdp_body)
+        except ParseError as exc:
+            self._respond(msg, origin, 400, f"Bad Request: {exc}", to_tag=_new_tag())
+            return
+        if not any(recordable(m) for m in sdp.media):
+            self._respond(
+                msg, origin, 488, "Not Acceptable Here: no recordable RTP/AVP audio stream", to_tag=_new_tag()
+            )
+            return
+        metadata = _metadata(msg)
+        now = time.time()
+        call_id = msg.call_id
+        info = CallInfo(call_ids=[call_id], source="siprec", started_at=now)
+        info.recorder = self._registry.owner if self._registry is not None else ""
+        session = RecordingSession(
+            call_id=call_id,
+            remote_tag=msg.from_tag or "",
+            local_tag=_new_tag(),
+            info=info,
+            folder=tape_folder(self.cfg.tapes_dir, call_id, now),
+            metadata=metadata,
+            remote_target=msg.header("contact") or msg.header("from") or "",
+            last_invite_cseq=msg.cseq[0],
+        )
+        session.origin = origin
+        session.advertised = self._advertised(origin)
+        info.parties = parties_from(msg, metadata, self.cfg)
+        self._label_call(session, msg)
+        try:
+            self._apply_offer(session, sdp, origin)
+        except PortsExhausted:
+            self._release_ports(session)
+            self.stats.sessions_rejected += 1
+            self._respond(
+                msg,
+                origin,
+                503,
+                "Service Unavailable: no free RTP ports",
+                to_tag=session.local_tag,
+                headers=[("retry-after", str(RETRY_AFTER_S))],
+            )
+            return
+        self.sessions[call_id] = session
+        self.stats.sessions_total += 1
+        self._respond(msg, origin, 100, "Trying")
+        task = asyncio.get_running_loop().create_task(self._open(session, msg, origin))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _open(self, session: RecordingSession, msg: SipMessage, origin: Origin) -> None:
+        """Create the tape off the event loop, start reading media, then answer 200 OK."""
+        assert self._loop is not None and self._registry is not None
+        registry = self._registry
+        folder, info = session.folder, session.info
+
+        def create() -> tape.TapeWriter:
+            folder.mkdir(parents=True, exist_ok=True)
+            registry.register(folder)
+            return tape.TapeWriter(folder, info)
+
+        try:
+            writer = await self._loop.run_in_executor(self._disk, create)
+        except (OSError, CallrecError) as exc:
+            log.error("cannot create tape %s: %s", folder, exc)
+            self._drop(session)
+            if not session.cancelled:
+                self._respond(
+                    msg, origin, 500, "Server Internal Error: cannot create the tape", to_tag=session.local_tag
+                )
+            return
+        session.tape = writer
+        if session.cancelled:
+            self._close(session, "cancel", discard=True)
+            return
+        self._start_media(session, origin)
+        headers = [("contact", self._contact(origin)), ("allow", ALLOWED_METHODS)]
+        if is_siprec(msg):
+            headers.append(("require", "siprec"))
+        self._respond(
+            msg,
+            origin,
+            200,
+            "OK",
+            to_tag=session.local_tag,
+            headers=headers,
+            body=session.answer,
+            content_type="application/sdp",
+        )
+        log.info("recording %s into %s", session.call_id, folder)
+
+    def _reinvite(self, msg: SipMessage, origin: Origin) -> None:
+        session = self._dialog(msg, origin)
+        if session is None:
+            return
+        body = msg.sdp_body()
+        if body:
+            try:
+                sdp = Sdp.parse(body)
+            except ParseError as exc:
+                self._respond(msg, origin, 400, f"Bad Request: {exc}")
+                return
+            update = _metadata(msg)
+            if update is not None:
+                if session.metadata is None:
+                    session.metadata = update
+                else:
+                    session.metadata.update(update)
+            try:
+                self._apply_offer(session, sdp, origin)
+            except PortsExhausted:
+                self._respond(
+                    msg,
+                    origin,
+                    500,
+                    "Server Internal Error: no free RTP ports",
+                    headers=[("retry-after", str(RETRY_AFTER_S))],
+                )
+                return
+            self._start_media(session, origin)
+            self._save_info(session)
+        self._respond(
+            msg,
+            origin,
+            200,
+            "OK",
+            headers=[("contact", self._contact(origin))],
+            body=session.answer,
+            content_type="application/sdp",
+        )
+
+    def _update(self, msg: SipMessage, origin: Origin) -> None:
+        self._reinvite(msg, origin)
+
+    def _in_dialog_ok(self, msg: SipMessage, origin: Origin) -> None:
+        if self._dialog(msg, origin) is not None:
+            self._respond(msg, origin, 200, "OK")
+
+    def _dialog(self, msg: SipMessage, origin: Origin) -> RecordingSession | None:
+        """The session an in-dialog request belongs to, answering 481/500 itself when there is none."""
+        session = self.sessions.get(msg.call_id)
+        if session is None or session.closed or msg.to_tag != session.local_tag:
+            self._respond(msg, origin, 481, "Call/Transaction Does Not Exist")
+            return None
+        number = msg.cseq[0]
+        if number <= session.last_invite_cseq and msg.method != "ACK":
+            self._respond(msg, origin, 500, "Server Internal Error: CSeq out of order")
+            return None
+        session.last_invite_cseq = number
+        session.touch()
+        return session
+
+    def _ack(self, msg: SipMessage) -> None:
+        session = self.sessions.get(msg.call_id)
+        if session is not None and msg.to_tag == session.local_tag:
+            session.confirmed = True
+            session.touch()
+
+    def _bye(self, msg: SipMessage, origin: Origin) -> None:
+        session = self._dialog(msg, origin)
+        if session is None:
+            return
+        self._respond(msg, origin, 200, "OK")
+        self._close(session, "bye")
+
+    def _cancel(self, msg: SipMessage, origin: Origin) -> None:
+        assert self._transactions is not None
+        invite = self._transactions.invite_for_cancel(msg)
+        if invite is None:
+            self._respond(msg, origin, 481, "Call/Transaction Does Not Exist")
+            return
+        self._respond(msg, origin, 200, "OK")
+        if self._transactions.has_final(invite):
+            return  # answered already: the CANCEL changes nothing (RFC 3261 section 9.2)
+        session = self.sessions.get(invite.call_id)
+        tag = session.local_tag if session is not None else _new_tag()
+        self._respond(invite, origin, 487, "Request Terminated", to_tag=tag)
+        if session is not None:
+            session.cancelled = True
+            if session.tape is not None:
+                self._close(session, "cancel", discard=True)
+
+    def _ack_timeout(self, invite: SipMessage) -> None:
+        session = self.sessions.get(invite.call_id)
+        if session is not None and not session.confirmed and not session.closed:
+            log.warning("no ACK for the 200 OK of %s: closing the session", invite.call_id)
+            self._send_bye(session)
+            self._close(session, "no-ack")
+
+    # ---- media and tapes --------------------------------------------------------------------------
+    def _apply_offer(self, session: RecordingSession, sdp: Sdp, origin: Origin) -> None:
+        """Match the offer's ``m=`` lines to the session's (by position), taking ports for new streams."""
+        assert self._media is not None
+        advertised = self._advertised(origin)
+        for index, offer in enumerate(sdp.media):
+            if index < len(session.lines):
+                line = session.lines[index]
+                line.offer = offer
+            else:
+                line = MediaLine(offer)
+                session.lines.append(line)
+            if not recordable(offer):
+                continue  # a stream removed (port 0) keeps its port until the session ends
+            if not line.port:
+                line.port = self._bind_port()
+            if line.stream is None:
+                party = party_of(index, line.label, session, self.cfg)
+                if session.info.party(party) is None:
+                    session.info.parties.append(Party(id=party, role="participant"))
+                line.stream = Stream(party=party, local_addr=advertised, local_port=line.port, label=line.label)
+                session.info.streams.append(line.stream)
+            line.stream.remote_addr = offer.address or ""
+            line.stream.remote_port = offer.port
+            for pt in offer.formats:
+                codec = offer.codec(pt)
+                if codec is not None:
+                    line.stream.rtpmap[pt] = codec
+        session.answer = build_answer(session, advertised)
+
+    def _bind_port(self) -> int:
+        assert self._media is not None
+        for _ in range(self._ports.capacity):
+            port = self._ports.take()
+            try:
+                self._media.bind(port)
+                return port
+            except OSError:
+                self._ports.set_aside(port)  # another program holds it
+        raise PortsExhausted("every RTP port pair of the range is taken")
+
+    def _start_media(self, session: RecordingSession, origin: Origin) -> None:
+        assert self._media is not None and session.tape is not None
+        advertised = self._advertised(origin)
+        for port in session.ports():
+            self._media.start(port, advertised, session.tape.write_packed)
+
+    def _release_ports(self, session: RecordingSession) -> None:
+        assert self._media is not None
+        for port in session.ports():
+            self._media.close(port)
+            self._ports.give_back(port)
+
+    def _drop(self, session: RecordingSession) -> None:
+        self._release_ports(session)
+        session.closed = True
+        self.sessions.pop(session.call_id, None)
+
+    def _close(self, session: RecordingSession, reason: str, *, discard: bool = False) -> None:
+        """End a session: keep what is still queued in its sockets, release its ports, close its tape."""
+        if session.closed:
+            return
+        assert self._media is not None and self._loop is not None
+        writer = session.tape
+        if writer is not None:
+            for port in session.ports():
+                self._media.drain(port, writer.write_packed, session.advertised)
+        self._drop(session)
+        self.stats.closed[reason] = self.stats.closed.get(reason, 0) + 1
+        if writer is None:
+            return
+        registry, folder, notify = self._registry, session.folder, self._on_tape_closed
+        session.info.end_reason = reason
+        ended = time.time()
+
+        def finish() -> None:
+            writer.close(ended_at=ended, cleanly=True)
+            if discard and writer.packets == 0:
+                shutil.rmtree(folder, ignore_errors=True)
+            if registry is not None:
+                registry.unregister(folder)
+
+        future = self._loop.run_in_executor(self._disk, finish)
+        if notify is not None and not discard:
+            future.add_done_callback(lambda f: f.exception() is None and notify(folder))
+
+    def _save_info(self, session: RecordingSession) -> None:
+        writer = session.tape
+        if writer is None or self._loop is None:
+            return
+        lock = self._info_lock
+
+        def save() -> None:
+            with lock:
+                if not session.closed:
+                    tape.write_info(session.folder, writer.info)
+
+        self._loop.run_in_executor(self._disk, save)
+
+    # ---- policy -----------------------------------------------------------------------------------
+    def _refusal(self) -> str | None:
+        """Why a new session cannot be taken now (503), or None."""
+        if len(self.sessions) >= self.cfg.max_sessions:
+            return "Service Unavailable: session limit reached"
+        now = time.monotonic()
+        if now - self._disk_checked > DISK_CHECK_S:
+            self._disk_checked = now
+            try:
+                self._disk_ok = shutil.disk_usage(self.cfg.tapes_dir).free >= self.cfg.min_free_bytes
+            except OSError:
+                self._disk_ok = False
+        if not self._disk_ok:
+            return "Service Unavailable: low disk space"
+        return None
+
+    def _advertised(self, origin: Origin) -> str:
+        """The address put in SDP answers and on tapes: configured, the listening one, or the route's."""
+        if self.cfg.media_address:
+            return self.cfg.media_address
+        if self.cfg.listen_host not in ("0.0.0.0", "::", ""):
+            return self.cfg.listen_host
+        peer = origin.remote[0]
+        found = self._local_ip.get(peer)
+        if found is None:
+            family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect((peer, 9))
+                    found = str(probe.getsockname()[0])
+                except OSError:
+                    found = origin.local[0]
+            self._local_ip[peer] = found
+        return found
+
+    def _label_call(self, session: RecordingSession, msg: SipMessage) -> None:
+        """Domain and interaction id: from the configured SIP headers, else the metadata's extension data."""
+        info, ext = session.info, session.metadata.extensions if session.metadata else {}
+        domain = msg.header(self.cfg.domain_header) or next((ext[k] for k in self.cfg.domain_keys if ext.get(k)), "")
+        interaction = msg.header(self.cfg.interaction_header) or next(
+            (ext[k] for k in self.cfg.interaction_keys if ext.get(k)), ""
+        )
+        if not interaction and session.metadata is not None:
+            interaction = session.metadata.group_id
+        info.domain = domain.strip() or "default"
+        info.interaction_id = interaction.strip()
+
+    def _send_bye(self, session: RecordingSession) -> None:
+        origin = session.origin
+        if origin is None or not session.confirmed:
+            return
+        bye = SipMessage(method="BYE", uri=_target_uri(session.remote_target))
+        host = self._advertised(origin)
+        proto = "TCP" if origin.reliable else "UDP"
+        bye.headers = [
+            ("via", f"SIP/2.0/{proto} {host}:{self.address[1]};branch=z9hG4bK{_new_tag()}"),
+            ("max-forwards", "70"),
+            ("from", f"<sip:callrec@{host}>;tag={session.local_tag}"),
+            ("to", f"<{_target_uri(session.remote_target)}>;tag={session.remote_tag}"),
+            ("call-id", session.call_id),
+            ("cseq", "1 BYE"),
+            ("user-agent", self.cfg.user_agent),
+        ]
+        origin.send(bye.serialize())
+
+    async def _housekeep(self) -> None:
+        """Once a second: push every tape's packets to the OS; close sessions gone idle."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                writer = session.tape
+                if writer is None:
+                    continue
+                try:
+                    writer.flush()
+                except CallrecError as exc:
+                    log.error("tape %s: %s", session.folder, exc)
+                if writer.packets != session.packets_at_check:
+                    session.packets_at_check = writer.packets
+                    session.last_activity = now
+                elif now - session.last_activity > self.cfg.idle_timeout_s:
+                    log.warning("session %s idle for %.0f s: closing it", session.call_id, self.cfg.idle_timeout_s)
+                    self._send_bye(session)
+                    self._close(session, "idle")
+
+
+def _new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def _unsupported(msg: SipMessage) -> list[str]:
+    required = [t.strip() for v in msg.header_all("require") for t in v.split(",") if t.strip()]
+    return [t for t in required if t.lower() not in SUPPORTED_OPTIONS]
+
+
+def _metadata(msg: SipMessage) -> RecordingMetadata | None:
+    """The rs-metadata of a request; broken metadata is logged and ignored (the media still matters)."""
+    body = msg.body_part(METADATA_TYPE)
+    if not body:
+        return None
+    try:
+        return RecordingMetadata.parse(body)
+    except ParseError as exc:
+        log.warning("call %s: ignoring its recording metadata: %s", msg.call_id, exc)
+        return None
+
+
+def _target_uri(value: str) -> str:
+    if "<" in value and ">" in value:
+        return value.split("<", 1)[1].split(">", 1)[0]
+    return value.split(";")[0].strip() or "sip:src"

@@ -1,0 +1,162 @@
+"""One SIPREC recording session: its offered streams, who sends each, the SDP answer, and its tape."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from callrec.capture.listener import Origin
+from callrec.capture.sdp import SdpMedia
+from callrec.capture.sip import SipMessage, display_name, uri_user
+from callrec.capture.siprec import MetaParticipant, RecordingMetadata
+from callrec.capture.tape import TapeWriter
+from callrec.config import RecorderConfig
+from callrec.models import CallInfo, Party, Stream
+
+RECORDABLE_PROFILES = ("RTP/AVP", "RTP/AVPF")
+SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+@dataclass(slots=True)
+class MediaLine:
+    """One ``m=`` line of the offer and what we answered for it (``port`` 0: rejected)."""
+
+    offer: SdpMedia
+    port: int = 0
+    stream: Stream | None = None
+
+    @property
+    def label(self) -> str:
+        return self.offer.label or ""
+
+
+@dataclass(slots=True)
+class RecordingSession:
+    """State of one recording dialog (its Call-ID, tags, streams) and the tape it writes."""
+
+    call_id: str
+    remote_tag: str
+    local_tag: str
+    info: CallInfo
+    folder: Path
+    remote_target: str = ""
+    lines: list[MediaLine] = field(default_factory=list)
+    metadata: RecordingMetadata | None = None
+    tape: TapeWriter | None = None
+    sdp_version: int = 0
+    answer: bytes = b""
+    confirmed: bool = False
+    closed: bool = False
+    cancelled: bool = False
+    last_activity: float = field(default_factory=time.monotonic)
+    packets_at_check: int = 0
+    last_invite_cseq: int = 0
+    # how to reach the SRC (for a BYE of our own) and the address our answer gave it
+    origin: Origin | None = None
+    advertised: str = ""
+
+    def ports(self) -> list[int]:
+        return [line.port for line in self.lines if line.port]
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+
+def tape_folder(root: Path, call_id: str, when: float) -> Path:
+    """``root/YYYY/MM/DD/<Call-ID made safe>-<random>``: unique even when a Call-ID comes back."""
+    day = time.strftime("%Y/%m/%d", time.gmtime(when))
+    safe = "".join(c if c in SAFE_CHARS else "_" for c in call_id)[:80] or "call"
+    return root / day / f"{safe}-{secrets.token_hex(4)}"
+
+
+def is_siprec(invite: SipMessage) -> bool:
+    """Whether an INVITE asks for a SIPREC session (RFC 7866 section 6.1)."""
+    options = ",".join(invite.header_all("require") + invite.header_all("supported")).lower()
+    contact = (invite.header("contact") or "").lower()
+    return "siprec" in options or "+sip.src" in contact
+
+
+def parties_from(invite: SipMessage, metadata: RecordingMetadata | None, cfg: RecorderConfig) -> list[Party]:
+    """The call's parties: the metadata's participants in order (caller first, unless configured "last").
+
+    Without metadata, a plain (non-SIPREC) INVITE's From and To name A and B; a SIPREC one's do not
+    (they are the SRC and us), so its parties stay unnamed.
+    """
+    if metadata is not None and metadata.participants:
+        people = ordered_people(metadata, cfg)
+        conference = len(people) > 2
+        parties: list[Party] = []
+        for i, p in enumerate(people):
+            if conference:
+                pid, role = f"P{i + 1}", "participant"
+            else:
+                pid, role = ("A", "caller") if i == 0 else ("B", "callee")
+            number = uri_user(f"<{p.aor}>") if p.aor else ""
+            parties.append(Party(id=pid, role=role, number=number, name=p.name, uri=p.aor))
+        return parties
+    if is_siprec(invite):
+        return [Party(id="A", role="caller"), Party(id="B", role="callee")]
+    sender, receiver = invite.header("from"), invite.header("to")
+    return [
+        Party(id="A", role="caller", number=uri_user(sender), name=display_name(sender)),
+        Party(id="B", role="callee", number=uri_user(receiver), name=display_name(receiver)),
+    ]
+
+
+def ordered_people(metadata: RecordingMetadata, cfg: RecorderConfig) -> list[MetaParticipant]:
+    people = metadata.ordered_participants()
+    return list(reversed(people)) if cfg.caller == "last" else people
+
+
+def party_of(index: int, label: str, session: RecordingSession, cfg: RecorderConfig) -> str:
+    """Which party sends the stream of the ``index``-th ``m=`` line: by metadata, else by offer order."""
+    parties = session.info.parties
+    metadata = session.metadata
+    if metadata is not None and label:
+        sender = metadata.sender_of(label)
+        ids = [p.id for p in ordered_people(metadata, cfg)]
+        if sender is not None and sender.id in ids and ids.index(sender.id) < len(parties):
+            return parties[ids.index(sender.id)].id
+    if index < len(parties):
+        return parties[index].id
+    return f"P{index + 1}"
+
+
+def build_answer(session: RecordingSession, address: str) -> bytes:
+    """Our SDP answer: every recordable stream ``recvonly`` on its port, the rest rejected (port 0)."""
+    session.sdp_version += 1
+    family = "IP6" if ":" in address else "IP4"
+    lines = [
+        "v=0",
+        f"o=callrec {abs(hash(session.local_tag)) % 10**9} {session.sdp_version} IN {family} {address}",
+        "s=callrec",
+        f"c=IN {family} {address}",
+        "t=0 0",
+    ]
+    for line in session.lines:
+        offer = line.offer
+        formats = " ".join(str(f) for f in offer.formats) or "0"
+        if not line.port:
+            lines.append(f"m={offer.media} 0 {offer.proto} {formats}")
+            continue
+        lines.append(f"m={offer.media} {line.port} {offer.proto} {formats}")
+        for pt in offer.formats:
+            codec = offer.rtpmap.get(pt)
+            if codec is None:
+                continue
+            suffix = f"/{codec.channels}" if codec.channels != 1 else ""
+            lines.append(f"a=rtpmap:{pt} {codec.encoding}/{codec.clock_rate}{suffix}")
+            if codec.fmtp:
+                params = ";".join(f"{k}={v}" if v else k for k, v in codec.fmtp.items())
+                lines.append(f"a=fmtp:{pt} {params}")
+        if offer.label:
+            lines.append(f"a=label:{offer.label}")
+        # an SRC that stops sending (hold) is answered inactive; otherwise we only ever receive
+        lines.append("a=recvonly" if offer.direction in ("sendonly", "sendrecv") else "a=inactive")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def recordable(media: SdpMedia) -> bool:
+    return media.media == "audio" and media.port != 0 and media.proto.upper() in RECORDABLE_PROFILES

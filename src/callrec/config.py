@@ -1,0 +1,159 @@
+"""Settings: every knob has a default that works on one machine, and a ``CALLREC_*`` variable to change it."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from callrec.errors import CallrecError
+
+DEFAULT_SIP_PORT = 5060
+DEFAULT_RTP_PORTS = (30000, 39999)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(CallrecError):
+    """A setting has a value callrec cannot use; the message names the setting."""
+
+
+@dataclass(slots=True)
+class RecorderConfig:
+    """How ``callrec record`` listens, where it writes, and what it accepts."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_SIP_PORT
+    rtp_first: int = DEFAULT_RTP_PORTS[0]
+    rtp_last: int = DEFAULT_RTP_PORTS[1]
+    data_dir: Path = Path("data")
+    # SRC addresses allowed to open sessions; empty means any
+    allow: list[IPNetwork] = field(default_factory=list)
+    # the address put in SDP answers; by default the one the SRC reached us on
+    media_address: str = ""
+    max_sessions: int = 5000
+    min_free_bytes: int = 512 * 1024 * 1024
+    idle_timeout_s: float = 300.0
+    flush_interval_s: float = 1.0
+    # the participant listed first in the metadata is the caller unless this says "last"
+    caller: str = "first"
+    domain_header: str = "X-Callrec-Domain"
+    interaction_header: str = "X-Callrec-Interaction"
+    domain_keys: tuple[str, ...] = ("domain", "tenant", "tenantId")
+    interaction_keys: tuple[str, ...] = ("interactionId", "interaction_id", "ucid", "UCID", "xrefci")
+    mix_on_close: bool = False
+    user_agent: str = "callrec"
+
+    @property
+    def tapes_dir(self) -> Path:
+        return self.data_dir / "tapes"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+    def allowed(self, address: str) -> bool:
+        """Whether an SRC at ``address`` may open sessions."""
+        if not self.allow:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.allow)
+
+
+def parse_hostport(text: str, default_port: int, what: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or ``:PORT``."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    host = host or "0.0.0.0"
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{what}: {text!r} is not HOST:PORT with a port from 1 to 65535")
+    return host, int(port_text)
+
+
+def parse_port_range(text: str, what: str = "--rtp-ports") -> tuple[int, int]:
+    """``FIRST-LAST``: an even first port and room for at least one RTP/RTCP pair."""
+    first_text, sep, last_text = text.strip().partition("-")
+    if not sep or not first_text.isdigit() or not last_text.isdigit():
+        raise ConfigError(f"{what}: {text!r} is not FIRST-LAST")
+    first, last = int(first_text), int(last_text)
+    if not 1024 <= first < last <= 65535:
+        raise ConfigError(f"{what}: ports must satisfy 1024 <= FIRST < LAST <= 65535")
+    first += first & 1  # RTP takes even ports, RTCP the odd one above
+    if last - first < 1:
+        raise ConfigError(f"{what}: the range holds no even/odd RTP/RTCP port pair")
+    return first, last
+
+
+def parse_networks(items: list[str], what: str = "--allow") -> list[IPNetwork]:
+    out: list[IPNetwork] = []
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            try:
+                out.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError as exc:
+                raise ConfigError(f"{what}: {part.strip()!r} is not an address or CIDR network") from exc
+    return out
+
+
+def recorder_config_from_env(env: Mapping[str, str] | None = None) -> RecorderConfig:
+    """A ``RecorderConfig`` with the ``CALLREC_*`` variables of ``env`` (default: the process's) applied."""
+    env = os.environ if env is None else env
+    cfg = RecorderConfig()
+    if "CALLREC_DATA" in env:
+        cfg.data_dir = Path(env["CALLREC_DATA"])
+    if "CALLREC_SIP_LISTEN" in env:
+        listen = parse_hostport(env["CALLREC_SIP_LISTEN"], DEFAULT_SIP_PORT, "CALLREC_SIP_LISTEN")
+        cfg.listen_host, cfg.listen_port = listen
+    if "CALLREC_RTP_PORTS" in env:
+        cfg.rtp_first, cfg.rtp_last = parse_port_range(env["CALLREC_RTP_PORTS"], "CALLREC_RTP_PORTS")
+    if "CALLREC_ALLOW" in env:
+        cfg.allow = parse_networks([env["CALLREC_ALLOW"]], "CALLREC_ALLOW")
+    cfg.media_address = env.get("CALLREC_MEDIA_ADDRESS", cfg.media_address)
+    cfg.max_sessions = _int(env, "CALLREC_MAX_SESSIONS", cfg.max_sessions)
+    cfg.min_free_bytes = _int(env, "CALLREC_MIN_FREE_MB", cfg.min_free_bytes // (1024 * 1024)) * 1024 * 1024
+    cfg.idle_timeout_s = _float(env, "CALLREC_IDLE_TIMEOUT_S", cfg.idle_timeout_s)
+    caller = env.get("CALLREC_SIPREC_CALLER", cfg.caller)
+    if caller not in ("first", "last"):
+        raise ConfigError("CALLREC_SIPREC_CALLER must be 'first' or 'last'")
+    cfg.caller = caller
+    cfg.domain_header = env.get("CALLREC_DOMAIN_HEADER", cfg.domain_header)
+    cfg.interaction_header = env.get("CALLREC_INTERACTION_HEADER", cfg.interaction_header)
+    if "CALLREC_DOMAIN_KEYS" in env:
+        cfg.domain_keys = tuple(k.strip() for k in env["CALLREC_DOMAIN_KEYS"].split(",") if k.strip())
+    if "CALLREC_INTERACTION_KEYS" in env:
+        cfg.interaction_keys = tuple(k.strip() for k in env["CALLREC_INTERACTION_KEYS"].split(",") if k.strip())
+    return cfg
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    if name not in env:
+        return default
+    try:
+        return int(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, not {env[name]!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    if name not in env:
+        return default
+    try:
+        return float(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {env[name]!r}") from exc
