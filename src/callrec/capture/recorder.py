@@ -409,11 +409,12 @@ class Recorder:
         if invite is None:
             self._respond(msg, origin, 481, "Call/Transaction Does Not Exist")
             return
-        self._respond(msg, origin, 200, "OK")
-        if self._transactions.has_final(invite):
-            return  # answered already: the CANCEL changes nothing (RFC 3261 section 9.2)
         session = self.sessions.get(invite.call_id)
         tag = session.local_tag if session is not None else _new_tag()
+        # the same To tag as the INVITE's response (RFC 3261 section 9.2)
+        self._respond(msg, origin, 200, "OK", to_tag=tag)
+        if self._transactions.has_final(invite):
+            return  # answered already: the CANCEL changes nothing
         self._respond(invite, origin, 487, "Request Terminated", to_tag=tag)
         if session is not None:
             session.cancelled = True
