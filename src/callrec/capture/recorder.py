@@ -52,6 +52,7 @@ METADATA_TYPE = "application/rs-metadata+xml"
 HOUSEKEEPING_S = 1.0
 DISK_CHECK_S = 2.0
 RETRY_AFTER_S = 30
+TRYING_AFTER_S = 0.1
 
 
 @dataclass(slots=True)
@@ -283,10 +284,16 @@ class Recorder:
             return
         self.sessions[call_id] = session
         self.stats.sessions_total += 1
-        self._respond(msg, origin, 100, "Trying")
-        task = asyncio.get_running_loop().create_task(self._open(session, msg, origin))
+        loop = asyncio.get_running_loop()
+        # 100 Trying only when the answer is slow (RFC 3261 section 17.2.1: not needed within 200 ms)
+        loop.call_later(TRYING_AFTER_S, self._trying, msg, origin)
+        task = loop.create_task(self._open(session, msg, origin))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _trying(self, msg: SipMessage, origin: Origin) -> None:
+        if self._transactions is not None and not self._transactions.has_final(msg):
+            self._respond(msg, origin, 100, "Trying")
 
     async def _open(self, session: RecordingSession, msg: SipMessage, origin: Origin) -> None:
         """Create the tape off the event loop, start reading media, then answer 200 OK."""
