@@ -34,12 +34,13 @@ from callrec.capture.session import (
     parties_from,
     party_of,
     recordable,
+    refresh_parties,
     tape_folder,
 )
 from callrec.capture.sip import SipMessage, make_response
 from callrec.capture.siprec import RecordingMetadata
 from callrec.capture.sipvalidate import salvage_request, validate_request
-from callrec.capture.transactions import ServerTransactions
+from callrec.capture.transactions import T1_S, T2_S, ServerTransactions
 from callrec.config import RecorderConfig
 from callrec.errors import CallrecError, ParseError
 from callrec.models import CallInfo, Party, Stream
@@ -68,8 +69,16 @@ class RecorderStats:
 class Recorder:
     """``callrec record``: accepts SIPREC sessions and writes their tapes under ``cfg.tapes_dir``."""
 
-    def __init__(self, cfg: RecorderConfig, on_tape_closed: Callable[[Path], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RecorderConfig,
+        on_tape_closed: Callable[[Path], None] | None = None,
+        *,
+        t1: float = T1_S,
+    ) -> None:
+        """``t1`` is SIP's round-trip estimate (RFC 3261 timer T1); retransmissions and timeouts scale with it."""
         self.cfg = cfg
+        self._t1 = t1
         self.stats = RecorderStats()
         self.sessions: dict[str, RecordingSession] = {}
         self._on_tape_closed = on_tape_closed
@@ -84,6 +93,7 @@ class Recorder:
         self._housekeeping: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._disk_ok = True
+        self._stopping = False
         self._disk_checked = 0.0
         self._local_ip: dict[str, str] = {}
         self.address: tuple[str, int] = ("", 0)
@@ -101,7 +111,7 @@ class Recorder:
             if self._on_tape_closed is not None:
                 self._on_tape_closed(folder)
         self._media = MediaReceiver(loop, self.cfg.listen_host if self.cfg.listen_host else "0.0.0.0")
-        self._transactions = ServerTransactions(loop, self._ack_timeout)
+        self._transactions = ServerTransactions(loop, self._ack_timeout, self._t1, min(T2_S, 8 * self._t1))
         self.address = await self._listener.start(self.cfg.listen_host, self.cfg.listen_port)
         self._housekeeping = loop.create_task(self._housekeep())
         return recovered
@@ -110,8 +120,10 @@ class Recorder:
         """Close every session's tape cleanly (telling each SRC with a BYE) and stop listening."""
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-        for task in list(self._pending):
-            task.cancel()
+        self._stopping = True  # new sessions get 503 from now on
+        # tapes being created are finished first, so that each is then closed like any other
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         for session in list(self.sessions.values()):
             self._send_bye(session)
             self._close(session, "shutdown")
@@ -187,6 +199,8 @@ class Recorder:
         content_type: str = "",
     ) -> None:
         assert self._transactions is not None
+        # every response but 100 carries a To tag (RFC 3261 section 8.2.6.2); a request's own tag is kept
+        to_tag = to_tag or _new_tag()
         response = make_response(request, status, reason, to_tag=to_tag, received=origin.remote)
         response.headers.append(("server", self.cfg.user_agent))
         response.headers.extend(headers or [])
@@ -337,22 +351,36 @@ class Recorder:
         log.info("recording %s into %s", session.call_id, folder)
 
     def _reinvite(self, msg: SipMessage, origin: Origin) -> None:
+        """A re-INVITE or UPDATE: new streams, codecs, hold/resume (SDP) and metadata updates."""
         session = self._dialog(msg, origin)
         if session is None:
             return
+        if session.tape is None:
+            # only a guessed To tag gets here: the tag is learnt from the 200 OK sent once the tape exists
+            self._respond(
+                msg,
+                origin,
+                500,
+                "Server Internal Error: the session is still being set up",
+                headers=[("retry-after", "1")],
+            )
+            return
         body = msg.sdp_body()
+        sdp: Sdp | None = None
         if body:
             try:
                 sdp = Sdp.parse(body)
             except ParseError as exc:
                 self._respond(msg, origin, 400, f"Bad Request: {exc}")
                 return
-            update = _metadata(msg)
-            if update is not None:
-                if session.metadata is None:
-                    session.metadata = update
-                else:
-                    session.metadata.update(update)
+        update = _metadata(msg)
+        if update is not None:
+            if session.metadata is None:
+                session.metadata = update
+            else:
+                session.metadata.update(update)
+            refresh_parties(session, self.cfg)
+        if sdp is not None:
             try:
                 self._apply_offer(session, sdp, origin)
             except PortsExhausted:
@@ -365,14 +393,17 @@ class Recorder:
                 )
                 return
             self._start_media(session, origin)
+        if sdp is not None or update is not None:
             self._save_info(session)
+        # an UPDATE without an offer gets no answer; a re-INVITE without one gets our offer
+        answer = session.answer if sdp is not None or msg.method == "INVITE" else b""
         self._respond(
             msg,
             origin,
             200,
             "OK",
             headers=[("contact", self._contact(origin))],
-            body=session.answer,
+            body=answer,
             content_type="application/sdp",
         )
 
@@ -537,6 +568,8 @@ class Recorder:
     # ---- policy -----------------------------------------------------------------------------------
     def _refusal(self) -> str | None:
         """Why a new session cannot be taken now (503), or None."""
+        if self._stopping:
+            return "Service Unavailable: shutting down"
         if len(self.sessions) >= self.cfg.max_sessions:
             return "Service Unavailable: session limit reached"
         now = time.monotonic()
@@ -602,7 +635,7 @@ class Recorder:
     async def _housekeep(self) -> None:
         """Once a second: push every tape's packets to the OS; close sessions gone idle."""
         while True:
-            await asyncio.sleep(HOUSEKEEPING_S)
+            await asyncio.sleep(min(HOUSEKEEPING_S, self.cfg.flush_interval_s))
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 writer = session.tape

@@ -105,6 +105,26 @@ def parties_from(invite: SipMessage, metadata: RecordingMetadata | None, cfg: Re
     ]
 
 
+def refresh_parties(session: RecordingSession, cfg: RecorderConfig) -> None:
+    """Apply a metadata update to the call's parties: names and numbers change, new participants join.
+
+    Party ids stay as they are (streams already recorded name them); a participant beyond the known parties
+    is added as a ``participant``.
+    """
+    if session.metadata is None:
+        return
+    parties = session.info.parties
+    for i, p in enumerate(ordered_people(session.metadata, cfg)):
+        number = uri_user(f"<{p.aor}>") if p.aor else ""
+        if i < len(parties):
+            party = parties[i]
+            party.number, party.name, party.uri = number or party.number, p.name or party.name, p.aor or party.uri
+        else:
+            used = {q.id for q in parties}
+            pid = next(f"P{n}" for n in range(i + 1, i + 2 + len(used)) if f"P{n}" not in used)
+            parties.append(Party(id=pid, role="participant", number=number, name=p.name, uri=p.aor))
+
+
 def ordered_people(metadata: RecordingMetadata, cfg: RecorderConfig) -> list[MetaParticipant]:
     people = metadata.ordered_participants()
     return list(reversed(people)) if cfg.caller == "last" else people
@@ -138,7 +158,8 @@ def build_answer(session: RecordingSession, address: str) -> bytes:
     for line in session.lines:
         offer = line.offer
         formats = " ".join(str(f) for f in offer.formats) or "0"
-        if not line.port:
+        if not line.port or not recordable(offer):
+            # a stream rejected, or removed by the SRC (port 0), is answered with port 0 (RFC 3264 section 8.2)
             lines.append(f"m={offer.media} 0 {offer.proto} {formats}")
             continue
         lines.append(f"m={offer.media} {line.port} {offer.proto} {formats}")

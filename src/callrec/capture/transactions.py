@@ -94,7 +94,7 @@ class ServerTransactions:
             if entry.response is not None:
                 entry.send(entry.response)
             return True
-        self._entries[key] = _Entry(msg, send, reliable)
+        self._entries[key] = _Entry(msg, send, reliable, interval=self._t1)
         self._loop.call_later(self._t1 * TIMEOUT_FACTOR, self._forget, key)
         return False
 
@@ -119,7 +119,7 @@ class ServerTransactions:
 
     def _retransmit(self, entry: _Entry) -> None:
         entry.waited += entry.interval
-        if entry.waited >= self._t1 * TIMEOUT_FACTOR:
+        if entry.waited >= self._t1 * TIMEOUT_FACTOR - 1e-9:  # float sums of the intervals
             entry.timer = None
             if entry.status < 300:
                 with contextlib.suppress(ValueError):
@@ -128,7 +128,7 @@ class ServerTransactions:
             return
         if entry.response is not None:
             entry.send(entry.response)
-        entry.interval = min(entry.interval * 2, self._t2)
+        entry.interval = min(entry.interval * 2, self._t2, self._t1 * TIMEOUT_FACTOR - entry.waited)
         entry.timer = self._loop.call_later(entry.interval, self._retransmit, entry)
 
     def _stop(self, entry: _Entry) -> None:
