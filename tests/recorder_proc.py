@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -41,10 +42,10 @@ class RecorderProcess:
 
     def __init__(self, data: Path, *extra: str, rtp_pairs: int = 32, sip_port: int | None = None) -> None:
         self.data = data
-        self.sip_port = sip_port if sip_port is not None else free_udp_block(1, 15000, 19999)
+        self.sip_port = sip_port or 0  # 0: the recorder picks a free port and says which in its ready line
         self.rtp_first = free_udp_block(rtp_pairs * 2, 30000, 60000)
         self.rtp_last = self.rtp_first + rtp_pairs * 2 - 1
-        self.log_path = data / f"recorder-{self.sip_port}.log"
+        self.log_path = data / f"recorder-{os.getpid()}-{random.randrange(1 << 30)}.log"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -62,7 +63,9 @@ class RecorderProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"callrec record exited {self.proc.returncode}: {self.log()}")
-            if "callrec record: listening on" in self.log():
+            ready = re.search(r"callrec record: listening on [^ ]+:(\d+) ", self.log())
+            if ready is not None:
+                self.sip_port = int(ready.group(1))
                 return self
             time.sleep(0.05)
         raise AssertionError(f"callrec record did not get ready within {READY_TIMEOUT_S} s: {self.log()}")

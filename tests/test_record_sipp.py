@@ -34,7 +34,7 @@ CROSSTALK = 0.05  # normalised correlation of a channel with the other party's s
 def _sipp(scenario: str, recorder: RecorderProcess, work: Path, *extra: str, transport: str = "u1") -> str:
     """Run one scenario as the SRC; returns sipp's message trace. Fails with sipp's errors when it fails."""
     sipp = need(shutil.which("sipp"), "sipp")
-    base = free_udp_block(8, 20000, 29000)
+    base = free_udp_block(8, 20000, 60000)
     proc = subprocess.run(
         [sipp, "-sf", str(SCENARIOS / f"{scenario}.xml"), "-t", transport, "-i", "127.0.0.1", "-p", str(base),
          "-mi", "127.0.0.1", "-mp", str(base + 2), "-m", "1", "-nostdin", "-trace_err", "-trace_msg",

@@ -79,8 +79,8 @@ def parse_hostport(text: str, default_port: int, what: str) -> tuple[str, int]:
     host = host or "0.0.0.0"
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{what}: {text!r} is not HOST:PORT with a port from 1 to 65535")
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigError(f"{what}: {text!r} is not HOST:PORT with a port from 0 (any free one) to 65535")
     return host, int(port_text)
 
 

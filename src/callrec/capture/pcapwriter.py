@@ -22,6 +22,7 @@ IPV4_DONT_FRAGMENT = 0x4000
 IPV4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 MAGIC_MICRO = 0xA1B2C3D4
 MAGIC_NANO = 0xA1B23C4D
+MAX_CACHED_HEADERS = 1024
 
 _IP4_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
 # the IPv4 header words that never change: version/IHL, flags, TTL/protocol
@@ -72,7 +73,7 @@ class PcapWriter:
 
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
         self.name = os.fspath(path)
-        self._ident = 0
+        self._headers: dict[tuple[bytes, int, bytes, int, int], bytes] = {}
         self._endian = "<"
         self._ts_scale = 1_000_000
         try:
@@ -119,11 +120,33 @@ class PcapWriter:
             src = src if len(src) == 16 else IPV4_MAPPED_PREFIX + src
             dst = dst if len(dst) == 16 else IPV4_MAPPED_PREFIX + dst
         udp_len = 8 + len(payload)
+        # a live tape holds few flows of mostly equal-sized packets: their headers are made once
+        key = (src, sport, dst, dport, udp_len)
+        header = self._headers.get(key)
+        if header is None:
+            header = self._header(src, sport, dst, dport, payload, udp_len)
+            if len(src) == 4:
+                if len(self._headers) >= MAX_CACHED_HEADERS:
+                    self._headers.clear()
+                self._headers[key] = header
+        sec = int(ts)
+        frac = round((ts - sec) * self._ts_scale)
+        if frac >= self._ts_scale:
+            sec, frac = sec + 1, frac - self._ts_scale
+        size = len(header) + len(payload)
+        try:
+            self._file.write(self._record.pack(sec, frac, size, size) + header + payload)
+        except OSError as exc:
+            raise OutputError(f"{self.name}: {exc.strerror or exc}") from exc
+
+    def _header(self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, udp_len: int) -> bytes:
+        """The IP and UDP headers of one datagram (IPv6 needs the payload for its UDP checksum)."""
         if len(src) == 4:
             total = 20 + udp_len
             if total > 0xFFFF:
                 raise OutputError(f"a UDP payload of {len(payload)} bytes does not fit in one IPv4 packet")
-            ident = self._ident = (self._ident + 1) & 0xFFFF
+            # an atomic datagram (DF set) needs no identification (RFC 6864), so headers can be reused
+            ident = 0
             # the header checksum from its 16-bit words (see _checksum), without packing the header twice
             words = _IP4_FIXED_WORDS + total + ident + int.from_bytes(src + dst, "big")
             checksum = 0xFFFF - (words % 0xFFFF or 0xFFFF)
@@ -153,15 +176,7 @@ class PcapWriter:
             header += _UDP.pack(sport, dport, udp_len, checksum)
         else:
             raise OutputError(f"a packed IP address is 4 or 16 bytes, not {len(src)}")
-        sec = int(ts)
-        frac = round((ts - sec) * self._ts_scale)
-        if frac >= self._ts_scale:
-            sec, frac = sec + 1, frac - self._ts_scale
-        size = len(header) + len(payload)
-        try:
-            self._file.write(self._record.pack(sec, frac, size, size) + header + payload)
-        except OSError as exc:
-            raise OutputError(f"{self.name}: {exc.strerror or exc}") from exc
+        return header
 
     def flush(self) -> None:
         """Push buffered records to the operating system (a crash after this loses nothing)."""
