@@ -240,22 +240,33 @@ FastPath = tuple[FastUnpack, int, bytes, int]
 _NO_FAST_PATH: FastPath = (struct.Struct("!0s").unpack_from, 0, b"never", 1 << 62)
 
 
+# where plain IPv4 sits in a frame of each link type: (link header length, offset of the link layer's
+# protocol field or -1 when there is none to check, the value it must hold)
+_FAST_LAYOUTS: dict[int, tuple[int, int, bytes]] = {
+    LINKTYPE_ETHERNET: (14, 12, b"\x08\x00"),
+    LINKTYPE_LINUX_SLL: (16, 14, b"\x08\x00"),
+    LINKTYPE_LINUX_SLL2: (20, 0, b"\x08\x00"),
+    **{linktype: (0, -1, b"") for linktype in RAW_IP_LINKTYPES},
+    **{linktype: (4, -1, b"") for linktype in NULL_LINKTYPES},
+}
+
+
+def fast_path_layout(linktype: int) -> tuple[int, int, bytes] | None:
+    """Where plain IPv4 sits in frames of one link type: (link header length, offset of the protocol
+    field to check or -1, its expected value); None for link types only :class:`NetDecoder` reads."""
+    return _FAST_LAYOUTS.get(linktype)
+
+
 def fast_path_for(linktype: int) -> FastPath:
     """How the reader's inline path spots plain IPv4/UDP in frames of one link type.
 
     Returns (unpack, link header length, expected link protocol field, minimum frame length); a frame
     shorter than the minimum, or whose fields do not match, goes to :meth:`NetDecoder.decode`.
     """
-    if linktype == LINKTYPE_ETHERNET:
-        prefix, l2, want = "12x 2s", 14, b"\x08\x00"
-    elif linktype == LINKTYPE_LINUX_SLL:
-        prefix, l2, want = "14x 2s", 16, b"\x08\x00"
-    elif linktype == LINKTYPE_LINUX_SLL2:
-        prefix, l2, want = "2s 18x", 20, b"\x08\x00"
-    elif linktype in RAW_IP_LINKTYPES:
-        prefix, l2, want = "0s", 0, b""
-    elif linktype in NULL_LINKTYPES:
-        prefix, l2, want = "0s 4x", 4, b""
-    else:
+    layout = fast_path_layout(linktype)
+    if layout is None:
         return _NO_FAST_PATH
+    l2, field_at, want = layout
+    # unpack's first field is the link protocol field (empty when there is none to check)
+    prefix = f"0s {l2}x" if field_at < 0 else f"{field_at}x 2s {l2 - field_at - 2}x"
     return struct.Struct("!" + prefix + _IP4_UDP_FIELDS).unpack_from, l2, want, l2 + 28

@@ -5,15 +5,21 @@ This is the hot path of the mixer (an hour-long call is 360,000 RTP packets), so
 IPv4/UDP without fragmentation is decoded inline; anything else goes to
 :class:`~callrec.capture.netparse.NetDecoder`. Damage never raises mid-iteration: a cut-off file ends
 the iteration with ``truncated`` set and a warning, bad packets are counted in ``stats``.
+
+:meth:`CaptureReader.batches` goes further for the mixer: the plain IPv4/UDP records of a chunk of a
+classic pcap are parsed with numpy, all at once, and handed over as one :class:`UdpBlock` of arrays.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import BinaryIO, NoReturn
+
+import numpy as np
+import numpy.typing as npt
 
 from callrec.capture.netparse import (
     MAX_FRAME_BYTES,
@@ -21,6 +27,7 @@ from callrec.capture.netparse import (
     Datagram,
     NetDecoder,
     fast_path_for,
+    fast_path_layout,
     format_addr,
     pack_addr,
 )
@@ -28,7 +35,7 @@ from callrec.capture.pcapng import BYTE_ORDER_MAGIC, iter_pcapng
 from callrec.capture.pcapwriter import PcapWriter
 from callrec.errors import CaptureError
 
-__all__ = ["CaptureReader", "Datagram", "PcapWriter", "format_addr", "pack_addr"]
+__all__ = ["CaptureReader", "Datagram", "PcapWriter", "UdpBlock", "format_addr", "pack_addr"]
 
 CHUNK_BYTES = 1 << 20
 
@@ -60,6 +67,64 @@ COUNTERS = (
     "tcp_flows_dropped",
 )
 WARN_TRUNCATED = "capture is truncated: the last packet is cut off"
+# records of one length in a row before the scanner checks the rest of the run at once with numpy
+SAME_LENGTH_RUN = 4
+
+IntArray = npt.NDArray[np.int64]
+_BYTES = [np.arange(k, dtype=np.int64) for k in range(5)]
+
+
+def gather(data: npt.NDArray[np.uint8], at: IntArray, size: int, dtype: str) -> npt.NDArray[np.int64]:
+    """The unsigned ``size``-byte field of ``dtype``'s byte order (``">u4"``, ``"<u2"``...) at each offset."""
+    raw = np.ascontiguousarray(data[at[:, None] + _BYTES[size]])
+    return raw.view(dtype)[:, 0].astype(np.int64)
+
+
+class UdpBlock:
+    """Consecutive plain IPv4/UDP datagrams from one chunk of a classic pcap, as arrays.
+
+    ``buf`` is the chunk and ``data`` the same bytes as a numpy array; per datagram, ``ts`` is the
+    capture time (exactly the ``Datagram.ts`` the record gives), ``ip`` where its IPv4 header starts in
+    ``buf`` (the UDP payload starts 28 bytes later) and ``length`` its UDP payload's length.
+    """
+
+    __slots__ = ("buf", "data", "ts", "ip", "length")
+
+    def __init__(
+        self,
+        buf: bytes,
+        data: npt.NDArray[np.uint8],
+        ts: npt.NDArray[np.float64],
+        ip: IntArray,
+        length: IntArray,
+    ) -> None:
+        self.buf = buf
+        self.data = data
+        self.ts = ts
+        self.ip = ip
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def field(self, at: int, size: int) -> IntArray:
+        """The big-endian ``size``-byte field ``at`` bytes after each IPv4 header (28: the UDP payload)."""
+        if size == 1:
+            return self.data[self.ip + at].astype(np.int64)
+        return gather(self.data, self.ip + at, size, f">u{size}")
+
+    def datagram(self, i: int) -> Datagram:
+        """Datagram ``i``, as the reader's iterator yields it."""
+        p, buf = int(self.ip[i]), self.buf
+        return Datagram(
+            float(self.ts[i]),
+            PROTO_UDP,
+            buf[p + 12 : p + 16],
+            (buf[p + 20] << 8) | buf[p + 21],
+            buf[p + 16 : p + 20],
+            (buf[p + 22] << 8) | buf[p + 23],
+            buf[p + 28 : p + 28 + int(self.length[i])],
+        )
 
 
 class CaptureReader:
@@ -137,15 +202,97 @@ class CaptureReader:
         return buf[off:] + chunk
 
     def __iter__(self) -> Iterator[Datagram]:
+        decoder = self._restart()
+        if self._pcap_format is None:
+            return iter_pcapng(self, decoder, self._endian)
+        return self._iter_pcap(decoder)
+
+    def batches(self) -> Iterator[Datagram | UdpBlock]:
+        """Iterate like ``iter(reader)``, in the same order and with the same counters, but hand the plain
+        IPv4/UDP records of a classic pcap over a chunk at a time, as :class:`UdpBlock` runs."""
+        decoder = self._restart()
+        if self._pcap_format is None:
+            return iter_pcapng(self, decoder, self._endian)
+        if fast_path_layout(self.linktype) is None:
+            return self._iter_pcap(decoder)
+        return self._iter_pcap_blocks(decoder)
+
+    def _restart(self) -> NetDecoder:
         self.truncated = False
         self.warnings = []
         self.stats = dict.fromkeys(COUNTERS, 0)
         self._file.seek(0)
         self.bytes_read = 0
-        decoder = NetDecoder(self.stats, self.warn)
-        if self._pcap_format is None:
-            return iter_pcapng(self, decoder, self._endian)
-        return self._iter_pcap(decoder)
+        return NetDecoder(self.stats, self.warn)
+
+    def _iter_pcap_blocks(self, decoder: NetDecoder) -> Iterator[Datagram | UdpBlock]:
+        endian, ts_div, header_len = self._pcap_format or ("<", 1e6, 16)
+        self._file.seek(24)
+        self.bytes_read = 24
+        caplen_at = struct.Struct(endian + "I").unpack_from
+        buf = b""
+        off = n = 0
+        while True:
+            more = self.read_chunk(buf, off)
+            if more is None:
+                if off < n:
+                    self.mark_truncated()
+                break
+            buf, n = more, len(more)
+            starts, caplens, off, damaged = _scan_records(buf, header_len, caplen_at, endian)
+            self.stats["packets"] += len(starts)
+            if len(starts):
+                yield from self._chunk(decoder, buf, starts, caplens, endian, ts_div, header_len)
+            if damaged:
+                self.mark_damaged(self.bytes_read - n + off)
+                break
+        self.finish()
+
+    def _chunk(
+        self,
+        decoder: NetDecoder,
+        buf: bytes,
+        starts: IntArray,
+        caplens: IntArray,
+        endian: str,
+        ts_div: float,
+        header_len: int,
+    ) -> Iterator[Datagram | UdpBlock]:
+        """The records of one chunk: runs of plain IPv4/UDP as blocks, the others through the decoder."""
+        data = np.frombuffer(buf, np.uint8)
+        ts = gather(data, starts, 4, endian + "u4") + gather(data, starts + 4, 4, endian + "u4") / ts_div
+        layout = fast_path_layout(self.linktype)
+        assert layout is not None
+        l2, field_at, want = layout
+        frames = starts + header_len
+        # the checks of _iter_pcap's inline path, on every record at once
+        fast = caplens >= l2 + 28
+        cand = np.flatnonzero(fast)
+        ip = frames[cand] + l2
+        ok = (data[ip] == 0x45) & (data[ip + 9] == PROTO_UDP) & (gather(data, ip + 6, 2, ">u2") & 0x3FFF == 0)
+        if field_at >= 0:
+            ok &= (data[frames[cand] + field_at] == want[0]) & (data[frames[cand] + field_at + 1] == want[1])
+        total = gather(data, ip + 2, 2, ">u2")
+        ulen = gather(data, ip + 24, 2, ">u2")
+        ok &= (ulen >= 8) & (ulen <= total - 20) & (total <= caplens[cand] - l2)
+        fast[cand] = ok
+        ips = np.zeros(len(starts), np.int64)
+        lengths = np.zeros(len(starts), np.int64)
+        ips[cand] = ip
+        lengths[cand] = ulen - 8
+        self.stats["datagrams"] += int(np.count_nonzero(fast))
+        at = 0
+        for i in [*np.flatnonzero(~fast).tolist(), len(starts)]:
+            if i > at:
+                yield UdpBlock(buf, data, ts[at:i], ips[at:i], lengths[at:i])
+            if i == len(starts):
+                break
+            start = int(frames[i])
+            datagrams = decoder.decode(self.linktype, buf, start, start + int(caplens[i]), float(ts[i]))
+            if datagrams:
+                self.stats["datagrams"] += len(datagrams)
+                yield from datagrams
+            at = i + 1
 
     def _iter_pcap(self, decoder: NetDecoder) -> Iterator[Datagram]:
         endian, ts_div, header_len = self._pcap_format or ("<", 1e6, 16)
@@ -220,3 +367,51 @@ class CaptureReader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _scan_records(
+    buf: bytes, header_len: int, caplen_at: Callable[[bytes, int], tuple[int, ...]], endian: str
+) -> tuple[IntArray, IntArray, int, bool]:
+    """Where the complete records of ``buf`` start and their captured lengths; where the first incomplete
+    record starts, and whether it is damaged (longer than any frame can be).
+
+    Records are found one after the other, but once a few in a row have had the same length (RTP of one
+    codec), the rest of the run is checked at once: each next length field sits one stride further on.
+    """
+    n = len(buf)
+    data = np.frombuffer(buf, np.uint8)
+    starts: list[IntArray] = []
+    lengths: list[IntArray] = []
+    one_by_one: list[int] = []
+    their_lengths: list[int] = []
+    off = same = 0
+    prev = -1
+    while off + header_len <= n:
+        (caplen,) = caplen_at(buf, off + 8)
+        end = off + header_len + caplen
+        if caplen > MAX_FRAME_BYTES or end > n:
+            break
+        one_by_one.append(off)
+        their_lengths.append(caplen)
+        off = end
+        same = same + 1 if caplen == prev else 0
+        prev = caplen
+        if same < SAME_LENGTH_RUN:
+            continue
+        same = 0
+        stride = header_len + caplen
+        count = (n - off) // stride
+        if not count:
+            continue
+        at = off + stride * np.arange(count, dtype=np.int64)
+        differ = np.flatnonzero(gather(data, at + 8, 4, endian + "u4") != caplen)
+        run = int(differ[0]) if len(differ) else count
+        if run:
+            starts += [np.array(one_by_one, np.int64), at[:run]]
+            lengths += [np.array(their_lengths, np.int64), np.full(run, caplen, np.int64)]
+            one_by_one, their_lengths = [], []
+            off += run * stride
+    starts.append(np.array(one_by_one, np.int64))
+    lengths.append(np.array(their_lengths, np.int64))
+    damaged = off + header_len <= n and caplen_at(buf, off + 8)[0] > MAX_FRAME_BYTES
+    return np.concatenate(starts), np.concatenate(lengths), off, damaged

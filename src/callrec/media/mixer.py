@@ -9,7 +9,7 @@ go through a limiter, so mixed voices never clip.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,7 @@ from callrec.capture.sdp import RtpMap
 from callrec.errors import ParseError, UnsupportedCodec
 from callrec.media.codecs import decoder_for
 from callrec.media.codecs.base import Decoder, PcmArray
+from callrec.media.lane import LaneRun
 from callrec.media.resample import StreamResampler
 from callrec.media.timeline import Run, SsrcTimeline, StreamStats
 from callrec.models import CallInfo
@@ -171,15 +172,27 @@ class CallMixer:
             self._released = step
             self._emit(min(step - self._lag, self._max_end))
 
-    def _render(self, source: _Source, runs: list[Run]) -> None:
-        for pt, codec, positions, payloads in runs:
-            decoder = self._decoder(source, codec, pt)
-            self._max_end = max(self._max_end, positions[-1])
-            if decoder is None:
-                continue
-            if decoder.name in ("PCMA/8000", "PCMU/8000"):
-                self._render_g711(source, decoder, positions, payloads)
-                continue
+    def _render(self, source: _Source, runs: list[Run | LaneRun]) -> None:
+        for run in runs:
+            if type(run) is LaneRun:
+                # a run from the timeline's lane: one payload length, pieces known
+                decoder = self._decoder(source, run.codec, run.pt)
+                self._max_end = max(self._max_end, run.last_position())
+                if decoder is None:
+                    continue
+                if decoder.name in ("PCMA/8000", "PCMU/8000"):
+                    self._render_lane_g711(source, decoder, run)
+                    continue
+                positions, payloads = run.lists()
+            else:
+                pt, codec, positions, payloads = cast(Run, run)
+                decoder = self._decoder(source, codec, pt)
+                self._max_end = max(self._max_end, positions[-1])
+                if decoder is None:
+                    continue
+                if decoder.name in ("PCMA/8000", "PCMU/8000"):
+                    self._render_g711(source, decoder, positions, payloads)
+                    continue
             for pos, payload in zip(positions, payloads, strict=True):
                 try:
                     pcm = decoder.decode(payload)
@@ -201,6 +214,14 @@ class CallMixer:
                 start = pos
             end = pos + len(payload)
         self._place(source, decoder, start, pcm[at:])
+
+    def _render_lane_g711(self, source: _Source, decoder: Decoder, run: LaneRun) -> None:
+        # what _render_g711 does, with the pieces already known
+        rows = run.payloads()
+        width = rows.shape[1]
+        pcm = decoder.decode(rows.tobytes())
+        for pos, first, end in run.pieces():
+            self._place(source, decoder, pos, pcm[first * width : end * width])
 
     def _decoder(self, source: _Source, codec: RtpMap | None, pt: int) -> Decoder | None:
         name = codec.name if codec is not None else f"PT{pt}"

@@ -6,6 +6,9 @@ the smallest ``arrival - rtp_time`` seen over a sliding 3-second window, i.e. th
 jitter does not shift the audio, while sender clock drift, timestamp jumps and silence suppression are
 followed. Packets wait in a small jitter buffer and are released in sequence order once the timeline has
 moved ``JITTER_DELAY_S`` past them.
+
+Runs of plain in-order packets can also be taken at once, as arrays, through the lane of
+:mod:`callrec.media.lane` (``lane_ready``, ``plan``, ``take``, ``settle``): the same result, faster.
 """
 
 from __future__ import annotations
@@ -13,9 +16,20 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from callrec.capture.sdp import RtpMap
+from callrec.media.lane import (
+    Block,
+    ByteRows,
+    FloatArray,
+    IntArray,
+    LanePlan,
+    LaneRun,
+    extend_timestamps,
+    jitter_course,
+    plan_anchor,
+)
 
 # release a packet this long after its slot: reordering/jitter up to 200 ms must still be absorbed
 JITTER_DELAY_S = 0.4
@@ -102,6 +116,8 @@ class StreamStats:
 Pending = tuple[int, int, int, bytes, Segment, RtpMap | None]
 # (payload_type, codec, output positions, payloads): consecutive released packets of one payload type
 Run = tuple[int, RtpMap | None, list[int], list[bytes]]
+# a run is built from pieces: lists of per-packet entries, or packets of a lane run
+_Piece = tuple[list[int], list[bytes]] | LaneRun
 _AUDIO, _EVENT, _NOISE = 0, 1, 2
 _SEEN_MASK = SEEN_HORIZON - 1
 
@@ -119,7 +135,7 @@ class SsrcTimeline:
         self.party = party
         self.out_rate = out_rate
         self.stats = StreamStats(ssrc=ssrc, party=party)
-        self._pending: list[Pending] = []  # sorted by extended sequence number from _head on
+        self._pending: list[Pending | Block] = []  # sorted by extended sequence number from _head on
         self._head = 0
         self._seen = [-1] * SEEN_HORIZON
         self._max: int | None = None
@@ -143,9 +159,12 @@ class SsrcTimeline:
         self._bucket = ANCHOR_BUCKET_S * out_rate
         self._slack = ANCHOR_SLACK_S * out_rate
         self._reanchor = REANCHOR_S * out_rate
+        self._plan: LanePlan | None = None  # a run being taken through the lane
 
     def push(self, arrival: float, seq: int, ts: int, pt: int, payload: bytes, codec: RtpMap | None) -> None:
         """Take one packet that arrived at output position ``arrival``."""
+        if self._plan is not None:
+            self.settle()
         # sequence: duplicates, reordering, late arrivals
         top = self._max
         in_order = True
@@ -215,10 +234,87 @@ class SsrcTimeline:
             self._next_bucket(segment, arrival)
         item = (ext_seq, ext_ts, pt, payload, segment, codec)
         pending = self._pending
-        if in_order or len(pending) == self._head or pending[-1][0] < ext_seq:
+        if in_order or len(pending) == self._head:
             pending.append(item)
         else:
-            bisect.insort(pending, item, lo=self._head)
+            self._insert(item)
+
+    def _insert(self, item: Pending) -> None:
+        """Queue a packet that came out of order, in sequence order."""
+        pending = self._pending
+        last = pending[-1]
+        if (last.ext_seq + len(last) - 1 if type(last) is Block else cast(Pending, last)[0]) < item[0]:
+            pending.append(item)
+            return
+        waiting = pending[self._head :]
+        if any(type(p) is Block for p in waiting):
+            pending[self._head :] = [q for p in waiting for q in (p.packets() if type(p) is Block else [p])]
+        bisect.insort(cast(list[Pending], pending), item, lo=self._head)
+
+    # the lane
+    def lane_ready(self, seq: int, pt: int, codec: RtpMap | None) -> bool:
+        """Whether a run starting with this packet can go through the lane: it is the next in sequence,
+        of the payload type, codec and clock of the audio before it, and no other run is under way."""
+        top = self._max
+        segment = self._segment
+        return (
+            self._plan is None
+            and top is not None
+            and seq == (top + 1) & 0xFFFF
+            and pt == self._last_pt
+            and codec is self._last_codec
+            and self._kind == _AUDIO
+            and segment is not None
+            and segment.clock_rate == self._clock
+        )
+
+    def plan(self, arrival: FloatArray, ts: IntArray, payloads: ByteRows) -> int:
+        """Start a run through the lane, right after ``lane_ready`` said yes for its first packet.
+
+        The run: packets in consecutive sequence order, of that payload type, with arrival positions that
+        never go back, RTP timestamps ``ts`` and one payload per row. Returns how many of them the lane
+        takes (the run ends before a clock jump; 0: none); ``take`` then queues them as they arrive.
+        """
+        segment = self._segment
+        assert self._max is not None and segment is not None
+        ext_ts = extend_timestamps(ts, self._ref_ts)
+        offsets: FloatArray = arrival - (ext_ts - segment.base_ts) * segment.scale
+        course = plan_anchor(segment, arrival.tolist(), offsets, self._bucket, self._slack, self._reanchor)
+        if course.size:
+            self._plan = LanePlan(
+                segment, self._last_pt, self._last_codec, self._max + 1, ext_ts, arrival, payloads, offsets, course
+            )
+        return course.size
+
+    def take(self, count: int) -> None:
+        """The first ``count`` packets of the planned run have arrived (``count`` only grows)."""
+        assert self._plan is not None and count <= self._plan.size
+        self._plan.take(count, self._pending)
+
+    def settle(self) -> None:
+        """End the planned run: every figure becomes what ``push`` would have made of the packets taken."""
+        plan = self._plan
+        if plan is None:
+            return
+        self._plan = None
+        taken = plan.taken
+        if not taken:
+            return
+        last = plan.ext_seq + taken - 1
+        self._max = last
+        self._ref_ts = int(plan.ext_ts[taken - 1])
+        seen = self._seen
+        for ext in range(max(plan.ext_seq, last - SEEN_HORIZON + 1), last + 1):
+            seen[ext & _SEEN_MASK] = ext
+        self._received += taken
+        self._count += taken
+        transits: list[float] = (plan.arrival[:taken] * self._ts_per_sample - plan.ext_ts[:taken]).tolist()
+        self._transit, self._jitter, peak = jitter_course(transits, self._transit, self._jitter, self._max_jitter)
+        if peak > self._max_jitter:
+            self._max_jitter = peak
+            if peak / self._clock > self.stats.max_jitter:
+                self.stats.max_jitter = peak / self._clock
+        plan.settle_buckets()
 
     def _out_of_order(self, ext_seq: int) -> None:
         stats = self.stats
@@ -251,6 +347,7 @@ class SsrcTimeline:
 
     def final_stats(self) -> StreamStats:
         """The stream's figures, complete."""
+        self.settle()
         self._flush_count()
         self.stats.received = self._received
         self.stats.max_seq = self._max
@@ -292,41 +389,90 @@ class SsrcTimeline:
         if self._head == len(self._pending):
             return float("inf")
         head = self._pending[self._head]
+        if type(head) is Block:
+            return head.position()
+        head = cast(Pending, head)
         return head[4].position(head[1])
 
-    def release(self, limit: float) -> list[Run]:
+    def release(self, limit: float) -> list[Run | LaneRun]:
         """Release, in sequence order, the waiting packets positioned before ``limit``.
 
         Consecutive packets of one payload type come out as one run: (payload type, codec, output
-        positions, payloads), so the mixer decodes a run at once.
+        positions, payloads), or a :class:`LaneRun` when they all come from one run of the lane, so the
+        mixer decodes a run at once.
         """
         pending = self._pending
         head = self._head
-        runs: list[Run] = []
+        runs: list[tuple[int, RtpMap | None, list[_Piece]]] = []
         last_pt = -1
         last_codec: RtpMap | None = None
         positions: list[int] = []
         payloads: list[bytes] = []
+        in_list = False  # whether the current run's last piece is `positions`/`payloads`
+        released = self._released
         while head < len(pending):
-            _seq, ext_ts, pt, payload, segment, codec = pending[head]
+            item = pending[head]
+            if type(item) is Block:
+                plan = item.plan
+                count = plan.count_before(item.lo, item.hi, limit)
+                if not count:
+                    break
+                end = item.lo + count
+                if plan.pt != last_pt or plan.codec is not last_codec or not runs:
+                    last_pt, last_codec = plan.pt, plan.codec
+                    runs.append((last_pt, last_codec, [LaneRun(plan, item.lo, end)]))
+                else:
+                    pieces = runs[-1][2]
+                    before = pieces[-1]
+                    if type(before) is LaneRun and before.plan is plan and before.hi == item.lo:
+                        before.hi = end
+                    else:
+                        pieces.append(LaneRun(plan, item.lo, end))
+                in_list = False
+                released = item.ext_seq + count - 1
+                if end < item.hi:
+                    pending[head] = Block(plan, end, item.hi)
+                    break
+                head += 1
+                continue
+            seq, ext_ts, pt, payload, segment, codec = cast(Pending, item)
             pos = segment.anchor + (ext_ts - segment.base_ts) * segment.scale
             if pos >= limit:
                 break
             if pt != last_pt or codec is not last_codec or not runs:
                 positions, payloads = [], []
-                runs.append((pt, codec, positions, payloads))
+                runs.append((pt, codec, [(positions, payloads)]))
                 last_pt, last_codec = pt, codec
+                in_list = True
+            elif not in_list:
+                positions, payloads = [], []
+                runs[-1][2].append((positions, payloads))
+                in_list = True
             positions.append(round(pos))
             payloads.append(payload)
+            released = seq
             head += 1
-        if runs:
-            self._released = pending[head - 1][0]
+        self._released = released
         if head > 1024:
             del pending[:head]
             head = 0
         self._head = head
-        return runs
+        return [_joined(pt, codec, pieces) for pt, codec, pieces in runs]
 
     @property
     def jitter_delay(self) -> float:
         return self._delay
+
+
+def _joined(pt: int, codec: RtpMap | None, pieces: list[_Piece]) -> Run | LaneRun:
+    """One run from its pieces."""
+    if len(pieces) == 1:
+        piece = pieces[0]
+        return piece if type(piece) is LaneRun else (pt, codec, *cast(tuple[list[int], list[bytes]], piece))
+    positions: list[int] = []
+    payloads: list[bytes] = []
+    for piece in pieces:
+        at, data = piece.lists() if type(piece) is LaneRun else cast(tuple[list[int], list[bytes]], piece)
+        positions += at
+        payloads += data
+    return pt, codec, positions, payloads
