@@ -9,7 +9,6 @@ packets, loss and jitter). sipp's uas sends no media, so the right channel must 
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 
 from tests.audio import FFMPEG, decode, mix_json, need, rfc3550_jitter_ms, xcorr
+from tests.recorder_proc import free_udp_block
 
 RATE = 8000
 MAX_LAG = int(0.020 * RATE)  # the left channel must hold sipp's audio within 20 ms of where it arrived
@@ -157,29 +157,10 @@ def _sipp_pcap_dir() -> Path:
     return Path(need(str(found) if found else None, "sipp's pcap/g711a.pcap (package sip-tester)"))
 
 
-def _free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free UDP ports on 127.0.0.1, away from callrec's RTP range."""
-    for _ in range(200):
-        base = random.randrange(20000, 29000, 2)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise AssertionError(f"no {count} consecutive free UDP ports on 127.0.0.1")
-
-
 # the call
 def _record_sipp_call(tools: dict[str, str], pcap_dir: Path, work: Path, capture: Path) -> None:
     """Capture one uac_pcap -> uas call on lo into ``capture``, every process bounded and stopped."""
-    base = _free_port_block(PORTS)
+    base = free_udp_block(PORTS, 20000, 29000)
     uas_sip, uac_sip, uas_media, uac_media = base, base + 2, base + 4, base + 8
     # sipp's uac_pcap scenario plays pcap/<name> relative to its working directory
     (work / "pcap").mkdir()

@@ -142,18 +142,17 @@ def recorder_config_from_env(env: Mapping[str, str] | None = None) -> RecorderCo
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    if name not in env:
-        return default
-    try:
-        return int(env[name])
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number, not {env[name]!r}") from exc
+    return int(_number(env, name, default, "a whole number"))
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, "a number")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: str) -> float:
     if name not in env:
         return default
     try:
-        return float(env[name])
+        return int(env[name]) if kind == "a whole number" else float(env[name])
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, not {env[name]!r}") from exc
+        raise ConfigError(f"{name} must be {kind}, not {env[name]!r}") from exc
