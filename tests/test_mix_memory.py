@@ -59,8 +59,7 @@ def test_waiting_packets_stay_bounded_during_a_long_call(
 
         def write(block: np.ndarray) -> None:
             for source in self._sources.values():
-                timeline = source.timeline
-                worst[0] = max(worst[0], len(timeline._pending) - timeline._head)
+                worst[0] = max(worst[0], source.timeline.waiting())
             sink_write(block)
 
         self.sink.write = write  # type: ignore[method-assign]

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callrec.capture.sdp import RtpMap
+from callrec.media.codecs.base import Decoder, PcmArray
 
 if TYPE_CHECKING:
     from callrec.media.timeline import Pending, Segment
@@ -37,7 +38,7 @@ class LanePlan:
     __slots__ = (
         "segment", "pt", "codec", "ext_seq", "ext_ts", "arrival", "payloads", "offsets", "size", "anchors",
         "rollovers", "bucket_min", "taken", "next_anchor", "_relative", "_monotonic", "_anchor", "_at",
-        "_at_int", "_breaks",
+        "_at_int", "_breaks", "_decoded",
     )
 
     def __init__(
@@ -73,6 +74,7 @@ class LanePlan:
         self._at: list[float] = []
         self._at_int: list[int] = []
         self._breaks: list[int] = []  # packets that do not follow the one before without a gap
+        self._decoded: tuple[str, PcmArray] | None = None  # (decoder, every payload decoded)
 
     def take(self, count: int, pending: list[Pending | Block]) -> None:
         """The first ``count`` packets have arrived: queue the new ones, move the anchor as push would."""
@@ -189,6 +191,15 @@ class LaneRun:
         cuts = [lo, *breaks[bisect_right(breaks, lo) : bisect_left(breaks, hi)], hi]
         at = plan._at_int
         return [(at[a], a - lo, b - lo) for a, b in zip(cuts, cuts[1:], strict=False)]
+
+    def decoded(self, decoder: Decoder) -> PcmArray:
+        """The run's payloads decoded by a G.711-like decoder (one sample per byte, no state), from the
+        whole lane run decoded at once."""
+        plan = self.plan
+        if plan._decoded is None or plan._decoded[0] != decoder.name:
+            plan._decoded = (decoder.name, decoder.decode(plan.payloads.tobytes()))
+        width = plan.payloads.shape[1]
+        return plan._decoded[1][self.lo * width : self.hi * width]
 
     def lists(self) -> tuple[list[int], list[bytes]]:
         """Positions and payloads as a per-packet run has them."""

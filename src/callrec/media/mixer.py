@@ -217,9 +217,8 @@ class CallMixer:
 
     def _render_lane_g711(self, source: _Source, decoder: Decoder, run: LaneRun) -> None:
         # what _render_g711 does, with the pieces already known
-        rows = run.payloads()
-        width = rows.shape[1]
-        pcm = decoder.decode(rows.tobytes())
+        width = run.plan.payloads.shape[1]
+        pcm = run.decoded(decoder)
         for pos, first, end in run.pieces():
             self._place(source, decoder, pos, pcm[first * width : end * width])
 

@@ -394,6 +394,10 @@ class SsrcTimeline:
         head = cast(Pending, head)
         return head[4].position(head[1])
 
+    def waiting(self) -> int:
+        """How many packets wait in the jitter buffer."""
+        return sum(len(p) if type(p) is Block else 1 for p in self._pending[self._head :])
+
     def release(self, limit: float) -> list[Run | LaneRun]:
         """Release, in sequence order, the waiting packets positioned before ``limit``.
 
@@ -453,7 +457,8 @@ class SsrcTimeline:
             released = seq
             head += 1
         self._released = released
-        if head > 1024:
+        if head > 64:
+            # released entries go: a lane block keeps a whole chunk of the capture alive
             del pending[:head]
             head = 0
         self._head = head
