@@ -94,7 +94,7 @@ class SystemLame:
             n = self._lib.lame_encode_buffer_interleaved(self._handle, ptr, frames, self._out, len(self._out))
         if n < 0:
             raise ValueError(f"lame failed to encode ({n})")
-        return self._out.raw[:n]
+        return ctypes.string_at(self._out, n)  # not .raw[:n]: that copies the whole buffer first
 
     def flush(self) -> bytes:
         n = self._lib.lame_encode_flush(self._handle, self._out, len(self._out))
