@@ -8,6 +8,7 @@ reads responses; ``Dialog`` keeps one call's Call-ID, tags and CSeq; ``send_rtp`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -62,10 +63,35 @@ def wait_for(predicate: Callable[[], T], timeout: float = 5.0, what: str = "cond
         time.sleep(0.01)
 
 
-def free_rtp_range(size: int = 64) -> tuple[int, int]:
-    """A random even port range below the kernel's ephemeral range (the allocator skips taken ports)."""
-    first = 2 * (secrets.randbelow((30000 - 10000 - size) // 2) + 5000)
-    return first, first + size
+def free_rtp_range(size: int = 40) -> tuple[int, int]:
+    """An even port range, outside the kernel's ephemeral range, whose every port is free right now.
+
+    Other tests and benchmarks hold thousands of ports at times; the recorder skips a port taken later.
+    """
+    low, high = 1024, 32768
+    with contextlib.suppress(OSError, ValueError):
+        low_text, high_text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        high = int(low_text)
+    for _ in range(200):
+        first = 2 * ((low + secrets.randbelow(high - low - size)) // 2)
+        if _all_free(first, first + size):
+            return first, first + size
+    raise AssertionError("no free RTP port range found")
+
+
+def _all_free(first: int, last: int) -> bool:
+    held: list[socket.socket] = []
+    try:
+        for port in range(first, last + 1):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(sock)
+            sock.bind((HOST, port))
+    except OSError:
+        return False
+    finally:
+        for sock in held:
+            sock.close()
+    return True
 
 
 def recorder_config(data: Path, **overrides: Any) -> RecorderConfig:
@@ -216,8 +242,11 @@ class SipClient:
         raw = self.recv_raw(timeout)
         return None if raw is None else SipMessage.parse(raw)
 
-    def response(self, timeout: float = 5.0, final: bool = True) -> SipMessage:
-        """The next response (the final one unless ``final`` is False); requests are kept in ``requests``."""
+    def response(self, timeout: float = 5.0, final: bool = True, match: SipMessage | None = None) -> SipMessage:
+        """The next response (the final one unless ``final`` is False); requests are kept in ``requests``.
+
+        With ``match``, responses to other requests (another Call-ID or CSeq) are skipped.
+        """
         deadline = time.monotonic() + timeout
         while True:
             msg = self.recv(max(0.0, deadline - time.monotonic()))
@@ -227,6 +256,8 @@ class SipClient:
                 self.requests.append(msg)
                 continue
             if final and (msg.status or 0) < 200:
+                continue
+            if match is not None and (msg.call_id, msg.header("cseq")) != (match.call_id, match.header("cseq")):
                 continue
             return msg
 
@@ -260,9 +291,9 @@ class SipClient:
 
     def options(self) -> SipMessage:
         """Send OPTIONS outside any dialog and return the final response."""
-        dialog = Dialog(self)
-        self.send(dialog.request("OPTIONS"))
-        return self.response()
+        options = Dialog(self).request("OPTIONS")
+        self.send(options)
+        return self.response(match=options)
 
 
 @dataclass
@@ -348,8 +379,8 @@ class Dialog:
 
     def call(self, ports: list[int] | None = None, **kwargs: Any) -> SipMessage:
         """INVITE, wait for the 200 OK, ACK it; return the 200 OK."""
-        self.invite(ports, **kwargs)
-        ok = self.client.response()
+        invite = self.invite(ports, **kwargs)
+        ok = self.client.response(match=invite)
         assert ok.status == 200, f"{ok.status} {ok.reason}"
         self.ack(ok)
         return ok
@@ -360,13 +391,14 @@ class Dialog:
         msg = self.request("INVITE", body=body, content_type=ctype, headers=[("require", "siprec")])
         self.last_invite = msg
         self.client.send(msg)
-        response = self.client.response()
+        response = self.client.response(match=msg)
         self.ack(response)
         return response
 
     def bye(self) -> SipMessage:
-        self.client.send(self.request("BYE"))
-        return self.client.response()
+        bye = self.request("BYE")
+        self.client.send(bye)
+        return self.client.response(match=bye)
 
 
 def new_branch() -> str:

@@ -12,6 +12,7 @@ from callrec.capture.sip import MAX_MESSAGE_BYTES, StreamFramer
 from callrec.errors import ParseError
 
 log = logging.getLogger("callrec.sip")
+PORT_ATTEMPTS = 20  # port 0: tries at a port free for both UDP and TCP
 
 
 @dataclass(slots=True)
@@ -62,6 +63,7 @@ class _Tcp(asyncio.Protocol):
     def __init__(self, listener: SipListener) -> None:
         self._listener = listener
         self._framer = StreamFramer(strict=True)
+        self._unframed = 0  # bytes received since the last whole message
         self._origin: Origin | None = None
         self._transport: asyncio.Transport | None = None
 
@@ -84,15 +86,37 @@ class _Tcp(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self._origin is not None and self._transport is not None
+        if self._transport.is_closing():
+            return
         try:
             messages = self._framer.feed(data)
+            self._unframed = 0 if messages else self._unframed + len(data)
+            if self._unframed > MAX_MESSAGE_BYTES:
+                raise ParseError("SIP stream carried 64 KiB without a whole message")
         except ParseError as exc:
-            self._listener.dropped += 1
-            log.warning("closing SIP/TCP connection from %s:%d: %s", *self._origin.remote, exc)
-            self._transport.close()
+            self._give_up(str(exc))
             return
         for message in messages:
             self._listener.deliver(message, self._origin)
+            if not _framed_by_length(message):
+                # its body (if any) was taken for the next message: the stream cannot be trusted any more
+                self._give_up("SIP Content-Length is not a number")
+                return
+
+    def _give_up(self, why: str) -> None:
+        assert self._origin is not None and self._transport is not None
+        self._listener.dropped += 1
+        log.warning("closing SIP/TCP connection from %s:%d: %s", *self._origin.remote, why)
+        self._transport.close()
+
+
+def _framed_by_length(message: bytes) -> bool:
+    """False when a message's Content-Length is there but not a number (RFC 3261 section 18.3)."""
+    for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l") and not value.strip().isdigit():
+            return False
+    return True
 
 
 class SipListener:
@@ -108,11 +132,20 @@ class SipListener:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind UDP and TCP; returns the bound address (port 0 picks a free port, the same for both)."""
         loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
-        self._udp = udp
-        bound = udp.get_extra_info("sockname")
-        self._tcp = await loop.create_server(lambda: _Tcp(self), host, bound[1], reuse_address=True)
-        return str(bound[0]), int(bound[1])
+        for attempt in range(PORT_ATTEMPTS if port == 0 else 1):
+            udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+            bound = udp.get_extra_info("sockname")
+            try:
+                self._tcp = await loop.create_server(lambda: _Tcp(self), host, bound[1], reuse_address=True)
+            except OSError:
+                udp.close()
+                # the free UDP port the kernel picked is taken for TCP: pick another
+                if attempt == PORT_ATTEMPTS - 1 or port != 0:
+                    raise
+                continue
+            self._udp = udp
+            return str(bound[0]), int(bound[1])
+        raise AssertionError("unreachable")
 
     def deliver(self, data: bytes, origin: Origin) -> None:
         if len(data) > MAX_MESSAGE_BYTES or not data.strip():

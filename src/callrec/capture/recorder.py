@@ -13,7 +13,6 @@ import logging
 import secrets
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +61,7 @@ class RecorderStats:
     sessions_rejected: int = 0
     sip_bad: int = 0
     sip_dropped: int = 0
+    sip_errors: int = 0  # messages whose handling failed unexpectedly (a bug): see the log
     tapes_recovered: int = 0
     closed: dict[str, int] = field(default_factory=dict)
 
@@ -84,7 +84,9 @@ class Recorder:
         self._on_tape_closed = on_tape_closed
         self._ports = PortAllocator(cfg.rtp_first, cfg.rtp_last)
         self._disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callrec-disk")
-        self._info_lock = threading.Lock()
+        # call.json rewrites and tape closes, one at a time in the order asked: a later call.json never
+        # loses to an earlier one, and the closing one comes last
+        self._meta = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callrec-meta")
         self._listener = SipListener(self._handle)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._media: MediaReceiver | None = None
@@ -134,11 +136,21 @@ class Recorder:
         if self._media is not None:
             self._media.close_all()
         self._disk.shutdown(wait=True)
+        self._meta.shutdown(wait=True)
         if self._registry is not None:
             self._registry.close()
 
     # ---- signalling -------------------------------------------------------------------------------
     def _handle(self, data: bytes, origin: Origin) -> None:
+        # the one place that catches everything: a message that trips a bug must not take the recorder (and
+        # every call it is recording) down with it; it is logged with its traceback and counted
+        try:
+            self._dispatch(data, origin)
+        except Exception:  # noqa: BLE001
+            self.stats.sip_errors += 1
+            log.exception("unexpected error handling a message from %s:%d", *origin.remote)
+
+    def _dispatch(self, data: bytes, origin: Origin) -> None:
         try:
             msg = SipMessage.parse(data)
             if msg.is_request:
@@ -183,7 +195,9 @@ class Recorder:
             log.debug("dropped a message from %s:%d: %s", *origin.remote, exc)
             return
         self.stats.sip_bad += 1
-        response = make_response(request, 400, f"Bad Request: {exc}", received=origin.remote)
+        response = make_response(request, 400, f"Bad Request: {exc}", to_tag=_new_tag(), received=origin.remote)
+        # a header the request lacked (or had unusable) is left out rather than sent empty
+        response.headers = [(name, value) for name, value in response.headers if value]
         origin.send(response.serialize())
 
     def _respond(
@@ -532,7 +546,7 @@ class Recorder:
         writer = session.tape
         if writer is not None:
             for port in session.ports():
-                self._media.drain(port, writer.write_packed, session.advertised)
+                self._media.drain(port)
         self._drop(session)
         self.stats.closed[reason] = self.stats.closed.get(reason, 0) + 1
         if writer is None:
@@ -548,7 +562,7 @@ class Recorder:
             if registry is not None:
                 registry.unregister(folder)
 
-        future = self._loop.run_in_executor(self._disk, finish)
+        future = self._loop.run_in_executor(self._meta, finish)
         if notify is not None and not discard:
             future.add_done_callback(lambda f: f.exception() is None and notify(folder))
 
@@ -556,14 +570,16 @@ class Recorder:
         writer = session.tape
         if writer is None or self._loop is None:
             return
-        lock = self._info_lock
+        # a copy: the loop goes on changing the session's info while the copy is written
+        snapshot, folder = CallInfo.from_json(writer.info.to_json()), session.folder
 
         def save() -> None:
-            with lock:
-                if not session.closed:
-                    tape.write_info(session.folder, writer.info)
+            try:
+                tape.write_info(folder, snapshot)
+            except OSError as exc:
+                log.error("tape %s: cannot rewrite call.json: %s", folder, exc)
 
-        self._loop.run_in_executor(self._disk, save)
+        self._loop.run_in_executor(self._meta, save)
 
     # ---- policy -----------------------------------------------------------------------------------
     def _refusal(self) -> str | None:
