@@ -158,6 +158,14 @@ class RecorderThread:
     def session_count(self) -> int:
         return self.call(lambda: len(self.recorder.sessions))
 
+    def closed_tape_of(self, call_id: str, timeout: float = 5.0) -> Path:
+        """The tape of ``call_id`` once it is closed."""
+
+        def find() -> Path | None:
+            return next((f for f in list(self.closed) if read_call(f)["call_ids"][0] == call_id), None)
+
+        return wait_for(find, timeout, f"the tape of {call_id} to close")
+
     def wait_closed(self, count: int = 1, timeout: float = 5.0) -> list[Path]:
         wait_for(lambda: len(self.closed) >= count, timeout, f"{count} closed tape(s)")
         return list(self.closed)

@@ -247,6 +247,20 @@ def test_reinvite_metadata_update_renames_the_parties(client: SipClient, rec: Re
     assert [p.name for p in info_of(folder).parties] == ["Alice Caller", "Carol Transferee"]
 
 
+def test_reinvite_with_fewer_m_lines_gets_488_and_the_streams_stay(client: SipClient, rec: RecorderThread) -> None:
+    dialog = Dialog(client)
+    ports = answered_ports(dialog.call([41000, 41002]))
+    refused = dialog.reinvite(siprec_sdp([41000]))
+    assert (refused.status, refused.reason) == (
+        488,
+        "Not Acceptable Here: the offer has fewer m= lines than the session",
+    )
+    for port in ports:
+        RtpSender(port).send(2)
+    wait_for(lambda: tape_packets(rec) == 4, what="both streams still recorded")
+    assert dialog.bye().status == 200
+
+
 def test_update_with_sdp_adds_a_stream(client: SipClient, rec: RecorderThread) -> None:
     dialog = Dialog(client)
     dialog.call([41000, 41002])
@@ -309,6 +323,8 @@ def test_session_without_ack_is_closed_with_end_reason_no_ack(data: Path) -> Non
         RtpSender(port).send(3)
         (folder,) = rec.wait_closed(timeout=64 * SHORT_T1 + 5)
         assert rec.session_count() == 0
+        # the dialog counts as confirmed once the 2xx timer runs out, and its session is ended with a BYE
+        assert sip.wait_request("BYE").call_id == dialog.call_id
     info = info_of(folder)
     assert info.end_reason == "no-ack"
     assert info.closed_cleanly

@@ -261,12 +261,11 @@ def still_records(rec: RecorderThread, sip: SipClient) -> Path:
     assert sip.options().status == 200
     dialog = Dialog(sip)
     port = answered_ports(dialog.call())[0]
-    before = len(rec.closed)
     rtp = RtpSender(port)
     rtp.send(5)
     wait_for(lambda: rec.call(lambda: rec.recorder.sessions[dialog.call_id].tape.packets) == 5, what="5 packets")  # type: ignore[union-attr]
     assert dialog.bye().status == 200
-    folder = rec.wait_closed(before + 1)[-1]
+    folder = rec.closed_tape_of(dialog.call_id)
     assert packets_on_tape(folder) == {port: 5}
     return folder
 
@@ -543,11 +542,12 @@ def run_call_with_junk(rec: RecorderThread, junk: list[bytes], real: int, rng: r
         stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         queue = list(junk)
         rng.shuffle(queue)
+        share = len(queue) // real + 1  # junk datagrams after each real packet
         for i in range(real):
             rtp.send(1, payload=bytes([0xD5 ^ (i & 0x7F)]) * 160)
-            for _ in range(len(queue) // real + 1):
-                if queue:
-                    stray.sendto(queue.pop(), ("127.0.0.1", rng.choice(targets)))
+            for _ in range(min(share, len(queue))):
+                stray.sendto(queue.pop(), ("127.0.0.1", rng.choice(targets)))
+        assert not queue
         stray.close()
         expected = real + sum(1 for j in junk if rtp_shaped(j))
         wait_for(
@@ -555,7 +555,7 @@ def run_call_with_junk(rec: RecorderThread, junk: list[bytes], real: int, rng: r
             what=f"{expected} packets on tape",
         )
         assert dialog.bye().status == 200
-        folder = rec.wait_closed(len(rec.closed) + 1)[-1]
+        folder = rec.closed_tape_of(dialog.call_id)
     dropped = rec.call(lambda: rec.recorder._media.dropped) - dropped_before  # type: ignore[union-attr]
     return folder, expected, dropped
 
@@ -626,3 +626,67 @@ def test_a_datagram_too_long_to_receive_is_counted_as_dropped(rec: RecorderThrea
         rec.wait_closed()
         after = rec.call(lambda: rec.recorder._media.received + rec.recorder._media.dropped)  # type: ignore[union-attr]
     assert after - before == 2
+
+
+# ---- hypothesis: SDP and metadata ----------------------------------------------------------------------------
+SDP_LINES = st.one_of(
+    st.sampled_from(["v=0", "s=-", "t=0 0", "a=sendonly", "a=inactive", "a=label:1", "a=rtcp:9", "a=fmtp:8 x=1"]),
+    st.builds(
+        "m={} {} {} {}".format,
+        st.sampled_from(["audio", "video", "", "audio audio"]),
+        st.one_of(st.integers(-5, 70_000).map(str), st.sampled_from(["", "x", "4000/2", "0"])),
+        st.sampled_from(["RTP/AVP", "RTP/AVPF", "RTP/SAVP", "udp", ""]),
+        st.lists(st.one_of(st.integers(-1, 300).map(str), st.text(max_size=3)), max_size=4).map(" ".join),
+    ),
+    st.builds("c=IN {} {}".format, st.sampled_from(["IP4", "IP6", "IPX", ""]), st.text(max_size=20)),
+    st.builds("a=rtpmap:{} {}".format, st.text(max_size=4), st.text(max_size=20)),
+    st.text(max_size=30).map(lambda t: t.replace("\r", "").replace("\n", "")),
+)
+
+
+def test_fuzzed_sdp_is_recorded_or_refused_with_a_reason(data: Path) -> None:
+    cfg = recorder_config(data)
+    cfg.rtp_last = cfg.rtp_first + 400
+    statuses: set[int] = set()
+    with RecorderThread(cfg) as rec, SipClient(rec.address) as sip:
+
+        @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(edits=st.lists(st.tuples(st.integers(0, 20), st.booleans(), SDP_LINES), max_size=4))
+        def check(edits: list[tuple[int, bool, str]]) -> None:
+            # a good offer with a few lines replaced or inserted
+            lines = GOOD_SDP.splitlines()
+            for where, replace, line in edits:
+                i = where % len(lines)
+                lines[i : i + int(replace)] = [line]
+            dialog = Dialog(sip)
+            invite = dialog.invite(sdp="\r\n".join(lines) + "\r\n")
+            answer = sip.response(match=invite)
+            statuses.add(answer.status or 0)
+            if answer.status == 200:
+                dialog.ack(answer)
+                assert dialog.bye().status == 200
+            else:
+                assert answer.status in (400, 488), f"{answer.status} {answer.reason}"
+                assert "SDP" in answer.reason or answer.status == 488
+                dialog.ack(answer)
+
+        check()
+        assert rec.recorder.stats.sip_errors == 0
+        still_records(rec, sip)
+    assert {200, 400} <= statuses
+
+
+def test_fuzzed_metadata_never_refuses_the_call(data: Path) -> None:
+    with RecorderThread(recorder_config(data)) as rec, SipClient(rec.address) as sip:
+
+        @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(edits=mutations())
+        def check(edits: list[tuple[str, int, int]]) -> None:
+            metadata = mutate(METADATA.encode(), edits).decode("latin-1")
+            dialog = Dialog(sip)
+            ok = dialog.call(metadata=metadata)
+            assert len(answered_ports(ok)) == 2
+            assert dialog.bye().status == 200
+
+        check()
+        assert rec.recorder.stats.sip_errors == 0

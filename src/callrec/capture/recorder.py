@@ -387,6 +387,10 @@ class Recorder:
             except ParseError as exc:
                 self._respond(msg, origin, 400, f"Bad Request: {exc}")
                 return
+            if len(sdp.media) < len(session.lines):
+                # m= lines are never taken away, only disabled with port 0 (RFC 3264 section 8)
+                self._respond(msg, origin, 488, "Not Acceptable Here: the offer has fewer m= lines than the session")
+                return
         update = _metadata(msg)
         if update is not None:
             if session.metadata is None:
@@ -477,6 +481,8 @@ class Recorder:
         session = self.sessions.get(invite.call_id)
         if session is not None and not session.confirmed and not session.closed:
             log.warning("no ACK for the 200 OK of %s: closing the session", invite.call_id)
+            # the dialog counts as confirmed now, and its session is ended with a BYE (RFC 3261 13.3.1.4)
+            session.confirmed = True
             self._send_bye(session)
             self._close(session, "no-ack")
 
