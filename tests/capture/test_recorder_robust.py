@@ -610,10 +610,6 @@ def test_hypothesis_datagrams_are_kept_only_when_rtp_shaped(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="media_io/mmsg: a datagram longer than the recvmmsg slot (4 KiB) is skipped without being counted",
-)
 def test_a_datagram_too_long_to_receive_is_counted_as_dropped(rec: RecorderThread) -> None:
     with SipClient(rec.address) as sip:
         dialog = Dialog(sip)

@@ -145,10 +145,12 @@ class MediaReceiver:
     def _read(self, entry: _Port, drain: bool = False) -> None:
         sink, dst, dport = entry.sink, entry.dst, entry.port
         assert sink is not None
-        if self._batch is not None:
+        batch = self._batch
+        if batch is not None:
             fd = entry.sock.fileno()
             while True:
-                got = self._batch.receive(fd)
+                truncated = batch.truncated
+                got = batch.receive(fd)
                 bad = 0
                 for ts, src, sport, payload in got:
                     if len(payload) < MIN_RTCP_BYTES or payload[0] & 0xC0 != RTP_VERSION_BITS:
@@ -156,9 +158,9 @@ class MediaReceiver:
                         continue
                     sink(ts or time.time(), src, sport, dst, dport, payload)
                 self.received += len(got) - bad
-                self.dropped += bad
+                self.dropped += bad + batch.truncated - truncated
                 # a full batch may have left more behind; otherwise the next tick will see the rest
-                if len(got) < self._batch.vlen and not drain or not got:
+                if len(got) < batch.vlen and not drain or not got:
                     return
         buf, view = self._buf, self._view
         while True:

@@ -98,11 +98,13 @@ class BatchReceiver:
         self._names_view = memoryview(self._names).cast("B")
         self._control_view = memoryview(self._control).cast("B")
         self._hdrs_addr = ctypes.addressof(self._hdrs)
+        self.truncated = 0  # datagrams longer than ``size``, left out
 
     def receive(self, fd: int) -> list[tuple[float, bytes, int, bytes]]:
         """Every datagram queued on ``fd`` (up to ``vlen``): (arrival, source packed, source port, payload).
 
-        Truncated datagrams (longer than ``size``) are left out; an empty list when nothing is queued.
+        Truncated datagrams (longer than ``size``) are left out and counted in ``truncated``; an empty
+        list when nothing is queued.
         """
         assert _recvmmsg is not None
         count = _recvmmsg(fd, self._hdrs_addr, self.vlen, MSG_DONTWAIT, None)
@@ -114,6 +116,7 @@ class BatchReceiver:
         for i in range(count):
             controllen, flags, length = tail(hdrs, i * HDR_BYTES + _TAIL_OFFSET)
             if flags & MSG_TRUNC:
+                self.truncated += 1
                 continue
             ts = 0.0
             if controllen >= _CMSG.size:

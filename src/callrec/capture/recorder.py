@@ -53,6 +53,7 @@ HOUSEKEEPING_S = 1.0
 DISK_CHECK_S = 2.0
 RETRY_AFTER_S = 30
 TRYING_AFTER_S = 0.1
+STOP_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -125,7 +126,8 @@ class Recorder:
         self._stopping = True  # new sessions get 503 from now on
         # tapes being created are finished first, so that each is then closed like any other
         if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+            # bounded: a hung disk must not hang the shutdown (such a tape is recovered at the next start)
+            await asyncio.wait(list(self._pending), timeout=STOP_WAIT_S)
         for session in list(self.sessions.values()):
             self._send_bye(session)
             self._close(session, "shutdown")
