@@ -253,6 +253,7 @@ class _Run:
             for k in keys.tolist()
         ]
         times: list[float] = block.ts.tolist()
+        header = (block.field(30, 2), block.field(32, 4), b1 & 0x7F)  # sequence number, timestamp, PT
         pos, epoch, slow = 0, -1, [n]
         routes: list[_Route | None] = []
         while pos < n:
@@ -267,7 +268,7 @@ class _Run:
                 yield block.datagram(pos)
                 pos += 1
                 continue
-            pos = self._stretch(block, pos, stop, routes, members, times, b1)
+            pos = self._stretch(block, pos, stop, routes, members, times, header)
 
     def _lane_routes(self, stream_keys: list[tuple[bytes, int, int]]) -> list[_Route | None]:
         """The route of each stream, or None when its packets must take the per-packet path."""
@@ -285,7 +286,7 @@ class _Run:
         routes: list[_Route | None],
         members: list[np.ndarray],
         times: list[float],
-        b1: np.ndarray,
+        header: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> int:
         """Feed the block's packets [start, stop), all plain RTP of streams with a route, ticking the
         mixers on the way exactly as the per-packet loop does; return where it stopped (at ``stop``, or
@@ -296,14 +297,14 @@ class _Run:
             if route is None or route.timeline is None or lo == hi:
                 continue  # no packets here, or a call not asked for (dropped, as per packet)
             sel = idx[lo:hi]
-            payload = block.ip[sel] + 28
+            seq, ts, pt = header
             feed = StreamFeed(
                 route.timeline,
                 (block.ts[sel] - route.t0) * route.rate,
-                block.field(30, 2)[sel],
-                block.field(32, 4)[sel],
-                b1[sel] & 0x7F,
-                payload + 12,
+                seq[sel],
+                ts[sel],
+                pt[sel],
+                block.ip[sel] + 40,  # the RTP payload: after IPv4, UDP and the 12-byte RTP header
                 block.length[sel] - 12,
                 block.data,
                 block.buf,
