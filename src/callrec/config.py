@@ -79,7 +79,7 @@ def parse_hostport(text: str, default_port: int, what: str) -> tuple[str, int]:
     host = host or "0.0.0.0"
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) < 65536:
         raise ConfigError(f"{what}: {text!r} is not HOST:PORT with a port from 0 (any free one) to 65535")
     return host, int(port_text)
 
@@ -87,7 +87,11 @@ def parse_hostport(text: str, default_port: int, what: str) -> tuple[str, int]:
 def parse_port_range(text: str, what: str = "--rtp-ports") -> tuple[int, int]:
     """``FIRST-LAST``: an even first port and room for at least one RTP/RTCP pair."""
     first_text, sep, last_text = text.strip().partition("-")
-    if not sep or not first_text.isdigit() or not last_text.isdigit():
+    if (
+        not sep
+        or not (first_text.isascii() and first_text.isdigit())
+        or not (last_text.isascii() and last_text.isdigit())
+    ):
         raise ConfigError(f"{what}: {text!r} is not FIRST-LAST")
     first, last = int(first_text), int(last_text)
     if not 1024 <= first < last <= 65535:

@@ -54,9 +54,7 @@ def record(
         wire, truth = synth.build_stream(plan, duration, rng)
         truths[stream.party] = truth
         for p in wire:
-            rtp = (
-                struct.pack("!BBHII", 0x80, (0x80 if p.marker else 0) | p.pt, p.seq, p.ts, p.ssrc) + p.payload
-            )
+            rtp = struct.pack("!BBHII", 0x80, (0x80 if p.marker else 0) | p.pt, p.seq, p.ts, p.ssrc) + p.payload
             packets.append((1_700_000_000.0 + p.arrival, stream, rtp))
     packets.sort(key=lambda x: x[0])
     tape = TapeWriter(folder, info)

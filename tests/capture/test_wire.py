@@ -113,9 +113,7 @@ def test_sdp_parse_raises_only_parse_error(text: str) -> None:
 
 
 # SIP
-INVITE = synth.sip(
-    "INVITE sip:200@10.0.0.2 SIP/2.0", "abc@host", "1 INVITE", synth.sdp("10.0.0.1", 20000, ["PCMA"])
-)
+INVITE = synth.sip("INVITE sip:200@10.0.0.2 SIP/2.0", "abc@host", "1 INVITE", synth.sdp("10.0.0.1", 20000, ["PCMA"]))
 
 
 def test_sip_parse_and_serialize() -> None:
@@ -193,17 +191,13 @@ def test_sip_parse_and_tracker_never_crash(data: bytes) -> None:
 def test_dialog_parties_and_media_direction() -> None:
     tracker = DialogTracker()
     tracker.feed(0.0, INVITE)
-    answer = synth.sip(
-        "SIP/2.0 200 OK", "abc@host", "1 INVITE", synth.sdp("10.0.0.2", 30000, ["PCMA"]), "xyz"
-    )
+    answer = synth.sip("SIP/2.0 200 OK", "abc@host", "1 INVITE", synth.sdp("10.0.0.2", 30000, ["PCMA"]), "xyz")
     tracker.feed(0.1, answer)
     import socket
 
     a_receives = (socket.inet_aton("10.0.0.1"), 20000)
     b_receives = (socket.inet_aton("10.0.0.2"), 30000)
-    assert (
-        tracker.bindings[a_receives].stream.party == "B"
-    )  # what arrives at the caller was sent by the callee
+    assert tracker.bindings[a_receives].stream.party == "B"  # what arrives at the caller was sent by the callee
     assert tracker.bindings[b_receives].stream.party == "A"
     info = tracker.dialogs["abc@host"].info
     assert [(p.id, p.role, p.number, p.name) for p in info.parties] == [
@@ -224,3 +218,14 @@ def test_dialog_parties_and_media_direction() -> None:
     )
     tracker.feed(5.0, reinvite)
     assert tracker.bindings[(socket.inet_aton("10.0.0.2"), 31000)].stream.party == "A"
+
+
+def test_non_ascii_digits_are_not_numbers() -> None:
+    # str.isdigit() accepts "¹" and "²", which int() refuses: each must be a ParseError, never a crash
+    assert Sdp.parse("v=0\nm=audio 4000 RTP/AVP 0 \u00b9\n").media[0].formats == [0]
+    with pytest.raises(ParseError, match="SDP media line has an invalid port"):
+        Sdp.parse("v=0\nm=audio \u00b2000 RTP/AVP 0\n")
+    with pytest.raises(ParseError, match="SIP Content-Length is not a number"):
+        SipMessage.parse("OPTIONS sip:x SIP/2.0\r\nContent-Length: \u00b2\r\n\r\n".encode())
+    with pytest.raises(ParseError, match="SIP CSeq header is not 'number METHOD'"):
+        _ = SipMessage.parse(b"OPTIONS sip:x SIP/2.0\r\nCSeq: \xc2\xb9 OPTIONS\r\n\r\n").cseq

@@ -101,13 +101,13 @@ class Sdp:
                     current.rtpmap[pt] = rtpmap
                 elif name == "fmtp":
                     pt_text, _, params = arg.partition(" ")
-                    if pt_text.isdigit():
+                    if pt_text.isascii() and pt_text.isdigit():
                         fmtp_lines.append((current, int(pt_text), params))
                 elif name == "label":
                     current.label = arg.strip()
                 elif name == "rtcp":
                     port_text = arg.split()[0] if arg.split() else ""
-                    if port_text.isdigit():
+                    if port_text.isascii() and port_text.isdigit():
                         current.rtcp_port = int(port_text)
         if not saw_version:
             raise ParseError("SDP body has no v= line")
@@ -136,18 +136,22 @@ def _media_line(value: str) -> SdpMedia:
     if len(parts) < 3:
         raise ParseError("SDP media line has fewer than three fields")
     port_text = parts[1].split("/")[0]
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ParseError("SDP media line has an invalid port")
-    formats = [int(f) for f in parts[3:] if f.isdigit() and int(f) < 128]
+    formats = [int(f) for f in parts[3:] if (f.isascii() and f.isdigit()) and int(f) < 128]
     return SdpMedia(media=parts[0], port=int(port_text), proto=parts[2], formats=formats)
 
 
 def _rtpmap(arg: str) -> tuple[int, RtpMap]:
     pt_text, _, spec = arg.strip().partition(" ")
     fields = spec.strip().split("/")
-    if not pt_text.isdigit() or len(fields) < 2 or not fields[1].isdigit():
+    if (
+        not (pt_text.isascii() and pt_text.isdigit())
+        or len(fields) < 2
+        or not (fields[1].isascii() and fields[1].isdigit())
+    ):
         raise ParseError("SDP rtpmap attribute is not 'PT encoding/rate[/channels]'")
-    channels = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 1
+    channels = int(fields[2]) if len(fields) > 2 and (fields[2].isascii() and fields[2].isdigit()) else 1
     return int(pt_text), RtpMap(fields[0], int(fields[1]), channels)
 
 

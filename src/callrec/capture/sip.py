@@ -64,7 +64,7 @@ class SipMessage:
     def cseq(self) -> tuple[int, str]:
         value = self.header("cseq") or ""
         number, _, method = value.strip().partition(" ")
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             raise ParseError("SIP CSeq header is not 'number METHOD'")
         return int(number), method.strip().upper()
 
@@ -126,7 +126,7 @@ class SipMessage:
             msg.headers.append((_canonical(name.strip()), value.strip()))
         length_text = msg.header("content-length")
         if length_text is not None:
-            if not length_text.isdigit():
+            if not (length_text.isascii() and length_text.isdigit()):
                 raise ParseError("SIP Content-Length is not a number")
             length = int(length_text)
             if length > len(body):
@@ -202,7 +202,7 @@ class StreamFramer:
                 name, _, value = line.partition(":")
                 if _canonical(name.strip()) == "content-length":
                     value = value.strip()
-                    length = int(value) if value.isdigit() else 0
+                    length = int(value) if (value.isascii() and value.isdigit()) else 0
             if end + 4 + length > MAX_MESSAGE_BYTES:
                 self._buffer.clear()
                 if self._strict:

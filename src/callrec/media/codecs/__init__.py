@@ -61,7 +61,7 @@ def _ilbc(clock_rate: int, channels: int, fmtp: dict[str, str]) -> Decoder:
     from callrec.media.codecs.framed import IlbcDecoder
 
     mode = fmtp.get("mode", "").strip()
-    return IlbcDecoder(clock_rate, int(mode) if mode.isdigit() else None)
+    return IlbcDecoder(clock_rate, int(mode) if (mode.isascii() and mode.isdigit()) else None)
 
 
 def _amr(clock_rate: int, channels: int, fmtp: dict[str, str]) -> Decoder:
