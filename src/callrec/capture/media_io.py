@@ -26,6 +26,7 @@ MAX_DATAGRAM_BYTES = 65535
 MIN_RTCP_BYTES = 8
 RTP_VERSION_BITS = 0x80
 TICK_S = 0.1
+SLICE_SOCKETS = 256
 V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
 
@@ -127,19 +128,34 @@ class MediaReceiver:
     def poll(self) -> int:
         """Read every socket that has data now; returns how many sockets were read."""
         ready = self._epoll.poll(0, max(1, len(self._by_fd)))
+        self._read_ready(ready)
+        return len(ready)
+
+    def _read_ready(self, ready: list[tuple[int, int]]) -> None:
         by_fd = self._by_fd
         for fd, _events in ready:
             entry = by_fd.get(fd)
             if entry is not None:
                 self._read(entry)
-        return len(ready)
 
     def _on_tick(self) -> None:
         self._timer = None
+        if self._epoll.closed:
+            return
+        ready = self._epoll.poll(0, max(1, len(self._by_fd)))
+        self._next_slice(ready, 0)
+
+    def _next_slice(self, ready: list[tuple[int, int]], start: int) -> None:
+        # a tick reads thousands of sockets; between slices the loop answers SIP, so call set-up never
+        # waits for a whole tick of media
+        if self._epoll.closed:
+            return
         try:
-            self.poll()
+            self._read_ready(ready[start : start + SLICE_SOCKETS])
         finally:
-            if not self._epoll.closed:
+            if start + SLICE_SOCKETS < len(ready):
+                self._loop.call_soon(self._next_slice, ready, start + SLICE_SOCKETS)
+            else:
                 self._timer = self._loop.call_later(self._tick, self._on_tick)
 
     def _read(self, entry: _Port, drain: bool = False) -> None:
