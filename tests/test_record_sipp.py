@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dpkt
@@ -50,6 +51,16 @@ def _sipp(scenario: str, recorder: RecorderProcess, work: Path, *extra: str, tra
     return messages
 
 
+def _wait_file(folder: Path, pattern: str, timeout: float = TIMEOUT_S) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.rglob(pattern)) if folder.exists() else []
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"nothing like {pattern} appeared in {folder} within {timeout} s")
+
+
 def _first_arrivals(tape: Path) -> dict[int, float]:
     """Per destination port, the arrival time of the first packet on the tape."""
     out: dict[int, float] = {}
@@ -85,9 +96,13 @@ def test_siprec_call_with_hold_and_resume_mixes_to_the_right_channels(tmp_path: 
     noise_path, noise = _noise(tmp_path)
     sent_log = tmp_path / "sent.log"
     sender = f"{sys.executable} {SENDER} --payload {noise_path} --log {sent_log}"
-    with RecorderProcess(tmp_path / "data") as recorder:
+    with RecorderProcess(tmp_path / "data", "--mix") as recorder:
         trace = _sipp("siprec_call", recorder, tmp_path, "-set", "sender", sender, transport=transport)
+        # --mix: the tape closed by the BYE is mixed by the recorder itself
+        mixed = _wait_file(tmp_path / "data" / "recordings", "*.mp3")
         assert recorder.stop() == 0, recorder.log()
+    stereo = decode(mixed)
+    assert stereo.shape[0] > 7 * RATE and np.abs(stereo).max(axis=0).min() > 1000, "both channels hold audio"
     # the dialog as sipp saw it: answered, two re-INVITEs (hold, resume) answered, BYE answered
     assert trace.count("SIP/2.0 200 OK") == 4, trace[-3000:]
 
