@@ -73,11 +73,15 @@ class RecorderProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self) -> int:
-        """SIGTERM, as an operator would; the exit status."""
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.sip_port)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (or ``sig``), as an operator would; the exit status."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -87,10 +91,10 @@ class RecorderProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
-        """SIGKILL: a crash, nothing gets closed."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        """SIGKILL: a crash, nothing gets closed (nothing happens when it has exited already)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
     def tapes(self) -> list[Path]:
         return sorted(p.parent for p in (self.data / "tapes").rglob("call.json"))

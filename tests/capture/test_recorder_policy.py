@@ -7,10 +7,7 @@ an SRC with ``SipClient``/``Dialog`` and real RTP, and checks the SIP answers an
 from __future__ import annotations
 
 import ipaddress
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,14 +20,12 @@ from callrec.capture import recorder as recorder_module
 from callrec.capture import tape
 from callrec.capture.pcap import CaptureReader
 from tests.capture.sipclient import (
-    HOST,
     METADATA,
     Dialog,
     RecorderThread,
     RtpSender,
     SipClient,
     answered_ports,
-    free_rtp_range,
     info_of,
     read_call,
     recorder_config,
@@ -38,19 +33,9 @@ from tests.capture.sipclient import (
     tapes,
     wait_for,
 )
+from tests.recorder_proc import RecorderProcess
 
 SHORT_T1 = 0.02  # 2xx retransmissions every 20, 40, 80 ... ms; no ACK closes the session after 1.28 s
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def rec(data: Path) -> Iterator[RecorderThread]:
-    with RecorderThread(recorder_config(data)) as running:
-        yield running
 
 
 @pytest.fixture
@@ -559,64 +544,19 @@ def test_tcp_2xx_is_not_needed_twice_when_acked(rec: RecorderThread) -> None:
 
 
 # ---- a real process -------------------------------------------------------------------------------------
-def free_sip_port() -> int:
-    """A port free for both UDP and TCP right now."""
-    import socket
-
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-        return port
-
-
-class RecorderProcess:
-    """``callrec record`` as a child process, ready once it says where it listens."""
-
-    def __init__(self, data: Path, *args: str) -> None:
-        first, last = free_rtp_range()
-        self.port = free_sip_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callrec.cli", "record", "--listen", f"{HOST}:{self.port}",
-             "--rtp-ports", f"{first}-{last}", "--data", str(data), *args],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if "listening on" in line:
-                break
-        else:
-            raise AssertionError(f"callrec record did not start (exit {self.proc.wait()})")
-        self.address = (HOST, self.port)
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=15)
-        return self.proc.returncode, err
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_closes_every_tape_cleanly_and_exits_0(data: Path, sig: int) -> None:
-    proc = RecorderProcess(data)
+    proc = RecorderProcess(data).start()
     try:
         with SipClient(proc.address) as sip:
             dialogs = [Dialog(sip) for _ in range(2)]
             for dialog in dialogs:
                 RtpSender(answered_ports(dialog.call())[1]).send(9)
             wait_for(lambda: len(tapes(data)) == 2, what="two tapes")
-            code, err = proc.stop(sig)
+            code = proc.stop(sig)
     finally:
         proc.kill()
+    err = proc.log()
     assert code == 0, err
     assert "Traceback" not in err
     folders = tapes(data)

@@ -15,7 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,21 +39,10 @@ from tests.capture.sipclient import (
     tapes,
     wait_for,
 )
-from tests.capture.test_recorder_policy import RecorderProcess, packets_on_tape
+from tests.capture.test_recorder_policy import packets_on_tape
+from tests.recorder_proc import RecorderProcess
 
 QUIET_S = 0.3  # how long "no answer" is waited for
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def rec(data: Path) -> Iterator[RecorderThread]:
-    with RecorderThread(recorder_config(data)) as running:
-        yield running
-        assert running.recorder.stats.sip_errors == 0
 
 
 # ---- the corpus ------------------------------------------------------------------------------------------
@@ -411,7 +400,7 @@ def test_tcp_byte_by_byte_is_reassembled(rec: RecorderThread) -> None:
 
 # ---- a real process ----------------------------------------------------------------------------------------
 def test_corpus_against_a_real_process_which_still_records_and_stops_cleanly(data: Path) -> None:
-    proc = RecorderProcess(data, "--log-level", "warning")
+    proc = RecorderProcess(data, "--log-level", "warning").start()
     try:
         with SipClient(proc.address) as sip:
             for name in sorted(CORPUS):
@@ -423,16 +412,17 @@ def test_corpus_against_a_real_process_which_still_records_and_stops_cleanly(dat
                         with contextlib.suppress(OSError):
                             tcp.send(raw)
             sip.responses_within(QUIET_S)
-            assert proc.proc.poll() is None
+            assert proc.proc is not None and proc.proc.poll() is None
             assert sip.options().status == 200
             dialog = Dialog(sip)
             port = answered_ports(dialog.call())[0]
             RtpSender(port).send(5)
             assert dialog.bye().status == 200
             wait_for(lambda: tapes(data) and info_of(tapes(data)[0]).closed_cleanly, what="the tape closed")
-            code, err = proc.stop(signal.SIGTERM)
+            code = proc.stop(signal.SIGTERM)
     finally:
         proc.kill()
+    err = proc.log()
     assert code == 0, err
     assert "Traceback" not in err
     assert "unexpected error" not in err
