@@ -564,7 +564,12 @@ class Recorder:
         ended = time.time()
 
         def finish() -> None:
-            writer.close(ended_at=ended, cleanly=True)
+            try:
+                writer.close(ended_at=ended, cleanly=True)
+            except (OSError, CallrecError) as exc:
+                # the marker stays: the next start-up closes the tape as interrupted, nothing is lost
+                log.error("tape %s: cannot close it: %s", folder, exc)
+                raise
             if discard and writer.packets == 0:
                 shutil.rmtree(folder, ignore_errors=True)
             if registry is not None:
