@@ -1,0 +1,1 @@
+"""Background work: when mixing may run, and the jobs that carry out side effects."""
