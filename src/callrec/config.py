@@ -160,3 +160,75 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: str) -> flo
         return int(env[name]) if kind == "a whole number" else float(env[name])
     except ValueError as exc:
         raise ConfigError(f"{name} must be {kind}, not {env[name]!r}") from exc
+
+
+DEFAULT_HTTP = ("127.0.0.1", 8080)
+
+
+@dataclass(slots=True)
+class ServiceConfig:
+    """How the service's parts (API, workers, the recorder's hand-off) find the database, queue and storage."""
+
+    data_dir: Path = Path("data")
+    # SQLite under data_dir unless set; PostgreSQL: postgresql://user@host/db
+    database_url: str = ""
+    # SqliteHuey under data_dir unless set; redis://host:6379/0 for RedisHuey; memory:// in tests
+    queue_url: str = ""
+    queue_name: str = "callrec"
+    admin_key: str = ""
+    # the key that encrypts storage secrets at rest; read from data_dir/secret.key (made once) unless set
+    secret_key: str = ""
+    http_host: str = DEFAULT_HTTP[0]
+    http_port: int = DEFAULT_HTTP[1]
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    # a mixing job whose worker has not renewed its lease for this long is taken over
+    lease_s: float = 60.0
+    sweep_interval_s: float = 10.0
+    # a queued job whose queue message may be lost is queued again after this long
+    requeue_after_s: float = 60.0
+    retention_interval_s: float = 300.0
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 600.0
+    public_url: str = ""
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'callrec.db').resolve()}"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+
+def service_config_from_env(env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """A ``ServiceConfig`` with the ``CALLREC_*`` variables of ``env`` (default: the process's) applied."""
+    env = os.environ if env is None else env
+    cfg = ServiceConfig()
+    if "CALLREC_DATA" in env:
+        cfg.data_dir = Path(env["CALLREC_DATA"])
+    cfg.database_url = env.get("CALLREC_DATABASE_URL", "")
+    cfg.queue_url = env.get("CALLREC_QUEUE_URL", "")
+    if cfg.queue_url and not cfg.queue_url.startswith(("redis://", "rediss://", "sqlite://", "memory://")):
+        raise ConfigError("CALLREC_QUEUE_URL must be a redis://, sqlite:// or memory:// URL")
+    cfg.queue_name = env.get("CALLREC_QUEUE_NAME", cfg.queue_name)
+    cfg.admin_key = env.get("CALLREC_ADMIN_KEY", "")
+    cfg.secret_key = env.get("CALLREC_SECRET_KEY", "")
+    if "CALLREC_HTTP" in env:
+        cfg.http_host, cfg.http_port = parse_hostport(env["CALLREC_HTTP"], DEFAULT_HTTP[1], "CALLREC_HTTP")
+    cfg.workers = _int(env, "CALLREC_WORKERS", cfg.workers)
+    if cfg.workers < 1:
+        raise ConfigError("CALLREC_WORKERS must be at least 1")
+    cfg.lease_s = _float(env, "CALLREC_LEASE_S", cfg.lease_s)
+    cfg.sweep_interval_s = _float(env, "CALLREC_SWEEP_INTERVAL_S", cfg.sweep_interval_s)
+    cfg.requeue_after_s = _float(env, "CALLREC_REQUEUE_AFTER_S", cfg.requeue_after_s)
+    cfg.retention_interval_s = _float(env, "CALLREC_RETENTION_INTERVAL_S", cfg.retention_interval_s)
+    cfg.max_attempts = _int(env, "CALLREC_MAX_ATTEMPTS", cfg.max_attempts)
+    cfg.backoff_base_s = _float(env, "CALLREC_BACKOFF_BASE_S", cfg.backoff_base_s)
+    cfg.backoff_max_s = _float(env, "CALLREC_BACKOFF_MAX_S", cfg.backoff_max_s)
+    cfg.public_url = env.get("CALLREC_PUBLIC_URL", "").rstrip("/")
+    return cfg

@@ -23,3 +23,15 @@ class CaptureError(CallrecError):
 
 class OutputError(CallrecError):
     """An output file could not be written."""
+
+
+class StorageError(CallrecError):
+    """Object storage refused, lost or corrupted an object, or cannot be reached; the job is retried."""
+
+
+class ServiceError(CallrecError):
+    """A request to the service cannot be carried out; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

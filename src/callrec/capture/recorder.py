@@ -75,6 +75,8 @@ class Recorder:
         cfg: RecorderConfig,
         on_tape_closed: Callable[[Path], None] | None = None,
         *,
+        on_tape_opened: Callable[[Path], None] | None = None,
+        on_tape_discarded: Callable[[Path], None] | None = None,
         t1: float = T1_S,
     ) -> None:
         """``t1`` is SIP's round-trip estimate (RFC 3261 timer T1); retransmissions and timeouts scale with it."""
@@ -83,6 +85,9 @@ class Recorder:
         self.stats = RecorderStats()
         self.sessions: dict[str, RecordingSession] = {}
         self._on_tape_closed = on_tape_closed
+        # the service's hand-off: a call appears (state "recording") as soon as its tape exists
+        self._on_tape_opened = on_tape_opened
+        self._on_tape_discarded = on_tape_discarded
         self._ports = PortAllocator(cfg.rtp_first, cfg.rtp_last)
         self._disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callrec-disk")
         # call.json rewrites and tape closes, one at a time in the order asked: a later call.json never
@@ -347,6 +352,8 @@ class Recorder:
                 )
             return
         session.tape = writer
+        if self._on_tape_opened is not None:
+            self._on_tape_opened(folder)
         if session.cancelled:
             self._close(session, "cancel", discard=True)
             return
@@ -560,6 +567,7 @@ class Recorder:
         if writer is None:
             return
         registry, folder, notify = self._registry, session.folder, self._on_tape_closed
+        discarded = self._on_tape_discarded
         session.info.end_reason = reason
         ended = time.time()
 
@@ -578,6 +586,8 @@ class Recorder:
         future = self._loop.run_in_executor(self._meta, finish)
         if notify is not None and not discard:
             future.add_done_callback(lambda f: f.exception() is None and notify(folder))
+        if discarded is not None and discard:
+            future.add_done_callback(lambda f: f.exception() is None and not folder.exists() and discarded(folder))
 
     def _save_info(self, session: RecordingSession) -> None:
         writer = session.tape

@@ -1,0 +1,1 @@
+"""The database: schema, engine, migrations and the queries the service runs."""

@@ -1,0 +1,120 @@
+"""A domain's settings: output format, mixing schedule, retention, storage and webhooks.
+
+Stored as JSON on the domain row; the API reads and writes them through ``DomainSettings``. Storage
+secrets are encrypted before they are stored and never shown again (``public_json`` masks them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from callrec.config import ConfigError
+
+SECRET_MASK = "********"
+
+
+class StorageSettings(BaseModel):
+    """Where a domain's recordings and raw tapes go: the service's local folder, or an S3 bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "s3"] = "local"
+    endpoint_url: str | None = Field(default=None, max_length=500)
+    region: str = Field(default="us-east-1", max_length=64)
+    bucket: str = Field(default="", max_length=63)
+    prefix: str = Field(default="", max_length=200)
+    access_key_id: str = Field(default="", max_length=200)
+    # plain when it comes from the API; "enc:v1:…" once stored
+    secret_access_key: str = Field(default="", max_length=2000)
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    recording_template: str = Field(default="", max_length=300)
+    tape_template: str = Field(default="", max_length=300)
+
+    @model_validator(mode="after")
+    def _check(self) -> StorageSettings:
+        from callrec.storage import keys
+
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("storage.bucket is required for S3 storage")
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError("storage.endpoint_url must start with http:// or https://")
+        try:
+            if self.recording_template:
+                keys.validate_template(self.recording_template, kind="recording")
+            if self.tape_template:
+                keys.validate_template(self.tape_template, kind="tape")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+
+class WebhookSettings(BaseModel):
+    """One webhook receiver (delivery comes with the sharing work)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2000, pattern=r"^https?://")
+    events: list[Literal["recording.completed", "recording.failed", "recording.deleted"]] = Field(
+        default_factory=lambda: ["recording.completed", "recording.failed", "recording.deleted"]
+    )
+    with_link: bool = False
+
+
+class DomainSettings(BaseModel):
+    """Everything a domain can set; every field has a default that works."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["mp3", "wav"] = "mp3"
+    codec: Literal["pcm", "alaw", "ulaw", "gsm"] = "pcm"
+    bitrate: Literal[8, 16, 24, 32] = 16
+    rate: Literal[8000, 16000] = 8000
+    # days to keep the raw tape after its recording is stored: 0 deletes it at once, null keeps it
+    keep_tape_days: int | None = Field(default=0, ge=0, le=36500)
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"mode": "immediate"})
+    retention: dict[str, Any] = Field(default_factory=lambda: {"days": None, "rules": []})
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    webhooks: list[WebhookSettings] = Field(default_factory=list, max_length=20)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from callrec.jobs.schedule import Schedule
+
+        try:
+            return Schedule.from_json(value).to_json()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from callrec.retention import RetentionPolicy
+
+        try:
+            return RetentionPolicy.from_json(value).to_json()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def public_json(self) -> dict[str, Any]:
+        """The settings as the API shows them: the storage secret is masked."""
+        data = self.model_dump(mode="json")
+        if data["storage"]["secret_access_key"]:
+            data["storage"]["secret_access_key"] = SECRET_MASK
+        return data
+
+
+def merge_settings(current: DomainSettings, update: dict[str, Any]) -> DomainSettings:
+    """``current`` with the top-level keys of ``update`` replaced (``PUT`` sends what it changes).
+
+    A storage update that leaves the secret out (or sends the mask back) keeps the stored secret.
+    """
+    data = current.model_dump(mode="json")
+    storage = update.get("storage")
+    if isinstance(storage, dict) and storage.get("secret_access_key", SECRET_MASK) == SECRET_MASK:
+        storage = {**storage, "secret_access_key": current.storage.secret_access_key}
+        update = {**update, "storage": storage}
+    data.update(update)
+    return DomainSettings.model_validate(data)

@@ -1,0 +1,184 @@
+"""The per-call pipeline: tape closed → (tape stored) → mix → store → notify.
+
+``Pipeline.tape_opened``/``tape_closed`` run where the tape was written (the recorder, or the API for an
+upload); ``Pipeline.process`` runs on a worker. Every step is idempotent: the recording's row is claimed
+with a conditional UPDATE and a lease, output keys are fixed per recording, so running a step twice
+still makes one recording.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from callrec.capture import tape
+from callrec.context import Context
+from callrec.db import queries
+from callrec.db.engine import transaction
+from callrec.db.schema import QUEUED, RECORDING, Call, Recording
+from callrec.domain_settings import DomainSettings
+from callrec.errors import CallrecError, ParseError, StorageError
+from callrec.jobs import steps
+from callrec.jobs.queue import JobQueue
+from callrec.jobs.schedule import Schedule
+from callrec.storage import keys
+
+log = logging.getLogger("callrec.pipeline")
+
+# a hook runs after a recording completes, fails or is deleted: (context, event, recording id)
+Hook = Callable[[Context, str, str], None]
+
+
+class Pipeline:
+    """Moves each call from its tape to a stored recording; see the module docstring."""
+
+    def __init__(self, ctx: Context, queue: JobQueue, hooks: list[Hook] | None = None) -> None:
+        self.ctx = ctx
+        self.queue = queue
+        self.hooks = hooks if hooks is not None else []
+
+    # --- where the tape is written -----------------------------------------------------------------
+
+    def tape_opened(self, folder: Path) -> None:
+        """A recording started: the call appears with state ``recording``."""
+        info, extra = _read_tape(folder)
+        now = self.ctx.clock.now()
+        with transaction(self.ctx.sessions) as s:
+            domain = _domain_for(s, info.domain, now)
+            call = queries.call_from_info(s, info, extra, domain, folder.name, now)
+            call.tape_local = str(folder.resolve())
+            if not call.recordings:
+                s.add(_new_recording(self.ctx, call, queries.load_settings(s, domain), RECORDING, now))
+
+    def tape_closed(self, folder: Path) -> str:
+        """Register a closed tape, put it in storage and queue its mixing; returns the call's id.
+
+        Safe to repeat: a tape ingested before is found by its folder name. When storage is down the
+        tape stays where it is (the call remembers the folder) and is put in storage at the next try.
+        """
+        info, extra = _read_tape(folder)
+        now = self.ctx.clock.now()
+        with transaction(self.ctx.sessions) as s:
+            domain = _domain_for(s, info.domain, now)
+            settings = queries.load_settings(s, domain)
+            call = queries.call_from_info(s, info, extra, domain, folder.name, now)
+            call.tape_local = str(folder.resolve())
+            rec = next((r for r in call.recordings if r.state in (RECORDING, QUEUED)), None)
+            if rec is None and not call.recordings:
+                rec = _new_recording(self.ctx, call, settings, QUEUED, now)
+                s.add(rec)
+            if rec is not None and rec.state == RECORDING:
+                rec.state = QUEUED
+                rec.updated_at = now
+            call_id, rec_id = call.id, rec.id if rec is not None else None
+            spec = self.ctx.storage_spec(settings.storage)
+            key = keys.render_key(
+                settings.storage.tape_template or keys.DEFAULT_TAPE_TEMPLATE,
+                when=call.started_at, domain=domain.name, tape=folder.name, call_id=info.call_id or call.id,
+                recording_id=rec_id or "", interaction=info.interaction_id or "none",
+                direction=call.direction or "unknown", ext="pcap",
+            )  # fmt: skip
+        self.store_tape(call_id, folder, spec, key)
+        if rec_id is not None:
+            self.schedule(rec_id, settings)
+        return call_id
+
+    def store_tape(self, call_id: str, folder: Path, spec: dict[str, Any], key: str) -> bool:
+        """Copy a tape's two files to storage, verified, then remove the local folder."""
+        storage = self.ctx.storage(spec)
+        try:
+            for name in (tape.MEDIA_FILE, tape.META_FILE):
+                storage.put_file(f"{key}/{name}", folder / name)
+        except StorageError as exc:
+            log.warning("tape %s stays on local disk for now: %s", folder, exc)
+            return False
+        with transaction(self.ctx.sessions) as s:
+            call = s.get(Call, call_id)
+            if call is not None:
+                call.tape_key, call.tape_storage, call.tape_local = key, spec, ""
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def schedule(self, recording_id: str, settings: DomainSettings) -> None:
+        """Queue now if the domain's schedule is open, else note when its next window opens."""
+        now = self.ctx.clock.now()
+        opens = Schedule.from_json(settings.schedule).next_open(now)
+        with transaction(self.ctx.sessions) as s:
+            rec = s.get(Recording, recording_id)
+            if rec is None or rec.state != QUEUED:
+                return
+            rec.next_attempt_at = opens
+            if opens <= now:
+                rec.enqueued_at = now
+        if opens <= now:
+            self.queue.enqueue(recording_id)
+
+    # --- on a worker --------------------------------------------------------------------------------
+
+    def process(self, recording_id: str) -> None:
+        """Mix and store one recording, if it is due and nobody else holds it."""
+        steps.run(self, recording_id)
+
+    def notify(self, event: str, recording_id: str) -> None:
+        for hook in self.hooks:
+            try:
+                hook(self.ctx, event, recording_id)
+            except Exception:  # noqa: BLE001 - a hook's failure must not undo a stored recording
+                log.exception("hook %s failed for %s", getattr(hook, "__name__", hook), recording_id)
+
+
+def _read_tape(folder: Path) -> tuple[Any, dict[str, Any]]:
+    info = tape.read_info(folder)
+    try:
+        extra = json.loads((folder / tape.META_FILE).read_text("utf-8"))
+    except (OSError, ValueError) as exc:  # read_info succeeded a moment ago; the folder went away
+        raise ParseError(f"{folder}: call.json is not readable JSON") from exc
+    return info, extra if isinstance(extra, dict) else {}
+
+
+def _domain_for(s: Any, name: str, now: datetime) -> Any:
+    """The tape's domain if it is known, else ``default`` (which always exists)."""
+    return queries.domain_by_name(s, name) or queries.ensure_domain(s, queries.DEFAULT_DOMAIN, now)
+
+
+def _new_recording(ctx: Context, call: Call, settings: DomainSettings, state: str, now: datetime) -> Recording:
+    options = {"format": settings.format, "codec": settings.codec, "bitrate": settings.bitrate, "rate": settings.rate}
+    return Recording(
+        id=queries.new_id(), call_id=call.id, domain_id=call.domain_id, state=state, options=options,
+        format=settings.format, storage=ctx.storage_spec(settings.storage), created_at=now, updated_at=now,
+    )  # fmt: skip
+
+
+def backoff_s(ctx: Context, attempts: int) -> float:
+    return float(min(ctx.config.backoff_max_s, ctx.config.backoff_base_s * 2 ** max(0, min(attempts - 1, 20))))
+
+
+def pending_tapes(tapes_dir: Path) -> list[Path]:
+    """Closed tapes still on local disk: not yet in storage (after a storage outage or a restart)."""
+    found: list[Path] = []
+    if not tapes_dir.is_dir():
+        return found
+    for meta in sorted(tapes_dir.glob(f"[0-9]*/*/*/*/{tape.META_FILE}")):
+        try:
+            info = tape.read_info(meta.parent)
+        except CallrecError:
+            continue
+        if info.closed_cleanly or info.interrupted:
+            found.append(meta.parent)
+    return found
+
+
+def due(rec: Recording, now: datetime) -> bool:
+    return rec.next_attempt_at is None or rec.next_attempt_at <= now + timedelta(milliseconds=1)
+
+
+def recording_ids(ctx: Context, where: Any) -> list[str]:
+    with ctx.sessions() as s:
+        return list(s.scalars(select(Recording.id).where(where)))

@@ -1,0 +1,67 @@
+"""The job queue: Huey on SQLite (one machine) or Redis (scale-out), chosen by ``CALLREC_QUEUE_URL``.
+
+The queue only says "look at this recording now"; the database holds each recording's state, so a
+message lost with a queue is found again by the sweep, and a message delivered twice does nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from huey import Huey, MemoryHuey, RedisHuey, SqliteHuey
+
+from callrec.config import ConfigError, ServiceConfig
+
+PROCESS_TASK = "callrec.process"
+
+
+def make_huey(config: ServiceConfig) -> Huey:
+    """The Huey instance ``config`` names (SqliteHuey under the data folder by default)."""
+    url = config.queue_url
+    if not url:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey(config.queue_name, filename=str(config.data_dir / "queue.db"), results=False)
+    if url.startswith(("redis://", "rediss://")):
+        return RedisHuey(config.queue_name, url=url, results=False)
+    if url.startswith("sqlite://"):
+        path = Path(url.removeprefix("sqlite://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey(config.queue_name, filename=str(path), results=False)
+    if url.startswith("memory://"):
+        return MemoryHuey(config.queue_name, results=False)
+    raise ConfigError("CALLREC_QUEUE_URL must be a redis://, sqlite:// or memory:// URL")
+
+
+class JobQueue:
+    """Puts recording ids on the queue; a worker's ``handler`` takes them off (see ``jobs.worker``)."""
+
+    def __init__(self, huey: Huey, handler: Callable[[str], None] | None = None) -> None:
+        self.huey = huey
+        self._handler = handler
+        # producers (recorder, API) register the same task name; only workers ever run it
+        self._task: Any = huey.task(name=PROCESS_TASK)(self._run)
+
+    def _run(self, recording_id: str) -> None:
+        if self._handler is None:  # pragma: no cover - a producer-only process never consumes
+            raise RuntimeError("this process has no job handler")
+        self._handler(recording_id)
+
+    def enqueue(self, recording_id: str, delay_s: float = 0.0) -> None:
+        """Ask a worker to look at ``recording_id`` now (or after ``delay_s`` seconds)."""
+        if delay_s > 0:
+            self._task.schedule(args=(recording_id,), delay=delay_s)
+        else:
+            self._task(recording_id)
+
+    def pending(self) -> int:
+        return int(self.huey.pending_count()) + int(self.huey.scheduled_count())
+
+    def run_one(self) -> bool:
+        """Run the next queued message in this thread (tests); False when the queue is empty."""
+        task = self.huey.dequeue()
+        if task is None:
+            return False
+        self.huey.execute(task)
+        return True

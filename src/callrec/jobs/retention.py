@@ -1,0 +1,142 @@
+"""Deleting what has been kept long enough: expired recordings and raw tapes, each with an audit record."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from callrec.context import Context
+from callrec.db import queries
+from callrec.db.engine import transaction
+from callrec.db.schema import COMPLETED, DELETED, FAILED, Audit, Call, Domain, Recording
+from callrec.errors import StorageError
+from callrec.retention import CallFacts, RetentionPolicy, expires_at
+
+log = logging.getLogger("callrec.retention")
+BATCH = 500
+
+
+def facts_of(call: Call) -> CallFacts:
+    return CallFacts(
+        ended_at=call.ended_at or call.started_at,
+        direction=call.direction,
+        numbers=tuple(p.number for p in call.parties if p.number),
+        tags=tuple(str(t) for t in call.tags),
+        override_days=call.retention_days,
+        override_forever=call.retention_forever,
+        legal_hold=call.legal_hold,
+    )
+
+
+def refresh_expiry(ctx: Context, domain_id: int, call_id: str | None = None) -> int:
+    """Recompute ``expires_at`` of a domain's (or one call's) recordings after settings or overrides change."""
+    changed = 0
+    with transaction(ctx.sessions) as s:
+        domain = s.get(Domain, domain_id)
+        if domain is None:
+            return 0
+        policy = RetentionPolicy.from_json(queries.load_settings(s, domain).retention)
+        query = select(Recording).where(Recording.domain_id == domain_id, Recording.state == COMPLETED)
+        if call_id is not None:
+            query = query.where(Recording.call_id == call_id)
+        for rec in s.scalars(query):
+            new = expires_at(policy, facts_of(rec.call))
+            if new != rec.expires_at:
+                rec.expires_at = new
+                changed += 1
+    return changed
+
+
+def sweep(ctx: Context, hook: Any = None) -> int:
+    """Delete every recording past its expiry (checked again against the current policy) and expired tapes."""
+    now = ctx.clock.now()
+    deleted = 0
+    with ctx.sessions() as s:
+        due = list(
+            s.scalars(
+                select(Recording.id)
+                .where(Recording.state.in_((COMPLETED, FAILED)), Recording.expires_at <= now)
+                .limit(BATCH)
+            )
+        )
+        tapes = list(
+            s.scalars(
+                select(Call.id).where(Call.tape_expires_at <= now, Call.tape_deleted_at.is_(None)).limit(BATCH)
+            )
+        )
+    for rec_id in due:
+        if delete_recording(ctx, rec_id, "retention period over", actor="retention"):
+            deleted += 1
+            if hook is not None:
+                hook("recording.deleted", rec_id)
+    for call_id in tapes:
+        delete_tape(ctx, call_id, "tape retention period over")
+    return deleted
+
+
+def delete_recording(ctx: Context, recording_id: str, why: str, actor: str) -> bool:
+    """Delete a recording's object and mark it deleted, unless a legal hold or the policy now keeps it."""
+    now = ctx.clock.now()
+    with ctx.sessions() as s:
+        rec = s.get(Recording, recording_id)
+        if rec is None or rec.state == DELETED:
+            return False
+        domain = s.get(Domain, rec.domain_id)
+        assert domain is not None
+        if actor == "retention":
+            policy = RetentionPolicy.from_json(queries.load_settings(s, domain).retention)
+            until = expires_at(policy, facts_of(rec.call))
+            if until is None or until > now:  # held, or the rules changed since expiry was computed
+                with transaction(ctx.sessions) as s2:
+                    fresh = s2.get(Recording, recording_id)
+                    if fresh is not None:
+                        fresh.expires_at = until
+                return False
+        key, spec, domain_id = rec.storage_key, dict(rec.storage), rec.domain_id
+    if key:
+        try:
+            ctx.storage(spec).delete(key)
+        except StorageError as exc:
+            log.warning("cannot delete %s yet: %s", key, exc)
+            return False
+    with transaction(ctx.sessions) as s:
+        rec = s.get(Recording, recording_id)
+        if rec is None:
+            return False
+        rec.state, rec.deleted_at, rec.updated_at = DELETED, now, now
+        s.add(Audit(at=now, domain_id=domain_id, action="delete", object_kind="recording",
+                    object_id=recording_id, storage_key=key, detail=why, actor=actor))  # fmt: skip
+    log.info("deleted recording %s (%s): %s", recording_id, key, why)
+    return True
+
+
+def delete_tape(ctx: Context, call_id: str, why: str) -> bool:
+    """Delete a call's raw tape from storage (and any local copy) and record it."""
+    now = ctx.clock.now()
+    with ctx.sessions() as s:
+        call = s.get(Call, call_id)
+        if call is None or call.tape_deleted_at is not None or call.legal_hold:
+            return False
+        key, spec, local, domain_id = call.tape_key, dict(call.tape_storage), call.tape_local, call.domain_id
+    if key:
+        storage = ctx.storage(spec)
+        try:
+            for name in storage.list(key + "/"):
+                storage.delete(name)
+        except StorageError as exc:
+            log.warning("cannot delete tape %s yet: %s", key, exc)
+            return False
+    if local:
+        shutil.rmtree(Path(local), ignore_errors=True)
+    with transaction(ctx.sessions) as s:
+        call = s.get(Call, call_id)
+        if call is None:
+            return False
+        call.tape_deleted_at, call.tape_local = now, ""
+        s.add(Audit(at=now, domain_id=domain_id, action="delete", object_kind="tape", object_id=call_id,
+                    storage_key=key or local, detail=why, actor="retention"))  # fmt: skip
+    return True
