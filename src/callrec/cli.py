@@ -135,6 +135,13 @@ def record_command(
     ] = 300.0,
     max_sessions: Annotated[int, typer.Option("--max-sessions", help="Sessions at once; more get 503")] = 5000,
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Mix each tape when it closes")] = False,
+    service: Annotated[
+        bool,
+        typer.Option(
+            "--service/--no-service",
+            help="Hand each tape to the service (database, storage, queue); on when CALLREC_DATABASE_URL is set",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
 ) -> None:
     """Record SIPREC sessions (RFC 7866) to tapes without transcoding, until SIGTERM or SIGINT."""
@@ -171,11 +178,95 @@ def record_command(
             f"callrec record: listening on {{host}}:{{port}} (udp, tcp), rtp ports {cfg.rtp_first}-{cfg.rtp_last},"
             f" tapes under {cfg.tapes_dir}"
         )
-        run(cfg, mix=mix, ready=ready)
+        svc = None
+        if service or os.environ.get("CALLREC_DATABASE_URL"):
+            from callrec.config import service_config_from_env
+
+            svc = service_config_from_env()
+            svc.data_dir = data
+        run(cfg, mix=mix, ready=ready, service=svc)
     except CallrecError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start the recorder: {exc.strerror or exc}")
+
+
+def _logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command("serve")
+def serve_command(
+    data: Annotated[Path | None, typer.Option("--data", help="Data folder (database, storage, tapes)")] = None,
+    http: Annotated[str, typer.Option("--http", help="HTTP API and web UI address")] = "127.0.0.1:8080",
+    listen: Annotated[str, typer.Option("--listen", help="SIP address, UDP and TCP")] = "0.0.0.0:5060",
+    rtp_ports: Annotated[str, typer.Option("--rtp-ports", help="RTP port range FIRST-LAST")] = "30000-39999",
+    allow: Annotated[
+        list[str] | None, typer.Option("--allow", help="SRC address or CIDR allowed to record (repeatable)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Mixing processes (default: CPU count)")] = None,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Run the SIPREC recorder")] = True,
+    work: Annotated[bool, typer.Option("--work/--no-work", help="Run the background workers")] = True,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the whole system on one machine: recorder, background workers and HTTP API, until SIGTERM."""
+    from callrec.config import (
+        DEFAULT_SIP_PORT,
+        parse_hostport,
+        parse_networks,
+        parse_port_range,
+        recorder_config_from_env,
+        service_config_from_env,
+    )
+    from callrec.serve import serve
+
+    _logging(log_level)
+    try:
+        svc = service_config_from_env()
+        rec = recorder_config_from_env()
+        if data is not None:
+            svc.data_dir = rec.data_dir = data
+        rec.data_dir = svc.data_dir
+        svc.http_host, svc.http_port = parse_hostport(http, 8080, "--http")
+        rec.listen_host, rec.listen_port = parse_hostport(listen, DEFAULT_SIP_PORT, "--listen")
+        rec.rtp_first, rec.rtp_last = parse_port_range(rtp_ports)
+        if allow:
+            rec.allow = parse_networks(allow)
+        if workers is not None:
+            if workers < 1:
+                _fail("--workers must be at least 1")
+            svc.workers = workers
+        serve(rec, svc, record=record, work=work)
+    except CallrecError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot start the service: {exc.strerror or exc}")
+
+
+@app.command("worker")
+def worker_command(
+    workers: Annotated[int | None, typer.Option("--workers", help="Mixing processes (default: CPU count)")] = None,
+    sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Re-queue stuck work, apply retention")] = True,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+) -> None:
+    """Mix and store recordings from the queue (CALLREC_QUEUE_URL, CALLREC_DATABASE_URL), until SIGTERM."""
+    from callrec.config import service_config_from_env
+    from callrec.jobs.worker import run_worker
+
+    _logging(log_level)
+    try:
+        cfg = service_config_from_env()
+        if workers is not None and workers < 1:
+            _fail("--workers must be at least 1")
+        run_worker(cfg, workers=workers, sweep=sweep)
+    except CallrecError as exc:
+        _fail(str(exc))
 
 
 @app.command("version")

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from callrec.config import ConfigError
 
 SECRET_MASK = "********"
+Event = Literal["recording.completed", "recording.failed", "recording.deleted"]
+EVENTS: tuple[Event, ...] = ("recording.completed", "recording.failed", "recording.deleted")
 
 
 class StorageSettings(BaseModel):
@@ -56,9 +58,7 @@ class WebhookSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2000, pattern=r"^https?://")
-    events: list[Literal["recording.completed", "recording.failed", "recording.deleted"]] = Field(
-        default_factory=lambda: ["recording.completed", "recording.failed", "recording.deleted"]
-    )
+    events: list[Event] = Field(default_factory=lambda: list(EVENTS))
     with_link: bool = False
 
 

@@ -9,11 +9,16 @@ import resource
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callrec.capture import tape
 from callrec.capture.recorder import Recorder
-from callrec.config import RecorderConfig
+from callrec.config import RecorderConfig, ServiceConfig
 from callrec.offline import safe_name
+
+if TYPE_CHECKING:
+    from callrec.jobs.handoff import TapeHandOff
+    from callrec.jobs.sweep import Sweeper
 
 log = logging.getLogger("callrec.runner")
 
@@ -66,14 +71,27 @@ class TapeMixer:
                 log.error("mixing %s failed: %s", folder, err.decode(errors="replace").strip())
 
 
-async def serve_recorder(cfg: RecorderConfig, *, mix: bool, ready: str = "") -> None:
-    """Run until SIGTERM or SIGINT, then close every tape cleanly."""
+async def serve_recorder(
+    cfg: RecorderConfig, *, mix: bool, ready: str = "", service: ServiceConfig | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then close every tape cleanly.
+
+    With ``service``, each tape is handed to the service (database, storage, queue) as it opens and closes.
+    """
     loop = asyncio.get_running_loop()
     mixer = TapeMixer(cfg.recordings_dir) if mix else None
     if mixer is not None:
         mixer.start()
-    recorder = Recorder(cfg, on_tape_closed=mixer.submit if mixer is not None else None)
+    handoff, sweeper = _service_handoff(service) if service is not None else (None, None)
+    if handoff is not None:
+        recorder = Recorder(
+            cfg, on_tape_closed=handoff.closed, on_tape_opened=handoff.opened, on_tape_discarded=handoff.discarded
+        )
+    else:
+        recorder = Recorder(cfg, on_tape_closed=mixer.submit if mixer is not None else None)
     await recorder.start()
+    if sweeper is not None:
+        sweeper.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -85,14 +103,28 @@ async def serve_recorder(cfg: RecorderConfig, *, mix: bool, ready: str = "") -> 
     await recorder.stop()
     if mixer is not None:
         await mixer.stop()
+    if sweeper is not None and handoff is not None:
+        sweeper.stop()
+        # tapes closed by the shutdown reach the service before the process ends
+        await loop.run_in_executor(None, handoff.drain)
+        handoff.pipeline.ctx.close()
 
 
-def run(cfg: RecorderConfig, *, mix: bool, ready: str = "") -> None:
+def _service_handoff(service: ServiceConfig) -> tuple[TapeHandOff, Sweeper]:
+    from callrec.jobs.handoff import TapeHandOff
+    from callrec.jobs.sweep import Sweeper
+    from callrec.jobs.worker import build
+
+    built = build(service)
+    return TapeHandOff(built.pipeline), Sweeper(built.pipeline, tapes=True, queue=False)
+
+
+def run(cfg: RecorderConfig, *, mix: bool, ready: str = "", service: ServiceConfig | None = None) -> None:
     """Run the recorder on uvloop (stock asyncio's datagram path is several times slower)."""
     raise_file_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
-        asyncio.run(serve_recorder(cfg, mix=mix, ready=ready))
+        asyncio.run(serve_recorder(cfg, mix=mix, ready=ready, service=service))
         return
-    uvloop.run(serve_recorder(cfg, mix=mix, ready=ready))
+    uvloop.run(serve_recorder(cfg, mix=mix, ready=ready, service=service))

@@ -73,10 +73,10 @@ class Recorder:
     def __init__(
         self,
         cfg: RecorderConfig,
-        on_tape_closed: Callable[[Path], None] | None = None,
+        on_tape_closed: Callable[[Path], object] | None = None,
         *,
-        on_tape_opened: Callable[[Path], None] | None = None,
-        on_tape_discarded: Callable[[Path], None] | None = None,
+        on_tape_opened: Callable[[Path], object] | None = None,
+        on_tape_discarded: Callable[[Path], object] | None = None,
         t1: float = T1_S,
     ) -> None:
         """``t1`` is SIP's round-trip estimate (RFC 3261 timer T1); retransmissions and timeouts scale with it."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -160,12 +161,21 @@ def backoff_s(ctx: Context, attempts: int) -> float:
     return float(min(ctx.config.backoff_max_s, ctx.config.backoff_base_s * 2 ** max(0, min(attempts - 1, 20))))
 
 
-def pending_tapes(tapes_dir: Path) -> list[Path]:
-    """Closed tapes still on local disk: not yet in storage (after a storage outage or a restart)."""
+def pending_tapes(tapes_dir: Path, min_age_s: float = 10.0) -> list[Path]:
+    """Closed tapes still on local disk: not yet in storage (after a storage outage or a restart).
+
+    Tapes closed in the last ``min_age_s`` are left to the hand-off that is surely busy with them.
+    """
     found: list[Path] = []
     if not tapes_dir.is_dir():
         return found
+    newest = time.time() - min_age_s
     for meta in sorted(tapes_dir.glob(f"[0-9]*/*/*/*/{tape.META_FILE}")):
+        try:
+            if meta.stat().st_mtime > newest:
+                continue
+        except OSError:
+            continue
         try:
             info = tape.read_info(meta.parent)
         except CallrecError:

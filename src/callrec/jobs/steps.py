@@ -25,8 +25,8 @@ from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, FAILED, MIXING, QUEUED, STORING, Domain, Job, Recording
 from callrec.errors import CallrecError, OutputError, StorageError
-from callrec.jobs.schedule import Schedule
 from callrec.jobs.retention import delete_tape, facts_of
+from callrec.jobs.schedule import Schedule
 from callrec.retention import RetentionPolicy, expires_at
 from callrec.storage import keys
 

@@ -45,7 +45,7 @@ def run_worker(config: ServiceConfig, *, workers: int | None = None, sweep: bool
     service = build(config)
     huey = service.queue.huey
 
-    @huey.on_startup()
+    @huey.on_startup()  # type: ignore[untyped-decorator]
     def _fresh_connections() -> None:
         # a forked worker must not share the parent's database connections
         service.ctx.engine.dispose(close=False)
