@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 
 from callrec import offline
 from callrec.capture import tape
@@ -92,6 +92,10 @@ def _claim(pipeline: Pipeline, recording_id: str) -> int | None:
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
         s.refresh(rec)
+        # a job still "running" here belonged to a worker that died (its lease ran out)
+        for stale in s.scalars(select(Job).where(Job.recording_id == recording_id, Job.state == "running")):
+            stale.state, stale.finished_at = "failed", now
+            stale.error = f"worker {stale.worker} stopped before finishing (its lease ran out)"
         job = Job(domain_id=rec.domain_id, recording_id=recording_id, kind="mix", state="running",
                   attempt=rec.attempts, worker=ctx.node, started_at=now)  # fmt: skip
         s.add(job)
@@ -197,7 +201,7 @@ def _mix(
         try:
             report = offline.mix(source, target, mix_opts)
         except OutputError as exc:
-            if "space" in str(exc).lower():
+            if _disk_full(exc):
                 raise Transient(f"disk full while mixing: {exc}") from exc
             raise
         except OSError as exc:
@@ -214,6 +218,16 @@ def _mix(
         return call
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "no space left" in str(exc).lower():
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _os_error(doing: str, exc: OSError) -> CallrecError:
