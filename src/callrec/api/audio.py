@@ -1,0 +1,174 @@
+"""Serving audio: HTTP Range over any storage, and conversion to the other format on request.
+
+``recording_response`` is what every audio route calls (the API's and a public link's), once it has
+decided the caller may have the recording. A converted file is made once, under
+``data_dir/cache/<recording id>.<format>``, and served with Range like a stored one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from callrec.context import Context
+from callrec.db.schema import Recording
+from callrec.errors import CallrecError, StorageError
+from callrec.media.encode import MP3_BITRATES_KBPS, open_writer
+from callrec.offline import safe_name
+
+MEDIA_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
+CHUNK_BYTES = 64 * 1024
+_SINGLE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+Reader = Callable[[int, int], Iterator[bytes]]
+
+
+class Unsatisfiable(CallrecError):
+    """The Range asks for bytes the file does not have."""
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single ``bytes=`` range, or None to send the whole file (no Range, another
+    unit, several ranges or a malformed one: RFC 9110 lets a server ignore those). ``Unsatisfiable`` when
+    the range starts past the end."""
+    if not header:
+        return None
+    match = _SINGLE_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # "-n": the last n bytes
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable("the range holds no bytes of the file")
+        return max(0, size - suffix), size
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise Unsatisfiable("the range starts past the end of the file")
+    return start, min(size, int(last) + 1) if last else size
+
+
+def ranged_response(range_header: str | None, size: int, read: Reader, media_type: str, filename: str) -> Response:
+    """200 with the whole file, 206 with one range of it, or 416; ``read(start, end)`` yields the bytes."""
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"'}
+    try:
+        wanted = parse_range(range_header, size)
+    except Unsatisfiable as exc:
+        headers["Content-Range"] = f"bytes */{size}"
+        return JSONResponse({"detail": f"{exc} ({size} bytes)"}, status_code=416, headers=headers)
+    start, end = wanted if wanted is not None else (0, size)
+    # read now, so a storage error answers 503 before any byte of a 200 is sent
+    chunks = read(start, end) if end > start else iter(())
+    headers["Content-Length"] = str(end - start)
+    if wanted is None:
+        return StreamingResponse(chunks, status_code=200, media_type=media_type, headers=headers)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(chunks, status_code=206, media_type=media_type, headers=headers)
+
+
+def recording_response(ctx: Context, rec: Recording, fmt: str | None, range_header: str | None) -> Response:
+    """A completed recording's audio, in its stored format or converted to ``fmt``."""
+    name = safe_name(rec.call.sip_call_id or rec.call_id)[:100]
+    fmt = fmt or rec.format
+    if fmt == rec.format:
+        storage, key = ctx.storage(rec.storage), rec.storage_key
+        size = rec.bytes
+        if size <= 0:
+            found = storage.stat(key)
+            if found is None:
+                raise StorageError(f"recording {rec.id} is missing from storage")
+            size = found.size
+
+        def read(start: int, end: int) -> Iterator[bytes]:
+            return storage.read_range(key, start, end, CHUNK_BYTES)
+
+        return ranged_response(range_header, size, read, MEDIA_TYPES[fmt], f"{name}.{fmt}")
+    path = converted(ctx, rec, fmt)
+    return ranged_response(
+        range_header, path.stat().st_size, lambda a, b: _read_file(path, a, b), MEDIA_TYPES[fmt], f"{name}.{fmt}"
+    )
+
+
+def cache_dir(ctx: Context) -> Path:
+    return ctx.config.data_dir / "cache"
+
+
+def forget(ctx: Context, recording_id: str) -> None:
+    """Remove a recording's converted copies (it was deleted)."""
+    for fmt in MEDIA_TYPES:
+        (cache_dir(ctx) / f"{recording_id}.{fmt}").unlink(missing_ok=True)
+
+
+def converted(ctx: Context, rec: Recording, fmt: str) -> Path:
+    """The recording converted to ``fmt``, made now unless a request made it before."""
+    path = cache_dir(ctx) / f"{rec.id}.{fmt}"
+    if path.is_file():
+        return path
+    storage = ctx.storage(rec.storage)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".convert-", dir=path.parent) as tmp:
+            source = storage.local_path(rec.storage_key)
+            if source is None or not source.is_file():
+                source = Path(tmp) / f"source.{rec.format}"
+                storage.download(rec.storage_key, source)
+            part = Path(tmp) / f"out.{fmt}"
+            bitrate = rec.options.get("bitrate", 16)
+            transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else 16)
+            # built under a temporary name: a concurrent request sees the whole file or none
+            os.replace(part, path)
+    except OSError as exc:
+        raise StorageError(f"converting recording {rec.id} failed: {exc.strerror or exc}") from exc
+    return path
+
+
+def transcode(source: Path, dest: Path, fmt: str, bitrate_kbps: int) -> None:
+    """Decode ``source`` (MP3 or any WAV) with PyAV and write it as ``fmt`` with the project's encoders."""
+    try:
+        with av.open(str(source)) as container:
+            stream = container.streams.audio[0]
+            channels, rate = stream.channels, stream.rate
+            resampler = av.AudioResampler(format="s16", layout=stream.layout.name, rate=rate)
+            writer = open_writer(dest, fmt=fmt, rate=rate, channels=channels, bitrate_kbps=bitrate_kbps)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    writer.write(_interleaved(out.to_ndarray(), channels))
+            for out in resampler.resample(None):
+                writer.write(_interleaved(out.to_ndarray(), channels))
+            writer.close()
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise StorageError(f"the stored recording {source.name} cannot be decoded: {exc}") from exc
+
+
+def _interleaved(data: Any, channels: int) -> npt.NDArray[np.int16]:
+    """Packed s16 samples (one row) as (frames, channels)."""
+    return np.asarray(data, dtype=np.int16).reshape(-1, channels)
+
+
+def _read_file(path: Path, start: int, end: int) -> Iterator[bytes]:
+    f = path.open("rb")  # opened now: a vanished file fails before the response starts
+
+    def chunks() -> Iterator[bytes]:
+        with f:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                block = f.read(min(CHUNK_BYTES, left))
+                if not block:
+                    return
+                left -= len(block)
+                yield block
+
+    return chunks()

@@ -1,0 +1,203 @@
+"""Calls: search with keyset pagination, the call card, retention override, tags, re-mix, interactions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from callrec.api.deps import (
+    Principal,
+    PrincipalDep,
+    ServiceDep,
+    base_url,
+    decode_cursor,
+    domain_names,
+    encode_cursor,
+    is_id,
+    parse_time,
+    scope,
+)
+from callrec.api.schemas import (
+    PRINTABLE,
+    CallCard,
+    CallPage,
+    InteractionOut,
+    RecordingOut,
+    RemixIn,
+    RetentionIn,
+    RetentionOut,
+    TagsIn,
+    call_card,
+    recording_json,
+    retention_json,
+)
+from callrec.db import queries
+from callrec.db.engine import transaction
+from callrec.db.schema import QUEUED, RECORDING, Call, Domain, Party, Recording
+from callrec.domain_settings import DomainSettings
+from callrec.errors import ServiceError
+from callrec.jobs.retention import refresh_expiry
+from callrec.jobs.worker import Service
+
+router = APIRouter(tags=["calls"])
+Text = Annotated[str | None, Query(max_length=300, pattern=PRINTABLE)]
+State = Literal["recording", "queued", "mixing", "storing", "completed", "failed", "deleted"]
+
+
+def _cards(s: Session, rows: list[Call], url: str) -> list[dict[str, Any]]:
+    names = domain_names(s)
+    return [call_card(c, names.get(c.domain_id, ""), url) for c in rows]
+
+
+def find_call(s: Session, principal: Principal, call_id: str) -> Call:
+    """The call with the project's id ``call_id`` in the caller's domain; 404 otherwise."""
+    call = s.get(Call, call_id) if is_id(call_id) else None
+    if call is None or not principal.may_see(call.domain_id):
+        raise ServiceError(f"no call {call_id[:40]!r}", 404)
+    return call
+
+
+@router.get("/calls", response_model=CallPage, summary="Search calls, newest first")
+def search_calls(
+    request: Request,
+    service: ServiceDep,
+    principal: PrincipalDep,
+    since: Annotated[str | None, Query(max_length=64, description="ISO 8601 with a zone, or epoch seconds")] = None,
+    until: Annotated[str | None, Query(max_length=64, description="ISO 8601 with a zone, or epoch seconds")] = None,
+    number: Annotated[str | None, Query(max_length=100, pattern=PRINTABLE, description="a prefix ends in *")] = None,
+    direction: Literal["inbound", "outbound", "internal"] | None = None,
+    interaction: Text = None,
+    state: State | None = None,
+    call_id: Annotated[str | None, Query(max_length=300, pattern=PRINTABLE, description="the SIP Call-ID")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    query = scope(select(Call), principal, Call.domain_id)
+    if since is not None:
+        query = query.where(Call.started_at >= parse_time(since, "since"))
+    if until is not None:
+        query = query.where(Call.started_at < parse_time(until, "until"))
+    if number:
+        prefix = number.endswith("*")
+        match = Party.number.startswith(number[:-1], autoescape=True) if prefix else Party.number == number
+        query = query.where(Call.id.in_(select(Party.call_id).where(match)))
+    if direction is not None:
+        query = query.where(Call.direction == direction)
+    if interaction is not None:
+        query = query.where(Call.interaction_id == interaction)
+    if call_id is not None:
+        query = query.where(Call.sip_call_id == call_id)
+    if state is not None:
+        current = (
+            select(Recording.state).where(Recording.call_id == Call.id)
+            .order_by(Recording.created_at.desc(), Recording.id.desc()).limit(1).scalar_subquery()
+        )  # fmt: skip
+        query = query.where(current == state)
+    if cursor is not None:
+        query = _after(query, cursor)
+    with service.ctx.sessions() as s:
+        rows = list(s.scalars(query.order_by(Call.started_at.desc(), Call.id.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if more else None
+        return {
+            "items": _cards(s, rows, base_url(request)),
+            "next_cursor": encode_cursor({"t": last.started_at.isoformat(), "id": last.id}) if last else None,
+        }
+
+
+def _after(query: Select[Call], cursor: str) -> Select[Call]:
+    """Rows after the cursor's (started_at, id) in the listing's order: a keyset, never an offset."""
+    data = decode_cursor(cursor)
+    try:
+        started, last_id = datetime.fromisoformat(str(data["t"])), str(data["id"])
+    except (KeyError, ValueError) as exc:
+        raise ServiceError("the cursor is not valid", 400) from exc
+    if started.tzinfo is None or not is_id(last_id):
+        raise ServiceError("the cursor is not valid", 400)
+    return query.where(or_(Call.started_at < started, and_(Call.started_at == started, Call.id < last_id)))
+
+
+@router.get("/calls/{call_id}", response_model=CallCard, summary="The call card")
+def get_call(call_id: str, request: Request, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+    with service.ctx.sessions() as s:
+        return _cards(s, [find_call(s, principal, call_id)], base_url(request))[0]
+
+
+@router.put("/calls/{call_id}/retention", response_model=RetentionOut, summary="Override how long a call is kept")
+def put_retention(call_id: str, body: RetentionIn, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+    ctx = service.ctx
+    with transaction(ctx.sessions) as s:
+        call = find_call(s, principal, call_id)
+        call.retention_days, call.retention_forever, call.legal_hold = body.days, body.forever, body.legal_hold
+        domain_id = call.domain_id
+    refresh_expiry(ctx, domain_id, call_id)
+    with ctx.sessions() as s:
+        return retention_json(find_call(s, principal, call_id))
+
+
+@router.put("/calls/{call_id}/tags", summary="Replace a call's tags")
+def put_tags(call_id: str, body: TagsIn, service: ServiceDep, principal: PrincipalDep) -> dict[str, list[str]]:
+    ctx = service.ctx
+    tags = list(dict.fromkeys(body.tags))
+    with transaction(ctx.sessions) as s:
+        call = find_call(s, principal, call_id)
+        call.tags = tags
+        domain_id = call.domain_id
+    refresh_expiry(ctx, domain_id, call_id)  # retention rules may match on tags
+    return {"tags": tags}
+
+
+@router.post("/calls/{call_id}/remix", status_code=202, response_model=RecordingOut,
+             summary="Mix the call again, with other output settings")  # fmt: skip
+def remix(
+    call_id: str, request: Request, service: ServiceDep, principal: PrincipalDep, body: RemixIn | None = None
+) -> dict[str, Any]:
+    ctx = service.ctx
+    asked = body or RemixIn()
+    now = ctx.clock.now()
+    with transaction(ctx.sessions) as s:
+        call = find_call(s, principal, call_id)
+        if any(r.state == RECORDING for r in call.recordings):
+            raise ServiceError("the call is still being recorded", 409)
+        if call.tape_deleted_at is not None:
+            raise ServiceError("the call's raw tape was deleted, so it cannot be mixed again", 409)
+        domain = s.get(Domain, call.domain_id)
+        assert domain is not None
+        settings = queries.load_settings(s, domain)
+        options = {
+            "format": asked.format or settings.format, "codec": asked.codec or settings.codec,
+            "bitrate": asked.bitrate or settings.bitrate, "rate": asked.rate or settings.rate, "asap": True,
+        }  # fmt: skip
+        rec = Recording(
+            id=queries.new_id(), call_id=call.id, domain_id=call.domain_id, state=QUEUED, options=options,
+            format=options["format"], storage=ctx.storage_spec(settings.storage), created_at=now, updated_at=now,
+        )  # fmt: skip
+        s.add(rec)
+        s.flush()
+        out = recording_json(rec, base_url(request))
+    # asked for now: a re-mix does not wait for the domain's mixing window
+    _schedule_now(service, rec.id, settings)
+    return out
+
+
+def _schedule_now(service: Service, recording_id: str, settings: DomainSettings) -> None:
+    service.pipeline.schedule(recording_id, settings.model_copy(update={"schedule": {"mode": "immediate"}}))
+
+
+@router.get("/interactions/{interaction_id}", response_model=InteractionOut, summary="The calls of an interaction")
+def get_interaction(
+    interaction_id: str, request: Request, service: ServiceDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    with service.ctx.sessions() as s:
+        rows: list[Call] = []
+        if interaction_id and "\x00" not in interaction_id and len(interaction_id) <= 300:
+            query = scope(select(Call), principal, Call.domain_id).where(Call.interaction_id == interaction_id)
+            rows = list(s.scalars(query.order_by(Call.started_at, Call.id)))
+        if not rows:
+            raise ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
+        return {"id": interaction_id, "calls": _cards(s, rows, base_url(request))}

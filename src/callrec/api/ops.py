@@ -1,0 +1,123 @@
+"""Operations: ``/healthz`` and Prometheus ``/metrics`` (no key needed).
+
+Metric values are read from the database (and the queue) when Prometheus scrapes, so every API node
+reports the same figures and nothing has to be counted in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from callrec.db.schema import COMPLETED, RECORDING, STATES, Job, Recording
+from callrec.jobs.worker import Service
+
+log = logging.getLogger("callrec.api")
+SPEED_WINDOW = timedelta(hours=1)
+
+
+class ServiceCollector(Collector):
+    """Gauges computed from the database at scrape time."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # described without values, so registering does not query the database
+        return iter(self._families())
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily("callrec_calls_recording", "calls being recorded now"),
+            GaugeMetricFamily("callrec_recordings", "recordings by state", labels=["state"]),
+            GaugeMetricFamily("callrec_jobs_queued", "messages waiting in the job queue"),
+            GaugeMetricFamily("callrec_jobs_failed", "jobs that failed for good"),
+            GaugeMetricFamily("callrec_storage_errors", "store jobs that failed or are waiting to retry"),
+            GaugeMetricFamily(
+                "callrec_mixing_speed_realtime", "seconds of audio mixed per second of mixing, over the last hour"
+            ),
+        ]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        recording, by_state, queued, failed, storage, speed = self._families()
+        ctx = self.service.ctx
+        since = ctx.clock.now() - SPEED_WINDOW
+        with ctx.sessions() as s:
+            counts = dict(s.execute(select(Recording.state, func.count()).group_by(Recording.state)).tuples().all())
+            jobs_failed = s.scalar(select(func.count()).select_from(Job).where(Job.state == "failed")) or 0
+            store_errors = s.scalar(
+                select(func.count()).select_from(Job).where(Job.kind == "store", Job.state.in_(("failed", "retrying")))
+            )
+            mixed = s.execute(
+                select(Recording.duration_s, Job.started_at, Job.finished_at)
+                .join(Job, Job.recording_id == Recording.id)
+                .where(Recording.state == COMPLETED, Recording.completed_at >= since)
+                .where(Job.kind == "mix", Job.state == "done", Job.finished_at.is_not(None))
+            ).all()
+        recording.add_metric([], counts.get(RECORDING, 0))
+        for state in STATES:
+            by_state.add_metric([state], counts.get(state, 0))
+        queued.add_metric([], self.service.queue.pending())
+        failed.add_metric([], jobs_failed)
+        storage.add_metric([], store_errors or 0)
+        audio_s = sum(row.duration_s for row in mixed)
+        mixing_s = sum((row.finished_at - row.started_at).total_seconds() for row in mixed)
+        speed.add_metric([], audio_s / mixing_s if mixing_s > 0 else 0.0)
+        yield from (recording, by_state, queued, failed, storage, speed)
+
+
+def make_router(service: Service) -> APIRouter:
+    """The ops routes, with a Prometheus registry of this app's own."""
+    router = APIRouter(tags=["operations"])
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(ServiceCollector(service))
+
+    @router.get("/healthz", summary="Whether the database and the queue answer")
+    def healthz() -> Any:
+        parts = {"database": _check_database(service), "queue": _check_queue(service)}
+        failing = [sentence for sentence in parts.values() if sentence != "ok"]
+        body: dict[str, Any] = {"status": "ok" if not failing else "error", **parts}
+        if failing:
+            body["detail"] = failing[0]
+            return JSONResponse(body, status_code=503)
+        return body
+
+    @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)")
+    def metrics() -> Response:
+        try:
+            data = generate_latest(registry)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: database: %s", str(exc).splitlines()[0])
+            return JSONResponse({"detail": "the database cannot be reached"}, status_code=503)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _check_database(service: Service) -> str:
+    try:
+        with service.ctx.sessions() as s:
+            s.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        log.warning("healthz: database: %s", str(exc).splitlines()[0])
+        return "the database cannot be reached"
+    return "ok"
+
+
+def _check_queue(service: Service) -> str:
+    try:
+        service.queue.pending()
+    except Exception as exc:  # noqa: BLE001 - any backend (SQLite, Redis) may fail its own way
+        log.warning("healthz: queue: %s", exc)
+        return "the job queue cannot be reached"
+    return "ok"
