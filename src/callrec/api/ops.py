@@ -53,7 +53,7 @@ class ServiceCollector(Collector):
         ctx = self.service.ctx
         since = ctx.clock.now() - SPEED_WINDOW
         with ctx.sessions() as s:
-            counts = dict(s.execute(select(Recording.state, func.count()).group_by(Recording.state)).tuples().all())
+            counts = dict(s.execute(select(Recording.state, func.count()).group_by(Recording.state)).all())
             jobs_failed = s.scalar(select(func.count()).select_from(Job).where(Job.state == "failed")) or 0
             store_errors = s.scalar(
                 select(func.count()).select_from(Job).where(Job.kind == "store", Job.state.in_(("failed", "retrying")))
