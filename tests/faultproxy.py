@@ -9,7 +9,9 @@ keep-alive connection cannot slip past the new mode):
 
 ``corrupt_next_put_bodies(n)`` flips one byte in the middle of the body of the next ``n`` HTTP/1.1 PUT
 requests (``Content-Length`` bodies; ``Expect: 100-continue`` works because the proxy only forwards).
-``corrupted`` counts the bodies altered so far. Self-contained: no fixtures, only the standard library.
+``corrupted`` counts the bodies altered so far; ``requests`` lists each request forwarded as
+``(method, target, headers)`` with lowercase header names, to check what a client sent.
+Self-contained: no fixtures, only the standard library.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class FaultProxy:
         self.port = port
         self.corrupted = 0
         self.accepted = 0
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._mode = "pass"
         self._corrupt_left = 0
         self._lock = threading.Lock()
@@ -90,6 +93,10 @@ class FaultProxy:
                 return False
             self._corrupt_left -= 1
             return True
+
+    def _note_request(self, method: str, target: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self.requests.append((method, target, headers))
 
     def _note_corrupted(self) -> None:
         with self._lock:
@@ -172,9 +179,7 @@ class FaultProxy:
     def __enter__(self) -> FaultProxy:
         return self.start()
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
@@ -216,8 +221,10 @@ class _PutBodyFlipper:
 
     def _start_request(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
-        method = lines[0].split(" ", 1)[0].upper()
+        method, _, rest = lines[0].partition(" ")
+        method = method.upper()
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        self.proxy._note_request(method, rest.rpartition(" ")[0], headers)
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self.raw = True
             return

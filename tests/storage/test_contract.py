@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -219,7 +220,7 @@ def test_unicode_keys(storage: Storage) -> None:
 def test_bad_keys_are_refused_by_every_method(storage: Storage, key: str, tmp_path: Path) -> None:
     source = tmp_path / "f"
     source.write_bytes(b"x")
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: storage.put_bytes(key, b"x"),
         lambda: storage.put_file(key, source),
         lambda: storage.stat(key),

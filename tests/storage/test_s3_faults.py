@@ -7,6 +7,8 @@ read-back of size and ETag is what catches it (real S3 refuses it earlier with B
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import time
@@ -85,6 +87,25 @@ def test_a_silent_server_fails_within_the_read_timeout(proxy: FaultProxy, bucket
         == f"S3 bucket '{bucket}' cannot be reached at {proxy.endpoint}: no answer within 1 s (upload of k)"
     )
     assert proxy.accepted >= ATTEMPTS
+
+
+def test_every_upload_request_carries_the_content_md5(proxy: FaultProxy, bucket: str, tmp_path: Path) -> None:
+    # what makes real S3 refuse a body damaged on the way (BadDigest); moto does not check it
+    storage = through(proxy, bucket, multipart_threshold=PART, part_size=PART)
+    small, big = os.urandom(1000), os.urandom(PART + 7)
+    (tmp_path / "big").write_bytes(big)
+    storage.put_bytes("small", small)
+    storage.put_file("big", tmp_path / "big")
+    puts = [(target, headers) for method, target, headers in proxy.requests if method == "PUT"]
+    assert len(puts) == 3  # one object, then two parts
+    bodies = [small, big[:PART], big[PART:]]
+    for (_target, headers), body in zip(puts, bodies, strict=True):
+        assert headers["content-md5"] == base64.b64encode(hashlib.md5(body).digest()).decode()
+        assert int(headers["content-length"]) == len(body)
+    assert puts[0][1]["x-amz-meta-md5"] == hashlib.md5(small).hexdigest()
+    assert "partNumber=2" in puts[2][0]
+    create = [h for m, t, h in proxy.requests if m == "POST" and t.endswith("?uploads")]
+    assert [h["x-amz-meta-md5"] for h in create] == [hashlib.md5(big).hexdigest()]
 
 
 def test_a_corrupted_upload_fails_verification_and_leaves_no_object(

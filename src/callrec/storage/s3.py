@@ -13,10 +13,10 @@ import hashlib
 import io
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, get_args
 
 import boto3
 import botocore.exceptions as bx
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 AddressingStyle = Literal["auto", "virtual", "path"]
 SINGLE_PUT_MAX_BYTES = 64 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
-ADDRESSING_STYLES = ("path", "virtual", "auto")
 NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound")
+MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,7 @@ class S3Config:
     addressing_style: str = "auto"  # "path" | "virtual" | "auto"
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 30.0
-    # attempts in all, the first included
-    max_attempts: int = 2
+    max_attempts: int = 2  # attempts in all, the first included
 
 
 class S3Storage:
@@ -65,16 +64,15 @@ class S3Storage:
     ) -> None:
         if not config.bucket:
             raise StorageError("S3 bucket name is empty")
-        if config.addressing_style not in ADDRESSING_STYLES:
+        if config.addressing_style not in get_args(AddressingStyle):
             raise StorageError(f"S3 addressing style {config.addressing_style!r} is not one of path, virtual, auto")
         if multipart_threshold < 1 or part_size < 1 or config.max_attempts < 1:
             raise StorageError("S3 multipart threshold, part size and attempts must be at least 1")
-        prefix = config.prefix.strip("/")
-        self.prefix = base.check_prefix(prefix + "/") if prefix else ""
+        self.prefix = base.check_prefix(config.prefix.strip("/") + "/") if config.prefix.strip("/") else ""
         self.config = config
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
-        botocore_config = Config(
+        options = Config(
             connect_timeout=config.connect_timeout_s,
             read_timeout=config.read_timeout_s,
             retries={"total_max_attempts": config.max_attempts, "mode": "standard"},
@@ -89,8 +87,7 @@ class S3Storage:
                 aws_secret_access_key=config.secret_access_key or None,
                 region_name=config.region or None,
             )
-            endpoint_url = config.endpoint_url or None
-            self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=botocore_config)
+            self._client: S3Client = session.client("s3", endpoint_url=config.endpoint_url or None, config=options)
         except (BotoCoreError, ValueError) as exc:
             raise StorageError(f"S3 bucket '{config.bucket}' settings are not usable: {exc}") from exc
         self.endpoint = self._client.meta.endpoint_url
@@ -123,11 +120,9 @@ class S3Storage:
                 if _code(exc) in NOT_FOUND_CODES:
                     return None
                 raise
-        etag = head["ETag"].strip('"')
-        md5 = head.get("Metadata", {}).get("md5", "")
-        if not re.fullmatch(r"[0-9a-f]{32}", md5):
-            md5 = etag if re.fullmatch(r"[0-9a-f]{32}", etag) else ""
-        return ObjectInfo(key, head["ContentLength"], md5)
+        # ours carry the md5 as metadata; a single-part upload by anyone else has it as ETag
+        md5s = [head.get("Metadata", {}).get("md5", ""), head["ETag"].strip('"')]
+        return ObjectInfo(key, head["ContentLength"], next((m for m in md5s if MD5_HEX.fullmatch(m)), ""))
 
     def read_range(self, key: str, start: int = 0, end: int | None = None, chunk: int = 65536) -> Iterator[bytes]:
         base.check_range(key, start, end, chunk)
@@ -178,17 +173,16 @@ class S3Storage:
         return full
 
     def _upload(self, key: str, full: str, f: BinaryIO) -> ObjectInfo:
-        bucket = self.config.bucket
         size = f.seek(0, io.SEEK_END)
         f.seek(0)
         with self._boundary(f"upload of {key}"):
             if size <= self.multipart_threshold:
                 body = f.read()
-                md5 = base.md5_hex(body)
+                md5 = etag = base.md5_hex(body)
+                checksum = _b64(bytes.fromhex(md5))
                 self._client.put_object(
-                    Bucket=bucket, Key=full, Body=body, ContentMD5=_b64(bytes.fromhex(md5)), Metadata={"md5": md5}
+                    Bucket=self.config.bucket, Key=full, Body=body, ContentMD5=checksum, Metadata={"md5": md5}
                 )
-                etag = md5
             else:
                 md5, digests = _digests(f, self.part_size)
                 etag = self._multipart(key, full, f, md5, digests)
@@ -209,10 +203,9 @@ class S3Storage:
                 answer = self._client.upload_part(
                     Bucket=bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=block, ContentMD5=_b64(digest)
                 )
-                if answer["ETag"].strip('"') != digest.hex():
+                if (got := answer["ETag"].strip('"')) != digest.hex():
                     raise StorageError(
-                        f"upload of {key} failed verification: part {number} has ETag {answer['ETag'].strip(chr(34))}, "
-                        f"sent md5 {digest.hex()}"
+                        f"upload of {key} failed verification: part {number} has ETag {got}, sent md5 {digest.hex()}"
                     )
                 parts.append({"ETag": answer["ETag"], "PartNumber": number})
             self._client.complete_multipart_upload(
@@ -231,18 +224,16 @@ class S3Storage:
         got_md5 = head.get("Metadata", {}).get("md5", "")
         if (got_size, got_etag, got_md5) != (size, etag, md5):
             # the bytes under this key are not the ones we sent: remove them rather than leave them looking stored
-            self._client.delete_object(Bucket=self.config.bucket, Key=full)
+            with suppress(BotoCoreError, ClientError):
+                self._client.delete_object(Bucket=self.config.bucket, Key=full)
             raise StorageError(
                 f"upload of {key} failed verification: sent {size} bytes (ETag {etag}), "
                 f"S3 has {got_size} bytes (ETag {got_etag}, md5 metadata {got_md5 or 'missing'})"
             )
 
     def _stream(self, key: str, body: Any, chunk: int) -> Iterator[bytes]:
-        try:
-            with self._boundary(f"read of {key}"):
-                yield from body.iter_chunks(chunk)
-        finally:
-            body.close()
+        with closing(body), self._boundary(f"read of {key}"):
+            yield from body.iter_chunks(chunk)
 
     def _keys(self, action: str, first: Any, pages: Iterator[Any]) -> Iterator[str]:
         page = first
