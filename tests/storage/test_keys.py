@@ -67,9 +67,11 @@ def test_a_naive_time_is_taken_as_utc() -> None:
         ("Zürich", "Z_rich"),
         ("a\\b\x00c", "a_b_c"),
         ("{domain}", "_domain_"),
+        (None, "_"),
+        (42, "42"),
     ],
 )
-def test_values_are_sanitised(value: str, expected: str) -> None:
+def test_values_are_sanitised(value: object, expected: str) -> None:
     assert sanitise(value) == expected
 
 

@@ -55,16 +55,20 @@ def render_key(template: str, *, when: datetime, **fields: str) -> str:
         raise TypeError(f"render_key() takes {', '.join(clock)} from when, not as fields")
     _fields(template, "object")
     utc = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    values = {name: sanitise(fields.get(name, "")) for name in FIELDS}
+    values = {name: sanitise(fields.get(name)) for name in FIELDS}
     values |= {"yyyy": f"{utc.year:04d}", "mm": f"{utc.month:02d}", "dd": f"{utc.day:02d}", "hh": f"{utc.hour:02d}"}
     return _checked(template, template.format_map(values), "object")
 
 
-def sanitise(value: str) -> str:
-    """``value`` as one safe path segment: only ``[A-Za-z0-9._@+=-]``, never empty, never starting with "."."""
-    text = _UNSAFE.sub("_", str(value))
+def sanitise(value: object) -> str:
+    """``value`` as one safe path segment: only ``[A-Za-z0-9._@+=-]``, never empty, never starting with ".".
+
+    None counts as empty; anything else is taken as ``str(value)``.
+    """
+    value = "" if value is None else str(value)
+    text = _UNSAFE.sub("_", value)
     if len(text) > MAX_VALUE_CHARS:
-        suffix = hashlib.sha256(str(value).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        suffix = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         text = f"{text[: MAX_VALUE_CHARS - 17]}-{suffix}"
     # "." and ".." would be path steps; a leading "." is refused in keys
     stripped = text.lstrip(".")
