@@ -53,6 +53,22 @@ def test_cursor_pagination_returns_every_call_once(api: Api, seven: tuple[Tenant
     assert pages == 3 and len(seen) == 7 and set(seen) == set(ids)
 
 
+def test_pagination_orders_calls_of_one_instant_by_id(api: Api, tenant: Tenant, captures: Captures) -> None:
+    # the same capture uploaded seven times: seven calls with the very same started_at
+    ids = [api.upload(tenant.headers, captures.one, mix=False)[0] for _ in range(7)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = api.client.get(CALLS, headers=tenant.headers, params=params).json()
+        seen += [c["id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(ids, reverse=True)
+    api.run_jobs()
+
+
 def test_a_malformed_cursor_is_400(api: Api, tenant: Tenant) -> None:
     for cursor in ("not-base64!", "bnVsbA", "eyJ0IjogMX0"):  # garbage, JSON null, {"t": 1}
         answer = api.client.get(CALLS, headers=tenant.headers, params={"cursor": cursor})

@@ -40,6 +40,18 @@ def test_keys_are_stored_only_as_their_hash(api: Api) -> None:
     assert not any(secret in value for value in every_value)
 
 
+def test_every_error_is_one_json_sentence(api: Api, tenant: Tenant) -> None:
+    bad_json = api.client.post(DOMAINS, headers={**api.admin, "Content-Type": "application/json"}, content=b"{")
+    assert bad_json.status_code == 422
+    assert detail(bad_json) == "the request body is not valid JSON: Expecting property name enclosed in double quotes"
+    no_body = api.client.post(DOMAINS, headers=api.admin)
+    assert no_body.status_code == 422 and detail(no_body) == "the request body is required"
+    nowhere = api.client.get("/api/v1/nothing-here", headers=api.admin)
+    assert nowhere.status_code == 404 and detail(nowhere) == "there is nothing at /api/v1/nothing-here"
+    method = api.client.delete(DOMAINS, headers=api.admin)
+    assert method.status_code == 405 and detail(method) == "DELETE is not allowed on /api/v1/domains"
+
+
 # --- domains -------------------------------------------------------------------------------------------
 
 

@@ -40,7 +40,8 @@ def probe(data: bytes, tmp_path: Path) -> dict[str, Any]:
 def full(api: Api, mixed: Mixed) -> bytes:
     answer = api.client.get(f"{RECORDINGS}/{mixed.recording_id}/audio", headers=mixed.tenant.headers)
     assert answer.status_code == 200
-    return answer.content
+    content: bytes = answer.content
+    return content
 
 
 def test_the_recording_json(api: Api, mixed: Mixed, other: Tenant) -> None:

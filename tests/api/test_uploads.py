@@ -15,7 +15,9 @@ UPLOADS = "/api/v1/uploads"
 
 
 def _post(api: Api, headers: dict[str, str], data: bytes, **fields: str) -> httpx.Response:
-    return api.client.post(UPLOADS, headers=headers, files={"file": ("c.pcap", data)}, data=fields or None)
+    answer: httpx.Response = api.client.post(UPLOADS, headers=headers, files={"file": ("c.pcap", data)},
+                                             data=fields or None)  # fmt: skip
+    return answer
 
 
 def _staging_is_empty(api: Api) -> bool:

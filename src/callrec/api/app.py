@@ -7,6 +7,7 @@ reach answers 5xx (503); everything a client can cause is a 4xx saying what to c
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -57,9 +58,14 @@ def describe(errors: list[Any]) -> str:
     if not errors:
         return "the request is not valid"
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "")
+        return f"the request body is not valid JSON: {reason}" if reason else "the request body is not valid JSON"
     loc = [str(part) for part in first.get("loc", ())]
     if loc and loc[0] in _LOCATIONS:
         loc = loc[1:]
+    if not loc and first.get("type") == "missing":
+        return "the request body is required"
     field = ".".join(loc) or "the request body"
     message = str(first.get("msg", "is not valid")).removeprefix("Value error, ")
     if message.startswith(field):
@@ -81,9 +87,15 @@ async def _model_invalid(_request: Request, exc: Exception) -> JSONResponse:
     return _detail(422, describe(list(exc.errors())))
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return _detail(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    detail = str(exc.detail)
+    # Starlette's own answers (no route, wrong method) carry only the status phrase
+    if exc.status_code == 404 and detail == HTTPStatus.NOT_FOUND.phrase:
+        detail = f"there is nothing at {request.url.path}"
+    elif exc.status_code == 405 and detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return _detail(exc.status_code, detail, dict(exc.headers or {}))
 
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -212,8 +212,7 @@ def recording_json(rec: Recording, base_url: str) -> dict[str, Any]:
 
 def newest(call: Call) -> Recording | None:
     """The call's current recording: the one made last (a re-mix replaces the first)."""
-    recordings = list(call.recordings)
-    return max(reversed(recordings), key=lambda r: r.created_at) if recordings else None
+    return max(call.recordings, key=lambda r: (r.created_at, r.id), default=None)
 
 
 def call_card(call: Call, domain_name: str, base_url: str) -> dict[str, Any]:
@@ -248,7 +247,7 @@ def call_card(call: Call, domain_name: str, base_url: str) -> dict[str, Any]:
                 "quality": dict(s.quality),
             }
             for s in call.streams
-        ],  # fmt: skip
+        ],
         "tags": [str(t) for t in call.tags],
         "retention": retention_json(call),
         "recording": recording_json(current, base_url) if current is not None else None,
@@ -256,7 +255,7 @@ def call_card(call: Call, domain_name: str, base_url: str) -> dict[str, Any]:
         "tape": {
             "stored": bool(call.tape_key) and call.tape_deleted_at is None,
             "deleted": call.tape_deleted_at is not None,
-        },  # fmt: skip
+        },
     }
 
 

@@ -27,9 +27,10 @@ from callrec.capture.scan import calls_in_capture
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Domain
-from callrec.errors import CaptureError, ParseError, ServiceError
+from callrec.errors import CaptureError, ParseError, ServiceError, StorageError
 from callrec.jobs.worker import Service
 from callrec.models import CallInfo
+from callrec.storage.base import os_reason
 
 router = APIRouter(tags=["uploads"])
 PCAP_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1", b"\x0a\x0d\x0d\x0a")
@@ -60,7 +61,7 @@ UPLOAD_BODY: dict[str, Any] = {
                             "description": "the domain to upload into (admin keys only)",
                         },
                     },
-                }  # fmt: skip
+                }
             }
         },
     }
@@ -147,8 +148,8 @@ async def upload(request: Request, service: ServiceDep, principal: PrincipalDep)
     if kind != b"multipart/form-data" or not params.get(b"boundary"):
         raise ServiceError("the upload must be multipart/form-data with a file field", 415)
     staging = service.ctx.config.data_dir / "uploads" / secrets.token_hex(8)
-    staging.mkdir(parents=True)
     try:
+        staging.mkdir(parents=True)
         form = _Form(staging / tape.MEDIA_FILE, limit)
         try:
             parser = form.parser(params[b"boundary"])
@@ -165,6 +166,8 @@ async def upload(request: Request, service: ServiceDep, principal: PrincipalDep)
             raise ServiceError("file: the upload has no file field", 422)
         fields = {name: bytes(value) for name, value in form.fields.items()}
         calls = await run_in_threadpool(_ingest, service, principal, form.path, fields)
+    except OSError as exc:  # the service's own disk (full, or not writable)
+        raise StorageError(f"the upload cannot be saved: {os_reason(exc)}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"calls": calls}
