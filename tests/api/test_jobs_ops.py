@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -104,6 +105,7 @@ def test_healthz_names_the_failing_part(api: Api, monkeypatch: pytest.MonkeyPatc
     assert answer.status_code == 503
     assert answer.json() == {"status": "error", "database": "ok", "queue": "the job queue cannot be reached",
                              "detail": "the job queue cannot be reached"}  # fmt: skip
+    assert math.isnan(_metrics(api)["callrec_jobs_queued"])  # unknown, but the other figures still come
 
 
 def test_a_database_out_of_reach_is_503(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,3 +141,13 @@ def test_metrics_come_from_the_database(api: Api, mixed: Mixed, failed: tuple[Te
     assert values["callrec_jobs_queued"] == 0
     assert values["callrec_storage_errors"] == 0
     assert values["callrec_mixing_speed_realtime"] > 1  # a 2.5 s call mixes far faster than real time
+
+
+def test_the_openapi_document(api: Api) -> None:
+    doc = api.client.get("/openapi.json").json()
+    assert doc["info"]["title"] == "callrec"
+    some = {"/api/v1/calls", "/api/v1/uploads", "/api/v1/recordings/{recording_id}/audio", "/healthz", "/metrics"}
+    assert some <= set(doc["paths"])
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    upload = doc["paths"]["/api/v1/uploads"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["required"] == ["file"] and upload["properties"]["file"]["format"] == "binary"

@@ -13,6 +13,7 @@ from callrec.capture import tape
 from callrec.capture.scan import calls_in_capture
 from callrec.db.schema import Recording
 from callrec.jobs.retention import delete_recording
+from callrec.jobs.schedule import DAYS
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
 
 RECORDINGS = "/api/v1/recordings"
@@ -189,6 +190,20 @@ def test_remix_makes_a_new_recording_with_other_settings(api: Api, captures: Cap
     audio = api.client.get(f"{RECORDINGS}/{made['id']}/audio", headers=owner.headers)
     found = probe(audio.content, tmp_path)
     assert found["codec"] == "pcm_alaw" and found["channels"] == 2 and found["rate"] == 8000
+
+
+def test_remix_does_not_wait_for_the_mixing_window(api: Api, captures: Captures) -> None:
+    owner = api.tenant(settings={"keep_tape_days": None})
+    (call_id,) = api.upload(owner.headers, captures.one)
+    # a window three days away: the domain's own mixing waits, a re-mix asked for through the API does not
+    day = DAYS[(api.service.ctx.clock.now().weekday() + 3) % 7]
+    window = {"mode": "windows", "timezone": "UTC", "windows": [{"days": [day], "from": "01:00", "to": "02:00"}]}
+    put = api.client.put(f"/api/v1/domains/{owner.name}/settings", headers=owner.headers, json={"schedule": window})
+    assert put.status_code == 200
+    made = api.client.post(f"/api/v1/calls/{call_id}/remix", headers=owner.headers).json()
+    api.run_jobs()
+    rec = api.client.get(f"{RECORDINGS}/{made['id']}", headers=owner.headers).json()
+    assert rec["state"] == "completed"
 
 
 def test_remix_checks_its_settings_the_tape_and_the_domain(

@@ -67,13 +67,20 @@ class ServiceCollector(Collector):
         recording.add_metric([], counts.get(RECORDING, 0))
         for state in STATES:
             by_state.add_metric([state], counts.get(state, 0))
-        queued.add_metric([], self.service.queue.pending())
+        queued.add_metric([], self._pending())
         failed.add_metric([], jobs_failed)
         storage.add_metric([], store_errors or 0)
         audio_s = sum(row.duration_s for row in mixed)
         mixing_s = sum((row.finished_at - row.started_at).total_seconds() for row in mixed)
         speed.add_metric([], audio_s / mixing_s if mixing_s > 0 else 0.0)
         yield from (recording, by_state, queued, failed, storage, speed)
+
+    def _pending(self) -> float:
+        try:
+            return float(self.service.queue.pending())
+        except Exception as exc:  # noqa: BLE001 - any backend (SQLite, Redis) may fail its own way
+            log.warning("metrics: queue: %s", exc)
+            return float("nan")  # unknown, and /healthz says why
 
 
 def make_router(service: Service) -> APIRouter:
