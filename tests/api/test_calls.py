@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 
@@ -70,7 +71,8 @@ def test_pagination_orders_calls_of_one_instant_by_id(api: Api, tenant: Tenant, 
 
 
 def test_a_malformed_cursor_is_400(api: Api, tenant: Tenant) -> None:
-    for cursor in ("not-base64!", "bnVsbA", "eyJ0IjogMX0"):  # garbage, JSON null, {"t": 1}
+    edge = base64.urlsafe_b64encode(b'{"t": "0001-01-01T00:00:00+05:00", "id": "ab"}').decode()
+    for cursor in ("not-base64!", "bnVsbA", "eyJ0IjogMX0", edge):  # garbage, JSON null, {"t": 1}, year 0
         answer = api.client.get(CALLS, headers=tenant.headers, params={"cursor": cursor})
         assert answer.status_code == 400 and detail(answer) == "the cursor is not valid", cursor
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -115,10 +115,11 @@ def _after(query: Select[Call], cursor: str) -> Select[Call]:
     data = decode_cursor(cursor)
     try:
         started, last_id = datetime.fromisoformat(str(data["t"])), str(data["id"])
-    except (KeyError, ValueError) as exc:
+        if started.tzinfo is None or not is_id(last_id):
+            raise ValueError("a cursor's time has a zone and its id is ours")
+        started = started.astimezone(UTC)
+    except (KeyError, ValueError, OverflowError) as exc:
         raise ServiceError("the cursor is not valid", 400) from exc
-    if started.tzinfo is None or not is_id(last_id):
-        raise ServiceError("the cursor is not valid", 400)
     return query.where(or_(Call.started_at < started, and_(Call.started_at == started, Call.id < last_id)))
 
 
