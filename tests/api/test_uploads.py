@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
 
 from callrec.api.app import create_app
 from callrec.capture.scan import calls_in_capture
+from tests import synth
 from tests.api.conftest import Api, Captures, Tenant, detail
 
 UPLOADS = "/api/v1/uploads"
@@ -127,3 +129,18 @@ def test_the_domain_field(api: Api, tenant: Tenant, other: Tenant, captures: Cap
 def test_uploading_needs_a_key(api: Api, captures: Captures) -> None:
     answer = api.client.post(UPLOADS, files={"file": ("c.pcap", captures.one.read_bytes())})
     assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_nul_characters_in_signalling_are_dropped(api: Api, tenant: Tenant, tmp_path: Path) -> None:
+    built = synth.build(synth.Scenario(call_id="nul-call@test", duration=1.0))
+    datagrams = [
+        (ts, src, sport, dst, dport, payload.replace(b"nul-call@", b"nul\x00call@") if sport == 5060 else payload)
+        for ts, src, sport, dst, dport, payload in built.datagrams
+    ]
+    capture = synth.write_pcap(tmp_path / "nul.pcap", datagrams)
+    (call_id,) = api.upload(tenant.headers, capture)
+    card = api.card(tenant.headers, call_id)
+    assert card["call_id"] == "nulcall@test"
+    info = calls_in_capture(capture)[0].to_json() | {"interaction_id": "pbx\x00-1"}
+    (tape_call,) = api.upload(tenant.headers, capture, call_json=json.dumps(info).encode())
+    assert api.card(tenant.headers, tape_call)["interaction_id"] == "pbx-1"

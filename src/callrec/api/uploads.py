@@ -183,7 +183,7 @@ def _ingest(service: Service, principal: Principal, media: Path, fields: dict[st
     ctx = service.ctx
     day = ctx.clock.now().strftime("%Y/%m/%d")
     folders = []
-    for info in infos:
+    for info in map(_without_nul, infos):
         info.domain, info.source, info.closed_cleanly, info.interrupted = domain, "upload", True, False
         folder = ctx.config.data_dir / "tapes" / day / f"upload-{secrets.token_hex(8)}"
         folder.mkdir(parents=True)
@@ -219,9 +219,22 @@ def _tape_info(raw: bytes) -> CallInfo:
         info = CallInfo.from_json(json.loads(raw))
     except (ValueError, ParseError, RecursionError) as exc:
         raise ServiceError("call: the call field is not a valid call.json", 400) from exc
-    if "\\u0000" in json.dumps(info.to_json()):
-        raise ServiceError("call: the call field must not contain NUL characters", 400)
     return info
+
+
+def _without_nul(info: CallInfo) -> CallInfo:
+    """The info with NUL characters dropped: SIP may carry them, no database stores them in text."""
+    return CallInfo.from_json(_drop_nul(info.to_json()))
+
+
+def _drop_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_drop_nul(k): _drop_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_drop_nul(v) for v in value]
+    return value
 
 
 def _calls(media: Path) -> list[CallInfo]:
