@@ -78,3 +78,23 @@ def make_tape(
         (folder / tape.META_FILE).write_text(json.dumps(data))
     truth = {p: t.audio for p, t in built.truth.items()}
     return MadeTape(folder, call_id, truth, built.duration, len(built.media))
+
+
+def make_long_tape(tapes_dir: Path, *, seconds: float, call_id: str = "") -> MadeTape:
+    """A long A/B tape made fast: random PCMA frames every 20 ms on both streams (long enough to kill a mix)."""
+    short = make_tape(tapes_dir, seconds=0.2, call_id=call_id, closed=False)
+    info = tape.read_info(short.folder)
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, size=(64, 160), dtype=np.uint8)
+    scn = synth.Scenario()
+    writer = tape.TapeWriter(short.folder, info, append=True)
+    start = (info.started_at or time.time()) + 1.0
+    count = int(seconds / 0.02)
+    for i in range(count):
+        ts = start + i * 0.02
+        for ssrc, src, sport, dst, dport in ((1, synth.A_IP, scn.a_port, synth.B_IP, scn.b_port),
+                                              (2, synth.B_IP, scn.b_port, synth.A_IP, scn.a_port)):  # fmt: skip
+            header = bytes([0x80, 8]) + (i & 0xFFFF).to_bytes(2, "big") + (i * 160 & 0xFFFFFFFF).to_bytes(4, "big")
+            writer.write(ts, (src, sport), (dst, dport), header + (0x1000 + ssrc).to_bytes(4, "big") + frames[i % 64].tobytes())
+    writer.close(ended_at=start + seconds, cleanly=True)
+    return MadeTape(short.folder, short.call_id, {}, seconds, short.packets + 2 * count)

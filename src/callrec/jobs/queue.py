@@ -59,9 +59,13 @@ class JobQueue:
         return int(self.huey.pending_count()) + int(self.huey.scheduled_count())
 
     def run_one(self) -> bool:
-        """Run the next queued message in this thread (tests); False when the queue is empty."""
-        task = self.huey.dequeue()
-        if task is None:
-            return False
-        self.huey.execute(task)
-        return True
+        """Run the next due message in this thread (tests); False when none is due.
+
+        Messages for later (retries with back-off) go to Huey's schedule, as a consumer would put them.
+        """
+        while (task := self.huey.dequeue()) is not None:
+            if self.huey.ready_to_run(task):
+                self.huey.execute(task)
+                return True
+            self.huey.add_schedule(task)
+        return False

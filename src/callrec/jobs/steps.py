@@ -11,7 +11,6 @@ import hashlib
 import logging
 import random
 import shutil
-import tempfile
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -173,13 +172,19 @@ def _mix(
     opts: dict[str, Any],
 ) -> offline.CallOutput:
     ctx = pipeline.ctx
+    # one scratch folder per recording: what a killed attempt left there is cleared by the next one
+    scratch = work / f"mix-{out.stem}"
     try:
-        work.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="mix-", dir=work))
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
     except OSError as exc:
         raise _os_error("preparing the work folder", exc) from exc
     try:
         source = Path(tape_local) if tape_local and tape.is_tape(tape_local) else None
+        if source is None and tape_key:
+            # a tape in a local folder storage is mixed where it lies, not copied
+            found = ctx.storage(tape_spec).local_path(f"{tape_key}/{tape.MEDIA_FILE}")
+            source = found.parent if found is not None and tape.is_tape(found.parent) else None
         if source is None:
             if not tape_key:
                 raise CallrecError("the tape is neither on this machine nor in storage")
@@ -189,6 +194,8 @@ def _mix(
                 for name in (tape.MEDIA_FILE, tape.META_FILE):
                     storage.download(f"{tape_key}/{name}", source / name)
             except StorageError as exc:
+                if _disk_full(exc):
+                    raise Transient(f"disk full while fetching the tape: {exc}") from exc
                 raise Transient(f"fetching the tape failed: {exc}") from exc
             except OSError as exc:
                 raise _os_error("fetching the tape", exc) from exc

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
 from dataclasses import dataclass
+
+from sqlalchemy.orm import configure_mappers
 
 from callrec.config import ServiceConfig
 from callrec.context import Context
@@ -32,6 +39,7 @@ def build(
 ) -> Service:
     """Context, queue and pipeline for ``config``; the queue's handler is the pipeline's ``process``."""
     ctx = Context.open(config, clock=clock, run_migrations=migrate)
+    configure_mappers()  # now, in one thread, not lazily in several (or half-way through a fork)
     huey = make_huey(config)
     holder: list[Pipeline] = []
     queue = JobQueue(huey, handler=lambda rec_id: holder[0].process(rec_id))
@@ -41,7 +49,12 @@ def build(
 
 
 def run_worker(config: ServiceConfig, *, workers: int | None = None, sweep: bool = True) -> None:
-    """Run a Huey consumer with ``workers`` processes until SIGTERM/SIGINT, sweeping in a thread."""
+    """Run a Huey consumer with ``workers`` processes until SIGTERM/SIGINT, and the sweep beside it.
+
+    The consumer forks its mixing processes (and forks again to replace one that dies), so this process
+    starts no thread of its own: a lock held by a thread at a fork would stay held in the child forever.
+    The sweep therefore runs in a process of its own, started fresh (spawn), not forked.
+    """
     service = build(config)
     huey = service.queue.huey
 
@@ -50,17 +63,35 @@ def run_worker(config: ServiceConfig, *, workers: int | None = None, sweep: bool
         # a forked worker must not share the parent's database connections
         service.ctx.engine.dispose(close=False)
 
-    sweeper = Sweeper(service.pipeline) if sweep else None
-    if sweeper is not None:
+    sweeper = multiprocessing.get_context("spawn").Process(
+        target=run_sweeper, args=(config,), name="callrec-sweep", daemon=True
+    )
+    if sweep:
         sweeper.start()
     consumer = huey.create_consumer(
         workers=workers or config.workers, worker_type="process", periodic=False, initial_delay=0.05,
         backoff=1.5, max_delay=0.5, check_worker_health=True, health_check_interval=1,
     )  # fmt: skip
-    log.info("worker: %d processes on %s", workers or config.workers, config.queue_url or "sqlite")
+    print(f"callrec worker: {workers or config.workers} mixing processes on {config.queue_url or 'sqlite'}",
+          file=sys.stderr, flush=True)  # fmt: skip
     try:
         consumer.run()
     finally:
-        if sweeper is not None:
-            sweeper.stop()
+        if sweeper.is_alive():
+            sweeper.terminate()
+            sweeper.join(10)
         service.close()
+
+
+def run_sweeper(config: ServiceConfig) -> None:
+    """The sweep's own process: re-queue what is stuck, apply retention; ends with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer's Ctrl-C is for the consumer
+    service = build(config, migrate=False)
+    sweeper = Sweeper(service.pipeline)
+    parent = os.getppid()
+    while os.getppid() == parent:
+        try:
+            sweeper.run_once(time.monotonic())
+        except Exception:  # noqa: BLE001 - a database hiccup must not end the sweeping
+            log.exception("sweep failed; trying again")
+        time.sleep(config.sweep_interval_s)
