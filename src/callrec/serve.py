@@ -6,6 +6,7 @@ of a scaled-out installation); the API runs here. A child that dies is started a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -13,7 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import FrameType
+
+import uvicorn
 
 from callrec.config import RecorderConfig, ServiceConfig
 from callrec.context import Context
@@ -52,7 +57,7 @@ class Child:
         assert proc.stderr is not None
         for raw in proc.stderr:
             line = raw.decode(errors="replace")
-            if "listening on" in line or "worker:" in line:
+            if "listening on" in line or "callrec worker:" in line:
                 self.ready.set()
             sys.stderr.write(line)
             sys.stderr.flush()
@@ -124,10 +129,25 @@ def children_for(rec: RecorderConfig, service: ServiceConfig, *, record: bool, w
     return children
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, except that SIGTERM/SIGINT end ``serve`` with exit status 0 after stopping the children
+    (uvicorn itself raises the signal again once it has shut down, which would kill us before that)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def handle(sig: int, frame: FrameType | None) -> None:
+            self.should_exit = True
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(rec: RecorderConfig, service: ServiceConfig, *, record: bool = True, work: bool = True) -> None:
     """Run until SIGTERM or SIGINT."""
-    import uvicorn
-
     from callrec.api.app import create_app
     from callrec.jobs.worker import build
 
@@ -143,7 +163,7 @@ def serve(rec: RecorderConfig, service: ServiceConfig, *, record: bool = True, w
         if not child.ready.wait(30):
             log.error("%s did not report ready within 30 s", child.name)
     app = create_app(built)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(app, host=service.http_host, port=service.http_port, log_level="warning", lifespan="on")
     )
     parts = [f"http://{service.http_host}:{service.http_port}"]

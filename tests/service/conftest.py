@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from callrec.db.engine import transaction
 from callrec.db import queries
+from callrec.db.engine import transaction
 from callrec.domain_settings import merge_settings
 from callrec.jobs.schedule import FakeClock
 from callrec.jobs.worker import Service, build

@@ -95,6 +95,7 @@ def make_long_tape(tapes_dir: Path, *, seconds: float, call_id: str = "") -> Mad
         for ssrc, src, sport, dst, dport in ((1, synth.A_IP, scn.a_port, synth.B_IP, scn.b_port),
                                               (2, synth.B_IP, scn.b_port, synth.A_IP, scn.a_port)):  # fmt: skip
             header = bytes([0x80, 8]) + (i & 0xFFFF).to_bytes(2, "big") + (i * 160 & 0xFFFFFFFF).to_bytes(4, "big")
-            writer.write(ts, (src, sport), (dst, dport), header + (0x1000 + ssrc).to_bytes(4, "big") + frames[i % 64].tobytes())
+            payload = header + (0x1000 + ssrc).to_bytes(4, "big") + frames[i % 64].tobytes()
+            writer.write(ts, (src, sport), (dst, dport), payload)
     writer.close(ended_at=start + seconds, cleanly=True)
     return MadeTape(short.folder, short.call_id, {}, seconds, short.packets + 2 * count)

@@ -38,10 +38,8 @@ from callrec.api.schemas import (
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import QUEUED, RECORDING, Call, Domain, Party, Recording
-from callrec.domain_settings import DomainSettings
 from callrec.errors import ServiceError
 from callrec.jobs.retention import refresh_expiry
-from callrec.jobs.worker import Service
 
 router = APIRouter(tags=["calls"])
 Text = Annotated[str | None, Query(max_length=300, pattern=PRINTABLE)]
@@ -182,12 +180,11 @@ def remix(
         s.flush()
         out = recording_json(rec, base_url(request))
     # asked for now: a re-mix does not wait for the domain's mixing window
-    _schedule_now(service, rec.id, settings)
+    service.pipeline.schedule(rec.id, settings)  # "asap": it does not wait for a window
     return out
 
 
-def _schedule_now(service: Service, recording_id: str, settings: DomainSettings) -> None:
-    service.pipeline.schedule(recording_id, settings.model_copy(update={"schedule": {"mode": "immediate"}}))
+
 
 
 @router.get("/interactions/{interaction_id}", response_model=InteractionOut, summary="The calls of an interaction")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +68,7 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration (idempotent; safe when several nodes start at once)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin at every start is noise
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:

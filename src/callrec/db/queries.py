@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -134,6 +135,11 @@ def direction_of(info: CallInfo, extra: dict[str, Any]) -> str:
     return given if given in ("inbound", "outbound", "internal") else ""
 
 
+def clean(text: str, limit: int) -> str:
+    """Text as the database takes it: PostgreSQL refuses NUL characters, and columns have a length."""
+    return text.replace("\x00", "")[:limit]
+
+
 def call_from_info(
     session: Session, info: CallInfo, extra: dict[str, Any], domain: Domain, tape_ref: str, now: datetime
 ) -> Call:
@@ -143,8 +149,8 @@ def call_from_info(
         call = Call(id=new_id(), domain_id=domain.id, tape_ref=tape_ref, created_at=now, started_at=now)
         session.add(call)
     call.domain_id = domain.id
-    call.sip_call_id = info.call_id[:300]
-    call.interaction_id = info.interaction_id[:300]
+    call.sip_call_id = clean(info.call_id, 300)
+    call.interaction_id = clean(info.interaction_id, 300)
     call.direction = direction_of(info, extra)
     call.source = info.source
     call.started_at = ts(info.started_at) or call.started_at
@@ -152,20 +158,21 @@ def call_from_info(
     call.closed_cleanly = info.closed_cleanly
     call.interrupted = info.interrupted
     call.end_reason = info.end_reason
-    call.recorder = info.recorder[:200]
-    call.info = info.to_json()
+    call.recorder = clean(info.recorder, 200)
+    call.info = json.loads(json.dumps(info.to_json()).replace("\\u0000", ""))
     tags = extra.get("tags")
     if isinstance(tags, list) and not call.tags:
         call.tags = [str(t)[:100] for t in tags][:50]
     call.parties = [
-        Party(label=p.id, role=p.role, number=p.number[:100], name=p.name[:200], uri=p.uri[:500])
+        Party(label=clean(p.id, 16), role=clean(p.role, 16), number=clean(p.number, 100),
+              name=clean(p.name, 200), uri=clean(p.uri, 500))
         for p in info.parties
     ]
     if not call.streams:
         call.streams = [
             StreamRow(
                 party=s.party,
-                label=s.label[:100],
+                label=clean(s.label, 100),
                 local=f"{s.local_addr}:{s.local_port}",
                 remote=f"{s.remote_addr}:{s.remote_port}" if s.remote_addr else "",
                 codecs=sorted({f"{c.encoding}/{c.clock_rate}" for c in s.rtpmap.values()}),

@@ -115,6 +115,8 @@ class Pipeline:
             rec = s.get(Recording, recording_id)
             if rec is None or rec.state != QUEUED:
                 return
+            if rec.options.get("asap"):  # a re-mix someone asked for does not wait for the window
+                opens = now
             rec.next_attempt_at = opens
             if opens <= now:
                 rec.enqueued_at = now

@@ -108,6 +108,9 @@ def delete_recording(ctx: Context, recording_id: str, why: str, actor: str) -> b
         if rec is None:
             return False
         rec.state, rec.deleted_at, rec.updated_at = DELETED, now, now
+        # copies converted on request (?format=) go with it
+        for cached in (ctx.config.data_dir / "cache").glob(f"{recording_id}.*"):
+            cached.unlink(missing_ok=True)
         s.add(Audit(at=now, domain_id=domain_id, action="delete", object_kind="recording",
                     object_id=recording_id, storage_key=key, detail=why, actor=actor))  # fmt: skip
     log.info("deleted recording %s (%s): %s", recording_id, key, why)
