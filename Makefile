@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?= ./data
 
-.PHONY: run test lint bench-mix system-deps clean
+.PHONY: run test lint bench-mix bench-pipeline system-deps services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 system-deps:
 	bash scripts/system-deps.sh
 
-# Until the recording service exists, `run` mixes the bundled sample capture and says where the file went.
-run: $(STAMP)
-	@mkdir -p $(DATA)/recordings
-	$(BIN)/callrec mix samples/sample-call.pcap -o $(DATA)/recordings/
-	@echo "recording written to $(DATA)/recordings/ — play it, or mix your own: $(BIN)/callrec mix CAPTURE.pcap -o OUT/"
+# the PostgreSQL and Redis servers of the distributed tests, started when installed but down
+services:
+	bash scripts/services.sh
 
-test: $(STAMP) system-deps
+# the whole system on embedded defaults: SQLite, SqliteHuey and local storage under $(DATA)
+run: $(STAMP)
+	$(BIN)/callrec serve --data $(DATA)
+
+test: $(STAMP) system-deps services
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 -q
@@ -33,6 +35,9 @@ lint: $(STAMP)
 
 bench-mix: $(STAMP) system-deps
 	$(BIN)/python bench/mix.py
+
+bench-pipeline: $(STAMP) system-deps
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
