@@ -102,10 +102,12 @@ def recover_tape(folder: Path) -> None:
     """Close a tape whose writer died: cut a half-written last packet, mark it interrupted."""
     info = tape.read_info(folder)
     media = folder / tape.MEDIA_FILE
+    # the last write before the crash: read before cutting the half-written record changes it
+    last_write = media.stat().st_mtime
     PcapWriter(media, append=True).close()  # truncates a record cut off mid-write
     info.closed_cleanly = False
     info.interrupted = True
     info.end_reason = "crash"
     if info.ended_at is None:
-        info.ended_at = media.stat().st_mtime
+        info.ended_at = last_write
     tape.write_info(folder, info)
