@@ -8,6 +8,8 @@ import numpy as np
 from sqlalchemy import func, select
 
 from callrec.db.schema import COMPLETED, QUEUED, Call, Recording
+from callrec.jobs.schedule import FakeClock
+from callrec.jobs.sweep import requeue
 from callrec.jobs.worker import Service
 from tests.audio import decode, probe, xcorr
 from tests.service.backends import Backend
@@ -82,3 +84,21 @@ def test_ingesting_a_tape_twice_finds_the_same_call(service: Service, backend: B
     with service.ctx.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Call)) == 1
         assert s.scalar(select(func.count()).select_from(Recording)) == 1
+
+
+def test_a_lost_queue_message_is_found_again_by_the_sweep(
+    service: Service, backend: Backend, clock: FakeClock
+) -> None:
+    made = make_tape(backend.config.data_dir / "tapes", seconds=1.0)
+    call_id = service.pipeline.tape_closed(made.folder)
+    waiting = make_tape(backend.config.data_dir / "tapes", seconds=1.0)
+    service.pipeline.tape_closed(waiting.folder)
+    clock.advance(backend.config.requeue_after_s + 1)
+    # messages still in the queue: recordings waiting their turn are not queued again
+    assert requeue(service.pipeline) == 0
+    service.queue.huey.flush()  # the queue loses both messages (a Redis flush, a deleted queue file)
+    assert drain(service) == 0 and _recording(service, call_id).state == QUEUED
+    assert requeue(service.pipeline) == 2
+    assert requeue(service.pipeline) == 0, "just queued: not again until requeue_after_s has passed"
+    assert drain(service) == 2
+    assert _recording(service, call_id).state == COMPLETED

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -92,11 +93,13 @@ class Pipeline:
         return call_id
 
     def store_tape(self, call_id: str, folder: Path, spec: dict[str, Any], key: str) -> bool:
-        """Copy a tape's two files to storage, verified, then remove the local folder."""
+        """Put a tape's two files in storage (verified, or renamed into a local one), then drop the local folder."""
+        moved = spec.get("kind", "local") == "local" and self._move_into_local_storage(folder, key)
         storage = self.ctx.storage(spec)
         try:
-            for name in (tape.MEDIA_FILE, tape.META_FILE):
-                storage.put_file(f"{key}/{name}", folder / name)
+            if not moved:
+                for name in (tape.MEDIA_FILE, tape.META_FILE):
+                    storage.put_file(f"{key}/{name}", folder / name)
         except StorageError as exc:
             log.warning("tape %s stays on local disk for now: %s", folder, exc)
             return False
@@ -105,6 +108,17 @@ class Pipeline:
             if call is not None:
                 call.tape_key, call.tape_storage, call.tape_local = key, spec, ""
         shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def _move_into_local_storage(self, folder: Path, key: str) -> bool:
+        """A tape bound for the local folder storage on the same file system is renamed there: instant,
+        atomic, and nothing to verify (the bytes do not move). False when that cannot be done."""
+        dest = self.ctx.config.storage_dir / key
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(folder, dest)
+        except OSError:
+            return False
         return True
 
     def schedule(self, recording_id: str, settings: DomainSettings) -> None:

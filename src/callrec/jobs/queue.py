@@ -56,7 +56,12 @@ class JobQueue:
             self._task(recording_id)
 
     def pending(self) -> int:
+        """Messages waiting: ready to run, and scheduled for later (retries with back-off)."""
         return int(self.huey.pending_count()) + int(self.huey.scheduled_count())
+
+    def backlog(self) -> int:
+        """Messages ready to run that no worker has taken yet."""
+        return int(self.huey.pending_count())
 
     def run_one(self) -> bool:
         """Run the next due message in this thread (tests); False when none is due.

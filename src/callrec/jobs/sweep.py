@@ -28,22 +28,21 @@ def requeue(pipeline: Pipeline) -> int:
     ctx = pipeline.ctx
     now = ctx.clock.now()
     stale = now - timedelta(seconds=ctx.config.requeue_after_s)
+    expired = and_(Recording.state.in_((MIXING, STORING)), Recording.lease_until < now)
+    waiting = and_(
+        Recording.state == QUEUED,
+        or_(Recording.next_attempt_at.is_(None), Recording.next_attempt_at <= now),
+        or_(Recording.enqueued_at.is_(None), Recording.enqueued_at <= stale),
+    )
+    # while the queue still holds messages, a recording waiting its turn has not lost its message: only
+    # an empty queue proves that a due recording's message is gone (a window opening has none at all)
+    try:
+        backlog = pipeline.queue.backlog()
+    except Exception:  # noqa: BLE001 - a queue that cannot be asked is one to queue into again
+        backlog = 0
     with transaction(ctx.sessions) as s:
         ids = list(
-            s.scalars(
-                select(Recording.id)
-                .where(
-                    or_(
-                        and_(
-                            Recording.state == QUEUED,
-                            or_(Recording.next_attempt_at.is_(None), Recording.next_attempt_at <= now),
-                            or_(Recording.enqueued_at.is_(None), Recording.enqueued_at <= stale),
-                        ),
-                        and_(Recording.state.in_((MIXING, STORING)), Recording.lease_until < now),
-                    )
-                )
-                .limit(BATCH)
-            )
+            s.scalars(select(Recording.id).where(or_(expired, waiting) if backlog == 0 else expired).limit(BATCH))
         )
         if ids:
             s.execute(update(Recording).where(Recording.id.in_(ids)).values(enqueued_at=now))

@@ -70,7 +70,9 @@ def run_worker(config: ServiceConfig, *, workers: int | None = None, sweep: bool
         sweeper.start()
     consumer = huey.create_consumer(
         workers=workers or config.workers, worker_type="process", periodic=False, initial_delay=0.05,
-        backoff=1.5, max_delay=0.5, check_worker_health=True, health_check_interval=1,
+        # an idle worker looks at the queue every 50 ms at most: a single call's wait for a worker was
+        # up to 0.5 s with Huey's default-like back-off (RedisHuey blocks on the queue anyway)
+        backoff=1.2, max_delay=0.05, check_worker_health=True, health_check_interval=1,
     )  # fmt: skip
     print(f"callrec worker: {workers or config.workers} mixing processes on {config.queue_url or 'sqlite'}",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -86,6 +88,7 @@ def run_worker(config: ServiceConfig, *, workers: int | None = None, sweep: bool
 def run_sweeper(config: ServiceConfig) -> None:
     """The sweep's own process: re-queue what is stuck, apply retention; ends with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer's Ctrl-C is for the consumer
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = build(config, migrate=False)
     sweeper = Sweeper(service.pipeline)
     parent = os.getppid()
