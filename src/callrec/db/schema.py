@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -152,7 +164,8 @@ class Recording(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     format: Mapped[str] = mapped_column(String(8), default="")
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
-    bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # a long WAV passes 2 GiB: a 64-bit column
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     md5: Mapped[str] = mapped_column(String(32), default="")
     storage_key: Mapped[str] = mapped_column(String(500), default="")
     storage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -139,7 +139,7 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
         if report is not None:
             rec.duration_s, rec.bytes = report.duration_s, report.bytes
             _quality(rec.call, report.streams)
-        _finish_job(s, job_id, "done", "")
+        _finish_job(s, job_id, "done", "", ctx.clock.now())
         job = Job(domain_id=rec.domain_id, recording_id=recording_id, kind="store", state="running",
                   attempt=rec.attempts, worker=ctx.node, started_at=ctx.clock.now())  # fmt: skip
         s.add(job)
@@ -161,7 +161,7 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
         rec.expires_at = expires_at(policy, facts)
         if keep_tape_days is not None and rec.call.tape_expires_at is None:
             rec.call.tape_expires_at = now + timedelta(days=keep_tape_days)
-        _finish_job(s, store_job, "done", "")
+        _finish_job(s, store_job, "done", "", now)
     out.unlink(missing_ok=True)
     if keep_tape_days == 0:
         delete_tape(ctx, rec.call_id, "keep_tape_days is 0: the tape goes once its recording is stored")
@@ -272,10 +272,10 @@ def _failed(pipeline: Pipeline, recording_id: str, job_id: int, exc: BaseExcepti
         pipeline.queue.enqueue(recording_id, delay_s=delay)
 
 
-def _finish_job(s: Any, job_id: int, state: str, error: str) -> None:
+def _finish_job(s: Any, job_id: int, state: str, error: str, now: datetime) -> None:
     job = s.get(Job, job_id)
     if job is not None:
-        job.state, job.error, job.finished_at = state, error, datetime.now(job.started_at.tzinfo)
+        job.state, job.error, job.finished_at = state, error, now
 
 
 def _quality(call: Any, streams: list[dict[str, Any]]) -> None:

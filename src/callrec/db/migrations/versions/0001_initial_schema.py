@@ -154,7 +154,7 @@ def upgrade() -> None:
     sa.Column('options', sa.JSON(), nullable=False),
     sa.Column('format', sa.String(length=8), nullable=False),
     sa.Column('duration_s', sa.Float(), nullable=False),
-    sa.Column('bytes', sa.Integer(), nullable=False),
+    sa.Column('bytes', sa.BigInteger(), nullable=False),
     sa.Column('md5', sa.String(length=32), nullable=False),
     sa.Column('storage_key', sa.String(length=500), nullable=False),
     sa.Column('storage', sa.JSON(), nullable=False),
