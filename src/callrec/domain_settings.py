@@ -62,6 +62,21 @@ class WebhookSettings(BaseModel):
     with_link: bool = False
 
 
+class LinkSettings(BaseModel):
+    """How long a domain's public links live: the expiry when none is asked for, and the longest allowed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_expires_s: int = Field(default=7 * 86400, ge=60, le=10 * 365 * 86400)
+    max_expires_s: int = Field(default=90 * 86400, ge=60, le=10 * 365 * 86400)
+
+    @model_validator(mode="after")
+    def _check(self) -> LinkSettings:
+        if self.default_expires_s > self.max_expires_s:
+            raise ValueError("links.default_expires_s must not be longer than links.max_expires_s")
+        return self
+
+
 class DomainSettings(BaseModel):
     """Everything a domain can set; every field has a default that works."""
 
@@ -77,6 +92,7 @@ class DomainSettings(BaseModel):
     retention: dict[str, Any] = Field(default_factory=lambda: {"days": None, "rules": []})
     storage: StorageSettings = Field(default_factory=StorageSettings)
     webhooks: list[WebhookSettings] = Field(default_factory=list, max_length=20)
+    links: LinkSettings = Field(default_factory=LinkSettings)
 
     @field_validator("schedule")
     @classmethod

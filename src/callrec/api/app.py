@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from callrec.api import calls, domains, jobs, ops, recordings, uploads
+from callrec.api import calls, domains, interactions, jobs, links, ops, recordings, ui, uploads, webhooks
 from callrec.config import ConfigError
 from callrec.errors import CallrecError, ServiceError, StorageError
 from callrec.jobs.worker import Service
@@ -39,8 +39,10 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
     )
     app.state.service = service
     app.state.max_upload_bytes = max_upload_bytes
-    for module in (domains, calls, recordings, uploads, jobs):
+    for module in (domains, calls, recordings, uploads, jobs, interactions, links, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(links.public_router)
+    app.include_router(ui.router)
     app.include_router(ops.make_router(service))
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ValidationError, _model_invalid)

@@ -230,3 +230,83 @@ class Audit(Base):
     storage_key: Mapped[str] = mapped_column(String(500), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
     actor: Mapped[str] = mapped_column(String(100), default="")
+
+
+class Link(Base):
+    """A public link to a recording or a stitched interaction; only the SHA-256 of its token is stored."""
+
+    __tablename__ = "links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "recording" or "interaction"
+    # a recording's id, or an interaction id as the PBX named it
+    target_id: Mapped[str] = mapped_column(String(300), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    download_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    created_by: Mapped[str] = mapped_column(String(32), default="")
+    last_used_at: Mapped[datetime | None]
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Stitch(Base):
+    """The stitched recording of one interaction: every member call in time order, cached.
+
+    ``signature`` names the member recordings it was made from; when a member changes the stitch no
+    longer matches and is made again.
+    """
+
+    __tablename__ = "stitches"
+    __table_args__ = (UniqueConstraint("domain_id", "interaction_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    interaction_id: Mapped[str] = mapped_column(String(300))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    signature: Mapped[str] = mapped_column(String(64), default="")
+    format: Mapped[str] = mapped_column(String(8), default="")
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    md5: Mapped[str] = mapped_column(String(32), default="")
+    storage_key: Mapped[str] = mapped_column(String(500), default="")
+    storage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # [{"call_id", "who", "from_s", "to_s", "started_at"}], in the stitched file's time
+    chapters: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    worker: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook receiver: the exact body sent, and how its delivery went."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_state_next", "state", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    recording_id: Mapped[str] = mapped_column(String(32), index=True, default="")
+    url: Mapped[str] = mapped_column(String(2000))
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, delivering, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    # every attempt: [{"at", "status", "error", "ms"}]
+    log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]

@@ -45,6 +45,10 @@ class Pipeline:
         self.ctx = ctx
         self.queue = queue
         self.hooks = hooks if hooks is not None else []
+        # the other background work a queue message can name (``kind:id``): kind -> handler(id)
+        self.handlers: dict[str, Callable[[str], None]] = {}
+        # extra sweeps (re-queue lost stitch and webhook messages), run with the recordings' own
+        self.sweeps: list[Callable[[], None]] = []
 
     # --- where the tape is written -----------------------------------------------------------------
 
@@ -139,9 +143,18 @@ class Pipeline:
 
     # --- on a worker --------------------------------------------------------------------------------
 
-    def process(self, recording_id: str) -> None:
-        """Mix and store one recording, if it is due and nobody else holds it."""
-        steps.run(self, recording_id)
+    def process(self, message: str) -> None:
+        """Run one queue message: a recording id (mix and store it, if due and nobody holds it), or
+        ``kind:id`` for a registered handler."""
+        kind, sep, object_id = message.partition(":")
+        if not sep:
+            steps.run(self, message)
+            return
+        handler = self.handlers.get(kind)
+        if handler is None:
+            log.warning("no handler for queue message %r; dropped", message[:80])
+            return
+        handler(object_id)
 
     def notify(self, event: str, recording_id: str) -> None:
         for hook in self.hooks:

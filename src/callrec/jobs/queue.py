@@ -35,7 +35,11 @@ def make_huey(config: ServiceConfig) -> Huey:
 
 
 class JobQueue:
-    """Puts recording ids on the queue; a worker's ``handler`` takes them off (see ``jobs.worker``)."""
+    """Puts work on the queue; a worker's ``handler`` takes it off (see ``jobs.worker``).
+
+    A message is a recording id (mix and store it), or ``kind:id`` for the other background work
+    (``stitch:<stitch id>``, ``webhook:<delivery id>``); ``Pipeline.handlers`` says who runs each kind.
+    """
 
     def __init__(self, huey: Huey, handler: Callable[[str], None] | None = None) -> None:
         self.huey = huey
@@ -54,6 +58,10 @@ class JobQueue:
             self._task.schedule(args=(recording_id,), delay=delay_s)
         else:
             self._task(recording_id)
+
+    def submit(self, kind: str, object_id: str, delay_s: float = 0.0) -> None:
+        """Ask a worker to run ``kind``'s handler on ``object_id`` now (or after ``delay_s`` seconds)."""
+        self.enqueue(f"{kind}:{object_id}", delay_s)
 
     def pending(self) -> int:
         """Messages waiting: ready to run, and scheduled for later (retries with back-off)."""

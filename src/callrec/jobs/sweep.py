@@ -90,6 +90,8 @@ class Sweeper:
         if not self._queue:
             return
         requeue(self.pipeline)
+        for extra in self.pipeline.sweeps:
+            extra()
         if now_s - self._last_retention >= cfg.retention_interval_s:
             self._last_retention = now_s
             retention.sweep(self.pipeline.ctx, hook=self.pipeline.notify)

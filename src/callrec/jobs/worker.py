@@ -14,6 +14,7 @@ from sqlalchemy.orm import configure_mappers
 
 from callrec.config import ServiceConfig
 from callrec.context import Context
+from callrec.jobs import stitch, webhooks
 from callrec.jobs.pipeline import Hook, Pipeline
 from callrec.jobs.queue import JobQueue, make_huey
 from callrec.jobs.schedule import Clock
@@ -45,6 +46,8 @@ def build(
     queue = JobQueue(huey, handler=lambda rec_id: holder[0].process(rec_id))
     pipeline = Pipeline(ctx, queue, hooks)
     holder.append(pipeline)
+    stitch.install(pipeline)
+    webhooks.install(pipeline)
     return Service(ctx, queue, pipeline)
 
 
