@@ -57,6 +57,9 @@ class MixOptions:
     bitrate_kbps: int = 16
     rate: int = 8000
     call_id: str | None = None
+    # stereo only: the party ids ("A", "B", "P1"...) for the left channel, every other party right
+    # (stitching puts the customer left); None keeps the default layout (caller left, callee right)
+    left: frozenset[str] | None = None
 
     @property
     def channels(self) -> int:
@@ -80,6 +83,10 @@ class CallOutput:
     streams: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # capture time (epoch seconds) of the output's t = 0 (the call's first media packet)
+    started_at: float | None = None
+    # each party's speaking segments in output time, {"A": [[from_s, to_s], ...], ...}
+    speech: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -400,7 +407,7 @@ class _Run:
             bitrate_kbps=self.opts.bitrate_kbps,
             codec=self.opts.codec,
         )
-        mixer = CallMixer(info, writer, rate=self.opts.rate, channels=self.opts.channels)
+        mixer = CallMixer(info, writer, rate=self.opts.rate, channels=self.opts.channels, left=self.opts.left)
         job = self.jobs[id(dialog)] = _Job(info, mixer, writer)
         return job
 
@@ -435,6 +442,8 @@ class _Run:
                 bytes=job.writer.bytes,
                 streams=result.streams_json(),
                 warnings=result.warnings,
+                started_at=result.t0,
+                speech=result.speech,
             )
         )
 

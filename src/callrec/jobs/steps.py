@@ -138,7 +138,7 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
         rec.state, rec.md5, rec.storage_key, rec.updated_at = STORING, md5, key, ctx.clock.now()
         if report is not None:
             rec.duration_s, rec.bytes = report.duration_s, report.bytes
-            _quality(rec.call, report.streams)
+            _quality(rec.call, report.streams, report.speech)
         _finish_job(s, job_id, "done", "", ctx.clock.now())
         job = Job(domain_id=rec.domain_id, recording_id=recording_id, kind="store", state="running",
                   attempt=rec.attempts, worker=ctx.node, started_at=ctx.clock.now())  # fmt: skip
@@ -278,10 +278,12 @@ def _finish_job(s: Any, job_id: int, state: str, error: str, now: datetime) -> N
         job.state, job.error, job.finished_at = state, error, now
 
 
-def _quality(call: Any, streams: list[dict[str, Any]]) -> None:
+def _quality(call: Any, streams: list[dict[str, Any]], speech: dict[str, list[list[float]]]) -> None:
     for row in call.streams:
         mine = [q for q in streams if q.get("party") == row.party]
         row.quality = {
+            # who spoke when: the party's speaking segments in the recording's time
+            "speech": speech.get(row.party, []),
             "packets": sum(int(q.get("packets", 0)) for q in mine),
             "lost": sum(int(q.get("lost", 0)) for q in mine),
             "late": sum(int(q.get("late", 0)) for q in mine),

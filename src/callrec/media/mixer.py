@@ -20,6 +20,7 @@ from callrec.media.codecs import decoder_for
 from callrec.media.codecs.base import Decoder, PcmArray
 from callrec.media.lane import LaneRun
 from callrec.media.resample import StreamResampler
+from callrec.media.speech import SpeechMeter
 from callrec.media.timeline import Run, SsrcTimeline, StreamStats
 from callrec.models import CallInfo
 
@@ -55,15 +56,22 @@ class MixResult:
     channels: int
     streams: list[StreamStats] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # capture time (epoch seconds) of the output's t = 0; None when no packet came
+    t0: float | None = None
+    # each party's speaking segments, [[from_s, to_s], ...] in output time
+    speech: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def streams_json(self) -> list[dict[str, Any]]:
         return [s.to_json() for s in self.streams]
 
 
-def channel_layout(info: CallInfo, channels: int) -> dict[str, tuple[int, ...]]:
-    """Which output channels each party's voice goes to."""
+def channel_layout(info: CallInfo, channels: int, left: frozenset[str] | None = None) -> dict[str, tuple[int, ...]]:
+    """Which output channels each party's voice goes to; ``left`` (stereo only) names the parties for the
+    left channel and sends every other party right, whatever the roles (stitching puts the customer left)."""
     if channels == 1:
         return {p.id: (0,) for p in info.parties}
+    if left is not None:
+        return {p.id: (0,) if p.id in left else (1,) for p in info.parties}
     callers = [p.id for p in info.parties if p.role == "caller"]
     callees = [p.id for p in info.parties if p.role == "callee"]
     if len(info.parties) <= 2 and len(callers) <= 1 and len(callees) <= 1:
@@ -74,11 +82,12 @@ def channel_layout(info: CallInfo, channels: int) -> dict[str, tuple[int, ...]]:
 class _Source:
     """One SSRC of one party, with its decoders and resamplers."""
 
-    __slots__ = ("timeline", "channels", "decoders", "resamplers", "cursor")
+    __slots__ = ("timeline", "channels", "decoders", "resamplers", "cursor", "speech")
 
-    def __init__(self, timeline: SsrcTimeline, channels: tuple[int, ...]) -> None:
+    def __init__(self, timeline: SsrcTimeline, channels: tuple[int, ...], speech: SpeechMeter) -> None:
         self.timeline = timeline
         self.channels = channels
+        self.speech = speech
         self.decoders: dict[str, Decoder | None] = {}
         self.resamplers: dict[int, StreamResampler] = {}
         self.cursor = -(1 << 62)
@@ -87,13 +96,17 @@ class _Source:
 class CallMixer:
     """Mixes one call. Feed packets with ``push`` in arrival order, move time with ``advance``, ``finish``."""
 
-    def __init__(self, info: CallInfo, sink: Sink, *, rate: int = 8000, channels: int = 2) -> None:
+    def __init__(
+        self, info: CallInfo, sink: Sink, *, rate: int = 8000, channels: int = 2, left: frozenset[str] | None = None
+    ) -> None:
         self.info = info
         self.sink = sink
         self.rate = rate
         self.channels = channels
         self.t0: float | None = None
-        self._layout = channel_layout(info, channels)
+        self._layout = channel_layout(info, channels, left)
+        self._default_channels = (1,) if left is not None and channels == 2 else tuple(range(channels))
+        self._speech: dict[str, SpeechMeter] = {}
         self._sources: dict[tuple[str, int], _Source] = {}
         self._cap = int(BUFFER_S * rate)
         self._buf = np.zeros((self._cap, channels), np.int32)
@@ -113,9 +126,10 @@ class CallMixer:
             self.t0 = arrival
         source = self._sources.get((party, ssrc))
         if source is None:
-            channels = self._layout.get(party, tuple(range(self.channels)))
+            channels = self._layout.get(party, self._default_channels)
             timeline = SsrcTimeline(ssrc, party, self.rate)
-            source = self._sources[(party, ssrc)] = _Source(timeline, channels)
+            meter = self._speech.setdefault(party, SpeechMeter(self.rate))
+            source = self._sources[(party, ssrc)] = _Source(timeline, channels, meter)
             self._delay = timeline.jitter_delay
         return source.timeline
 
@@ -155,7 +169,10 @@ class CallMixer:
         for s in stats:
             for name in s.unsupported:
                 self.warnings.append(f"stream {s.ssrc:#010x} of party {s.party}: no decoder for {name}")
-        return MixResult(self._max_end / self.rate, self.rate, self.channels, stats, self.warnings)
+        speech = {party: meter.segments() for party, meter in self._speech.items()}
+        return MixResult(
+            self._max_end / self.rate, self.rate, self.channels, stats, self.warnings, self.t0, speech
+        )
 
     # the timeline
     def _release_until(self, target: float) -> None:
@@ -261,6 +278,7 @@ class CallMixer:
         if end - self._base > self._cap:
             self._emit(end - self._cap)
         lo, hi = start - self._base, end - self._base
+        source.speech.add(start, pcm)
         for ch in source.channels:
             self._buf[lo:hi, ch] += pcm
         if end > self._max_end:

@@ -1,0 +1,68 @@
+"""Who spoke when: the mixer measures each party's speaking segments on its own audio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from callrec import offline
+from callrec.media.speech import SpeechMeter
+from tests import audio, synth
+
+RATE = 8000
+
+
+def _covered(segments: list[list[float]], lo: float, hi: float) -> float:
+    return sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in segments)
+
+
+def test_bursts_over_a_noise_floor_are_found_and_short_pauses_bridged() -> None:
+    rng = np.random.default_rng(1)
+    pcm = (rng.standard_normal(6 * RATE) * 30).astype(np.int16)  # about -60 dBFS of line noise
+    loud = (rng.standard_normal(RATE) * 6000).astype(np.int16)
+    pcm[1 * RATE : 2 * RATE] = loud
+    pcm[2 * RATE + 1600 : 3 * RATE + 1600] = loud  # a 0.2 s pause: the same turn
+    pcm[5 * RATE : 5 * RATE + 400] = loud[:400]  # a 50 ms click: not speech
+    meter = SpeechMeter(RATE)
+    # arrives in uneven pieces, out of order, as the mixer writes them
+    cuts = [0, 333, 8000, 12345, 20000, 33333, 48000]
+    for lo, hi in reversed(list(zip(cuts, cuts[1:], strict=False))):
+        meter.add(lo, pcm[lo:hi])
+    assert meter.segments() == [[1.0, 3.2]]
+
+
+def test_silence_and_nothing_give_no_segments() -> None:
+    meter = SpeechMeter(RATE)
+    assert meter.segments() == []
+    meter.add(0, np.zeros(RATE, np.int16))
+    assert meter.segments() == []
+
+
+def test_each_party_of_a_mixed_call_has_its_own_segments(tmp_path: Path) -> None:
+    scn = synth.Scenario(
+        duration=6.0, a=synth.StreamPlan("A", seed=1, stop=2.0), b=synth.StreamPlan("B", seed=2, start=3.0)
+    )
+    built = synth.build(scn)
+    capture = synth.write_pcap(tmp_path / "call.pcap", built.datagrams)
+    report = offline.mix(capture, tmp_path / "out.wav", offline.MixOptions(fmt="wav"))
+    (call,) = report.calls
+    assert call.started_at == built.t0
+    a, b = call.speech["A"], call.speech["B"]
+    assert a and b
+    assert all(lo >= 0.0 and hi <= 2.1 for lo, hi in a)
+    assert all(lo >= 2.9 and hi <= 6.1 for lo, hi in b)
+    # the test voice pauses between syllables, so a turn is not all speech
+    assert _covered(a, 0, 2) > 0.8 and _covered(b, 3, 6) > 1.2
+
+
+def test_left_names_the_parties_for_the_left_channel(tmp_path: Path) -> None:
+    scn = synth.Scenario(duration=3.0)
+    capture = synth.write_pcap(tmp_path / "call.pcap", synth.build(scn).datagrams)
+    plain = offline.mix(capture, tmp_path / "plain.wav", offline.MixOptions(fmt="wav"))
+    swapped = offline.mix(capture, tmp_path / "swapped.wav", offline.MixOptions(fmt="wav", left=frozenset({"B"})))
+    assert plain.calls[0].output is not None and swapped.calls[0].output is not None
+    one = audio.decode(plain.calls[0].output)
+    other = audio.decode(swapped.calls[0].output)
+    assert one.shape == other.shape and one.shape[1] == 2
+    assert np.array_equal(one[:, 0], other[:, 1]) and np.array_equal(one[:, 1], other[:, 0])
