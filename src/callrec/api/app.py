@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from callrec.api import calls, domains, interactions, jobs, links, ops, recordings, ui, uploads, webhooks
+from callrec.api import calls, domains, interactions, jobs, links, ops, picture, recordings, ui, uploads, webhooks
 from callrec.config import ConfigError
 from callrec.errors import CallrecError, ServiceError, StorageError
 from callrec.jobs.worker import Service
@@ -39,7 +39,7 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
     )
     app.state.service = service
     app.state.max_upload_bytes = max_upload_bytes
-    for module in (domains, calls, recordings, uploads, jobs, interactions, links, webhooks):
+    for module in (domains, calls, recordings, picture, uploads, jobs, interactions, links, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(links.public_router)
     app.include_router(ui.router)

@@ -106,9 +106,9 @@ def cache_dir(ctx: Context) -> Path:
 
 
 def forget(ctx: Context, recording_id: str) -> None:
-    """Remove a recording's converted copies (it was deleted)."""
-    for fmt in MEDIA_TYPES:
-        (cache_dir(ctx) / f"{recording_id}.{fmt}").unlink(missing_ok=True)
+    """Remove a recording's converted copies and its picture (it was deleted)."""
+    for suffix in (*MEDIA_TYPES, "picture.json"):
+        (cache_dir(ctx) / f"{recording_id}.{suffix}").unlink(missing_ok=True)
 
 
 def converted(ctx: Context, rec: Recording, fmt: str) -> Path:

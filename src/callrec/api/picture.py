@@ -1,0 +1,236 @@
+"""The picture of a conversation: both channels' waveforms, who spoke when, silences and overlaps.
+
+What comes from the audio (peaks, per-channel speech) is computed once per file and cached as JSON under
+``data_dir/cache`` beside the converted copies; who the speakers are is read from the call each time,
+so the picture follows the call card. A party's own speaking segments (measured by the mixer on that
+party's audio, ``streams[i].quality["speech"]``) are used when the card has them: that is how a
+conference, whose voices share both channels, shows each participant. Otherwise the channels speak
+for the parties: left the caller, right the callee.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from callrec.api.audio import cache_dir
+from callrec.api.deps import PrincipalDep, ServiceDep
+from callrec.api.recordings import find_recording
+from callrec.context import Context
+from callrec.db.schema import COMPLETED, DELETED, Call, Recording, Stitch
+from callrec.errors import ServiceError, StorageError
+from callrec.media import analyze
+
+# bumped when the cached analysis changes shape or method, so old cache files are not read
+VERSION = 1
+PICTURE_SUFFIX = "picture.json"
+CHANNEL_NAMES = {1: ["mono"], 2: ["left", "right"]}
+Segments = list[list[float]]
+
+
+class Speaker(BaseModel):
+    party: str = Field(description='the party ("A", "B", "P1", ...) or, in a stitch, who')
+    label: str = Field(description="a name or number to show")
+    channel: int | None = Field(description="the channel carrying this voice alone; null when it shares both")
+    segments: list[list[float]] = Field(description="[from_s, to_s] spans where this speaker speaks")
+
+
+class Channel(BaseModel):
+    index: int
+    name: str
+    peaks: list[list[float]] = Field(description="[min, max] in -1..1 per equal slice of the recording")
+
+
+class Chapter(BaseModel):
+    call_id: str
+    who: str
+    from_s: float
+    to_s: float
+
+
+class Picture(BaseModel):
+    duration_s: float
+    channels: list[Channel]
+    speakers: list[Speaker]
+    silences: list[list[float]] = Field(description="spans where nobody speaks for more than 2 s")
+    overlaps: list[list[float]] = Field(description="spans where two or more speak at once")
+    chapters: list[Chapter] = Field(description="a stitch's member calls in its time; empty for one recording")
+
+
+# --- the audio's part, cached ------------------------------------------------------------------------
+
+
+def _analysis(ctx: Context, name: str, spec: dict[str, Any], key: str, fmt: str) -> dict[str, Any]:
+    """The analysis of a stored file, from the cache file ``name`` or made now (and cached)."""
+    path = cache_dir(ctx) / name
+    try:
+        cached = json.loads(path.read_text("utf-8"))
+        if isinstance(cached, dict) and cached.get("version") == VERSION:
+            return cached
+    except (OSError, ValueError):
+        pass  # not made yet, or unreadable: make it again
+    storage = ctx.storage(spec)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".picture-", dir=path.parent) as tmp:
+            source = storage.local_path(key)
+            if source is None or not source.is_file():
+                source = Path(tmp) / f"source.{fmt or 'audio'}"
+                storage.download(key, source)
+            found = analyze.analyze(source)
+            data = {
+                "version": VERSION,
+                "duration_s": found.duration_s,
+                "peaks": [[list(p) for p in channel] for channel in found.peaks],
+                "segments": [[list(s) for s in channel] for channel in found.segments],
+            }
+            part = Path(tmp) / "picture.json"
+            part.write_text(json.dumps(data, separators=(",", ":")), "utf-8")
+            os.replace(part, path)  # a concurrent request reads the whole file or none
+    except analyze.AnalysisError as exc:
+        raise StorageError(str(exc)) from exc
+    except OSError as exc:
+        raise StorageError(f"the picture of {name} cannot be made: {exc.strerror or exc}") from exc
+    return data
+
+
+def _channels(data: dict[str, Any]) -> list[dict[str, Any]]:
+    count = len(data["peaks"])
+    names = CHANNEL_NAMES.get(count, [f"channel {k + 1}" for k in range(count)])
+    return [{"index": k, "name": names[k], "peaks": peaks} for k, peaks in enumerate(data["peaks"])]
+
+
+def _finish(data: dict[str, Any], speakers: list[dict[str, Any]], chapters: list[dict[str, Any]]) -> dict[str, Any]:
+    spans = [[(a, b) for a, b in s["segments"]] for s in speakers]
+    return {
+        "duration_s": data["duration_s"],
+        "channels": _channels(data),
+        "speakers": speakers,
+        "silences": [list(s) for s in analyze.silences(spans, data["duration_s"])],
+        "overlaps": [list(s) for s in analyze.overlaps(spans)],
+        "chapters": chapters,
+    }
+
+
+# --- one recording -----------------------------------------------------------------------------------
+
+
+def label_of(name: str, number: str, fallback: str) -> str:
+    if name and number and name != number:
+        return f"{name} ({number})"
+    return name or number or fallback
+
+
+def _party_speech(call: Call) -> dict[str, Segments] | None:
+    """Each party's own speaking segments from the mixer, or None when this call's streams have none."""
+    found: dict[str, Segments] = {}
+    for row in call.streams:
+        speech = row.quality.get("speech") if isinstance(row.quality, dict) else None
+        if isinstance(speech, list):
+            mine = found.setdefault(row.party, [])
+            mine += [[float(a), float(b)] for a, b in speech]
+    if not found:
+        return None
+    return {party: sorted(segs) for party, segs in found.items()}
+
+
+def speakers_of(call: Call, channel_segments: list[Segments]) -> list[dict[str, Any]]:
+    """Who spoke when in a call's recording: per party when measured, else per channel."""
+    parties = sorted(call.parties, key=lambda p: (p.role != "caller", p.role != "callee", p.label))
+    two = len(parties) <= 2 and len(channel_segments) == 2
+    per_party = _party_speech(call)
+    if per_party is not None:
+        known = {p.label for p in parties}
+        out = []
+        for p in parties:
+            channel = (0 if p.role == "caller" else 1 if p.role == "callee" else None) if two else None
+            out.append({"party": p.label, "label": label_of(p.name, p.number, p.label), "channel": channel,
+                        "segments": per_party.get(p.label, [])})  # fmt: skip
+        # a stream whose party has no row (an odd capture) still shows
+        out += [{"party": party, "label": party, "channel": None, "segments": segs}
+                for party, segs in per_party.items() if party not in known]  # fmt: skip
+        return out
+    if len(channel_segments) == 1:
+        names = ", ".join(label_of(p.name, p.number, p.label) for p in parties) or "everyone"
+        return [{"party": "", "label": names, "channel": 0, "segments": channel_segments[0]}]
+    by_role = {p.role: p for p in parties}
+    out = []
+    for channel, role in enumerate(("caller", "callee")):
+        if channel >= len(channel_segments):
+            break
+        who = by_role.get(role)
+        label = label_of(who.name, who.number, who.label) if who is not None else role.title()
+        out.append({"party": who.label if who is not None else "", "label": label, "channel": channel,
+                    "segments": channel_segments[channel]})  # fmt: skip
+    return out
+
+
+def recording_picture(ctx: Context, rec: Recording) -> dict[str, Any]:
+    """The picture of a completed recording (the caller has checked it may be seen and is completed)."""
+    data = _analysis(ctx, f"{rec.id}.{PICTURE_SUFFIX}", rec.storage, rec.storage_key, rec.format)
+    return _finish(data, speakers_of(rec.call, data["segments"]), [])
+
+
+# --- a stitched interaction --------------------------------------------------------------------------
+
+
+def stitch_picture(ctx: Context, stitch: Stitch) -> dict[str, Any]:
+    """The picture of a completed stitch: the customer on the left, each employee on the right within
+    the chapters that are theirs."""
+    # a stitch made again (a member changed) is a new file under the same id: its md5 names the version
+    name = f"stitch-{stitch.id}-{stitch.md5 or stitch.signature}.{PICTURE_SUFFIX}"
+    data = _analysis(ctx, name, stitch.storage, stitch.storage_key, stitch.format)
+    for old in cache_dir(ctx).glob(f"stitch-{stitch.id}-*.{PICTURE_SUFFIX}"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    chapters: list[dict[str, Any]] = [
+        {"call_id": str(c.get("call_id", "")), "who": str(c.get("who", "")),
+         "from_s": float(c.get("from_s", 0.0)), "to_s": float(c.get("to_s", 0.0))}
+        for c in stitch.chapters if isinstance(c, dict)
+    ]  # fmt: skip
+    segments = data["segments"]
+    speakers: list[dict[str, Any]] = [{"party": "customer", "label": "Customer", "channel": 0,
+                                       "segments": segments[0] if segments else []}]  # fmt: skip
+    right = segments[1] if len(segments) > 1 else []
+    whos = list(dict.fromkeys(c["who"] for c in chapters if c["who"]))
+    if not whos:
+        speakers.append({"party": "employee", "label": "Employee", "channel": 1, "segments": right})
+    for who in whos:
+        spans = [(c["from_s"], c["to_s"]) for c in chapters if c["who"] == who]
+        speakers.append({"party": who, "label": who, "channel": 1, "segments": _within(right, spans)})
+    return _finish(data, speakers, chapters)
+
+
+def _within(segments: Segments, spans: list[tuple[float, float]]) -> Segments:
+    """The parts of ``segments`` inside any of ``spans``."""
+    out = []
+    for a, b in segments:
+        for lo, hi in spans:
+            start, end = max(a, lo), min(b, hi)
+            if end > start:
+                out.append([round(start, 3), round(end, 3)])
+    return sorted(out)
+
+
+# --- routes ------------------------------------------------------------------------------------------
+
+router = APIRouter(tags=["recordings"])
+
+
+@router.get("/recordings/{recording_id}/picture", response_model=Picture,
+            summary="The picture of a completed recording: waveforms, who spoke when, silences, overlaps")  # fmt: skip
+def get_recording_picture(recording_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+    ctx = service.ctx
+    with ctx.sessions() as s:
+        rec = find_recording(s, principal, recording_id)
+        if rec.state == DELETED:
+            raise ServiceError("the recording was deleted", 410)
+        if rec.state != COMPLETED:
+            raise ServiceError(f"the recording is {rec.state}", 409)
+        return recording_picture(ctx, rec)
