@@ -1,0 +1,230 @@
+"""One worker's run of a stitch: claim the row, source each member's audio, stitch, store, record.
+
+The row's ``signature`` is what the file is being made for; when ``request`` changes it mid-way (a member
+changed), this run's result is thrown away at the end and the newer run, already queued, makes the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, update
+
+from callrec.context import Context
+from callrec.db.engine import transaction
+from callrec.db.schema import COMPLETED, DELETED, FAILED, MIXING, QUEUED, STORING, Stitch
+from callrec.errors import CallrecError, OutputError, StorageError
+from callrec.jobs import stitch_audio
+from callrec.jobs.pipeline import Pipeline, backoff_s
+from callrec.jobs.steps import Transient, _md5
+from callrec.jobs.stitch import _settings, _waiting, members, newest, pending, signature
+from callrec.media.encode import open_writer
+from callrec.media.stitch import Placement, stitch
+
+log = logging.getLogger("callrec.stitch")
+
+
+def run(pipeline: Pipeline, stitch_id: str) -> None:
+    ctx = pipeline.ctx
+    if not _claim(ctx, stitch_id):
+        return
+    beat = _Heartbeat(ctx, stitch_id)
+    beat.start()
+    try:
+        _make(ctx, stitch_id)
+    except Exception as exc:  # noqa: BLE001 - the job runner is the one place that catches everything
+        _failed(pipeline, stitch_id, exc)
+    finally:
+        beat.stop()
+
+
+def _claim(ctx: Context, stitch_id: str) -> bool:
+    now = ctx.clock.now()
+    with transaction(ctx.sessions) as s:
+        claimed = s.execute(
+            update(Stitch)
+            .where(Stitch.id == stitch_id)
+            .where(
+                or_(
+                    (Stitch.state == QUEUED) & (Stitch.next_attempt_at <= now + timedelta(milliseconds=1)),
+                    Stitch.state.in_((MIXING, STORING)) & (Stitch.lease_until < now),
+                )
+            )
+            .values(
+                state=MIXING, lease_until=now + timedelta(seconds=ctx.config.lease_s), worker=ctx.node,
+                attempts=Stitch.attempts + 1, updated_at=now,
+            )  # fmt: skip
+        )
+        return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _make(ctx: Context, stitch_id: str) -> None:
+    with transaction(ctx.sessions) as s:
+        row = s.get(Stitch, stitch_id)
+        assert row is not None
+        domain, settings = _settings(s, row.domain_id)
+        calls = members(s, row.domain_id, row.interaction_id)
+        sig = signature(calls, settings)
+        # this run makes the members as they are now, which may be newer than the request that queued it
+        row.signature = sig
+        waiting = pending(calls)
+        if waiting:
+            row.state, row.reason, row.next_attempt_at, row.lease_until = QUEUED, _waiting(waiting), None, None
+            return
+        usable = [(c, r) for c in calls if (r := newest(c)) is not None and r.state == COMPLETED]
+        customers = stitch_audio.customers(calls) if calls else {}
+        plan = [stitch_audio.member_of(c, r, customers[c.id]) for c, r in usable]
+        old_key, old_spec = row.storage_key, dict(row.storage)
+        every_deleted = bool(calls) and all((r := newest(c)) is not None and r.state == DELETED for c in calls)
+        spec = ctx.storage_spec(settings.storage)
+        ident = hashlib_of(row.interaction_id)
+        fmt, rate, bitrate, codec = settings.format, settings.rate, settings.bitrate, settings.codec
+        key = f"stitched/{domain.name}/{ident}/{stitch_id}-{sig[:12]}.{fmt}"
+    if not plan:
+        _nothing_left(ctx, stitch_id, sig, old_key, old_spec, every_deleted)
+        return
+    scratch = ctx.config.work_dir / f"stitch-{stitch_id}"
+    stitch_audio.clear(scratch)
+    try:
+        try:
+            scratch.mkdir(parents=True)
+            pieces = [stitch_audio.piece_for(ctx, m, scratch, rate) for m in plan]
+            out = scratch / f"stitched.{fmt}"
+            channels = 1 if fmt == "wav" and codec == "gsm" else 2
+            writer = open_writer(out, fmt=fmt, rate=rate, channels=channels, bitrate_kbps=bitrate, codec=codec)
+            placements = stitch(pieces, writer, rate=rate, channels=channels)
+        except OSError as exc:
+            raise OutputError(f"stitching failed: {exc.strerror or exc}") from exc
+        md5 = _md5(out)
+        duration = max((p.start + p.frames for p in placements), default=0) / rate
+        chapters = [_chapter(m, pieces[i].started_at, placements[i], rate) for i, m in enumerate(plan)]
+        chapters.sort(key=lambda c: (c["from_s"], c["to_s"]))
+        if not _set_state(ctx, stitch_id, sig, STORING):
+            return
+        try:
+            stored = ctx.storage(spec).put_file(key, out)
+        except StorageError as exc:
+            raise Transient(f"storing the stitched recording failed: {exc}") from exc
+        if stored.md5 != md5:
+            raise Transient(f"storage kept a different file for {key} (md5 {stored.md5}, sent {md5})")
+    finally:
+        stitch_audio.clear(scratch)
+    with transaction(ctx.sessions) as s:
+        row = s.get(Stitch, stitch_id)
+        current = row is not None and row.signature == sig and row.state == STORING
+        if row is not None and current:
+            row.state, row.reason, row.format, row.duration_s, row.bytes = COMPLETED, "", fmt, duration, stored.size
+            row.md5, row.storage_key, row.storage, row.chapters = md5, key, spec, chapters
+            row.completed_at = row.updated_at = ctx.clock.now()
+            row.lease_until, row.next_attempt_at = None, None
+    if not current:
+        _delete(ctx, spec, key)  # a newer run makes the file for the members as they are now
+    elif old_key and old_key != key:
+        _delete(ctx, old_spec, old_key)
+
+
+def hashlib_of(interaction_id: str) -> str:
+    """A storage-safe name for an interaction id (which the PBX chose and may hold anything)."""
+    return hashlib.sha256(interaction_id.encode()).hexdigest()[:20]
+
+
+def _chapter(member: stitch_audio.Member, started_at: float, where: Placement, rate: int) -> dict[str, object]:
+    start, end = where.seconds(rate)
+    return {
+        "call_id": member.call_id, "who": member.who, "from_s": round(start, 3), "to_s": round(end, 3),
+        "started_at": datetime.fromtimestamp(started_at, UTC).isoformat(),
+    }  # fmt: skip
+
+
+def _set_state(ctx: Context, stitch_id: str, sig: str, state: str) -> bool:
+    """Move the row on, unless a request changed what it is for (then the newer run takes over)."""
+    with transaction(ctx.sessions) as s:
+        row = s.get(Stitch, stitch_id)
+        if row is None or row.signature != sig or row.state not in (MIXING, STORING):
+            return False
+        row.state, row.updated_at = state, ctx.clock.now()
+        return True
+
+
+def _nothing_left(ctx: Context, stitch_id: str, sig: str, old_key: str, old_spec: dict[str, object],
+                  every_deleted: bool) -> None:  # fmt: skip
+    """No member has a recording: when they were all deleted, the stitched file goes too (retention)."""
+    if old_key:
+        try:
+            ctx.storage(dict(old_spec)).delete(old_key)
+        except StorageError as exc:
+            raise Transient(f"deleting the old stitched recording failed: {exc}") from exc
+    with transaction(ctx.sessions) as s:
+        row = s.get(Stitch, stitch_id)
+        if row is None or row.signature != sig:
+            return
+        row.storage_key, row.bytes, row.md5, row.duration_s, row.chapters = "", 0, "", 0.0, []
+        row.lease_until, row.next_attempt_at, row.updated_at = None, None, ctx.clock.now()
+        if every_deleted:
+            row.state, row.reason = DELETED, "every call's recording was deleted"
+        else:
+            row.state, row.reason = FAILED, "no call of the interaction has a completed recording"
+
+
+def _delete(ctx: Context, spec: dict[str, object], key: str) -> None:
+    try:
+        ctx.storage(dict(spec)).delete(key)
+    except StorageError as exc:
+        log.warning("cannot delete the replaced stitched recording %s: %s", key, exc)
+
+
+def _failed(pipeline: Pipeline, stitch_id: str, exc: BaseException) -> None:
+    """Back in the queue with back-off, or failed when the retries are used up (never for a Transient)."""
+    ctx = pipeline.ctx
+    now = ctx.clock.now()
+    reason = str(exc) if isinstance(exc, CallrecError) else f"{type(exc).__name__}: {exc}"
+    with transaction(ctx.sessions) as s:
+        row = s.get(Stitch, stitch_id)
+        if row is None or row.state not in (MIXING, STORING):
+            return  # a request queued it again meanwhile: that run goes on
+        final = not isinstance(exc, Transient) and row.attempts >= ctx.config.max_attempts
+        delay = backoff_s(ctx, row.attempts) * random.uniform(0.9, 1.1)
+        row.reason, row.updated_at, row.lease_until = reason, now, None
+        if final:
+            row.state, row.next_attempt_at = FAILED, None
+        else:
+            row.state, row.next_attempt_at, row.enqueued_at = QUEUED, now + timedelta(seconds=delay), now
+    log.warning("stitch %s: %s (%s)", stitch_id, reason, "failed" if final else f"retry in {delay:.1f} s")
+    if not final:
+        pipeline.queue.submit("stitch", stitch_id, delay_s=delay)
+
+
+class _Heartbeat:
+    """Renews the lease while this worker makes the stitch, so only a dead worker's run is taken over."""
+
+    def __init__(self, ctx: Context, stitch_id: str) -> None:
+        self._ctx, self._id = ctx, stitch_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stitch-lease-{stitch_id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        period = max(0.2, self._ctx.config.lease_s / 3)
+        while not self._stop.wait(period):
+            until = self._ctx.clock.now() + timedelta(seconds=self._ctx.config.lease_s)
+            try:
+                with transaction(self._ctx.sessions) as s:
+                    s.execute(
+                        update(Stitch)
+                        .where(Stitch.id == self._id, Stitch.worker == self._ctx.node)
+                        .where(Stitch.state.in_((MIXING, STORING)))
+                        .values(lease_until=until)
+                    )
+            except Exception:  # noqa: BLE001 - a missed renewal only risks a duplicate run, which is harmless
+                log.warning("lease renewal of stitch %s failed", self._id, exc_info=True)
+
