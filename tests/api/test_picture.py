@@ -120,3 +120,36 @@ def test_pictures_of_unfinished_and_deleted_recordings(api: Api, tenant: Tenant,
     assert cached.is_file()
     audio.forget(api.service.ctx, rec["id"])  # what deleting a recording does to its cache
     assert not cached.exists()
+
+
+def test_an_interactions_picture_has_its_chapters_and_the_customer_left(
+    api: Api, tenant: Tenant, other: Tenant, captures: Captures
+) -> None:
+    for info in [c for k, c in enumerate(calls_in_capture(captures.seven)) if k in (2, 5)]:
+        info.interaction_id = "ix-picture"
+        api.upload(tenant.headers, captures.seven, call_json=json.dumps(info.to_json()).encode())
+    url = "/api/v1/interactions/ix-picture/picture"
+    waiting = api.client.get(url, headers=tenant.headers)  # asking for it asks for the stitch
+    assert waiting.status_code == 409 and waiting.headers["Retry-After"]
+    assert detail(waiting).startswith("the stitched recording is not ready")
+    api.run_jobs()
+    answer = api.client.get(url, headers=tenant.headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    stitched = api.client.get("/api/v1/interactions/ix-picture/stitched", headers=tenant.headers).json()
+    assert abs(body["duration_s"] - stitched["duration_s"]) < 0.2
+    assert body["chapters"] == [{k: c[k] for k in ("call_id", "who", "from_s", "to_s")} for c in stitched["chapters"]]
+    assert len(body["chapters"]) == 2
+    customer, *employees = body["speakers"]
+    assert customer["channel"] == 0 and stitched["customer"]["number"] in customer["label"]
+    assert [e["label"] for e in employees] == [", ".join(c["who"]) for c in body["chapters"]]
+    for employee, chapter in zip(employees, body["chapters"], strict=True):
+        assert employee["channel"] == 1 and employee["segments"]
+        assert all(chapter["from_s"] <= a < b <= chapter["to_s"] for a, b in employee["segments"])
+    assert customer["segments"]
+    # cached once, under the version (md5) of the stitched file
+    (cached,) = (api.service.ctx.config.data_dir / "cache").glob("stitch-*.picture.json")
+    assert json.loads(cached.read_text())["duration_s"] == body["duration_s"]
+    for headers, name in ((other.headers, "ix-picture"), (tenant.headers, "ix-none")):
+        missing = api.client.get(f"/api/v1/interactions/{name}/picture", headers=headers)
+        assert missing.status_code == 404 and detail(missing) == f"no interaction {name!r}"

@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from callrec.api import interactions
 from callrec.api.audio import cache_dir
 from callrec.api.deps import PrincipalDep, ServiceDep
+from callrec.api.interactions import DomainName
 from callrec.api.recordings import find_recording
 from callrec.context import Context
 from callrec.db.schema import COMPLETED, DELETED, Call, Recording, Stitch
 from callrec.errors import ServiceError, StorageError
+from callrec.jobs import stitch as stitching
 from callrec.media import analyze
 
 # bumped when the cached analysis changes shape or method, so old cache files are not read
@@ -49,7 +53,7 @@ class Channel(BaseModel):
 
 class Chapter(BaseModel):
     call_id: str
-    who: str
+    who: list[str] = Field(description="the employees of this call")
     from_s: float
     to_s: float
 
@@ -181,29 +185,33 @@ def recording_picture(ctx: Context, rec: Recording) -> dict[str, Any]:
 
 
 def stitch_picture(ctx: Context, stitch: Stitch) -> dict[str, Any]:
-    """The picture of a completed stitch: the customer on the left, each employee on the right within
-    the chapters that are theirs."""
+    """The picture of a completed stitch: the customer on the left, on the right the employees of each
+    chapter within that chapter's time."""
     # a stitch made again (a member changed) is a new file under the same id: its md5 names the version
     name = f"stitch-{stitch.id}-{stitch.md5 or stitch.signature}.{PICTURE_SUFFIX}"
     data = _analysis(ctx, name, stitch.storage, stitch.storage_key, stitch.format)
     for old in cache_dir(ctx).glob(f"stitch-{stitch.id}-*.{PICTURE_SUFFIX}"):
         if old.name != name:
             old.unlink(missing_ok=True)
+    with ctx.sessions() as s:
+        customer = stitching.customer_json(stitching.members(s, stitch.domain_id, stitch.interaction_id))
     chapters: list[dict[str, Any]] = [
-        {"call_id": str(c.get("call_id", "")), "who": str(c.get("who", "")),
+        {"call_id": str(c.get("call_id", "")), "who": [str(w) for w in c.get("who") or []],
          "from_s": float(c.get("from_s", 0.0)), "to_s": float(c.get("to_s", 0.0))}
         for c in stitch.chapters if isinstance(c, dict)
     ]  # fmt: skip
     segments = data["segments"]
-    speakers: list[dict[str, Any]] = [{"party": "customer", "label": "Customer", "channel": 0,
+    label = label_of(customer.get("name", ""), customer.get("number", ""), "Customer")
+    speakers: list[dict[str, Any]] = [{"party": "customer", "label": label, "channel": 0,
                                        "segments": segments[0] if segments else []}]  # fmt: skip
     right = segments[1] if len(segments) > 1 else []
-    whos = list(dict.fromkeys(c["who"] for c in chapters if c["who"]))
-    if not whos:
+    employees = list(dict.fromkeys(", ".join(c["who"]) for c in chapters))
+    for who in employees:
+        spans = [(c["from_s"], c["to_s"]) for c in chapters if ", ".join(c["who"]) == who]
+        speakers.append({"party": who or "employee", "label": who or "Employee", "channel": 1,
+                         "segments": _within(right, spans)})  # fmt: skip
+    if not employees:
         speakers.append({"party": "employee", "label": "Employee", "channel": 1, "segments": right})
-    for who in whos:
-        spans = [(c["from_s"], c["to_s"]) for c in chapters if c["who"] == who]
-        speakers.append({"party": who, "label": who, "channel": 1, "segments": _within(right, spans)})
     return _finish(data, speakers, chapters)
 
 
@@ -234,3 +242,20 @@ def get_recording_picture(recording_id: str, service: ServiceDep, principal: Pri
         if rec.state != COMPLETED:
             raise ServiceError(f"the recording is {rec.state}", 409)
         return recording_picture(ctx, rec)
+
+
+@router.get("/interactions/{interaction_id}/picture", response_model=Picture, tags=["interactions"],
+            responses={409: {"description": "the stitched recording is not made yet (Retry-After)"}},
+            summary="The picture of an interaction's stitched recording (asked for if there is none)")  # fmt: skip
+def get_interaction_picture(
+    interaction_id: str, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
+) -> Response:
+    # like the stitched audio, asking for the picture asks for the stitch
+    row = interactions._ask(service, principal, interaction_id, domain, force=False)
+    if row.state == DELETED:
+        raise ServiceError("the interaction's recordings were deleted", 410)
+    if row.state != COMPLETED or not row.storage_key:
+        reason = f": {row.reason}" if row.reason else ""
+        headers = {"Retry-After": str(interactions.RETRY_AFTER_S)} if row.state in stitching.PENDING else {}
+        return JSONResponse({"detail": f"the stitched recording is not ready ({row.state}{reason})"}, 409, headers)
+    return JSONResponse(stitch_picture(service.ctx, row))
