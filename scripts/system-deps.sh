@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages callrec's tests use (ffmpeg/ffprobe as the audio oracle, sipp as a real SIP
-# peer, tshark/tcpdump to capture and cross-check, sox), with apt-get, only when something is missing.
+# peer, tshark/tcpdump to capture and cross-check, sox, chromium for the UI), with apt-get, only when something is missing.
 set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
@@ -8,6 +8,8 @@ command -v sipp >/dev/null || need+=(sip-tester)
 command -v tshark >/dev/null || need+=(tshark)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v sox >/dev/null || need+=(sox)
+# the UI's browser tests drive Debian's Chromium through Playwright (no downloaded browsers)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 [ -e /usr/lib/x86_64-linux-gnu/libsndfile.so.1 ] || ldconfig -p | grep -q libsndfile.so.1 || need+=(libsndfile1)
 ldconfig -p | grep -q libbcg729 || need+=(libbcg729-0)
 ldconfig -p | grep -q libmp3lame.so.0 || need+=(libmp3lame0)
