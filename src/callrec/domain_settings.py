@@ -1,20 +1,24 @@
 """A domain's settings: output format, mixing schedule, retention, storage and webhooks.
 
-Stored as JSON on the domain row; the API reads and writes them through ``DomainSettings``. Storage
-secrets are encrypted before they are stored and never shown again (``public_json`` masks them).
+Stored as JSON on the domain row; the API reads and writes them through ``DomainSettings``. Secrets (the
+storage secret key, the webhook signing secret) are encrypted before they are stored and never shown
+again (``public_json`` masks them).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from callrec.config import ConfigError
 
 SECRET_MASK = "********"
 Event = Literal["recording.completed", "recording.failed", "recording.deleted"]
 EVENTS: tuple[Event, ...] = ("recording.completed", "recording.failed", "recording.deleted")
+# what merge_settings passes to validation: checks that only a change through the API must pass (a row
+# stored before a rule existed still loads)
+CHANGE = {"change": True}
 
 
 class StorageSettings(BaseModel):
@@ -53,7 +57,7 @@ class StorageSettings(BaseModel):
 
 
 class WebhookSettings(BaseModel):
-    """One webhook receiver (delivery comes with the sharing work)."""
+    """One webhook receiver: where to POST, which events, and whether to add a fresh public link."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -91,6 +95,8 @@ class DomainSettings(BaseModel):
     schedule: dict[str, Any] = Field(default_factory=lambda: {"mode": "immediate"})
     retention: dict[str, Any] = Field(default_factory=lambda: {"days": None, "rules": []})
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    # signs every webhook (HMAC-SHA256); plain when it comes from the API, "enc:v1:…" once stored
+    webhook_secret: str = Field(default="", max_length=2000)
     webhooks: list[WebhookSettings] = Field(default_factory=list, max_length=20)
     links: LinkSettings = Field(default_factory=LinkSettings)
 
@@ -114,23 +120,44 @@ class DomainSettings(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str) -> str:
+        plain = value and not value.startswith("enc:")
+        if plain and (not 16 <= len(value) <= 200 or not all("!" <= c <= "~" for c in value)):
+            raise ValueError("webhook_secret must be 16 to 200 printable ASCII characters without spaces")
+        return value
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhooks(cls, value: list[WebhookSettings], info: ValidationInfo) -> list[WebhookSettings]:
+        # refused rather than made up: the receiver has to know the secret to check a signature anyway
+        if value and info.context == CHANGE and not info.data.get("webhook_secret"):
+            raise ValueError("webhooks need webhook_secret: set it (16 to 200 characters) in the same request")
+        return value
+
     def public_json(self) -> dict[str, Any]:
-        """The settings as the API shows them: the storage secret is masked."""
+        """The settings as the API shows them: the secrets are masked."""
         data = self.model_dump(mode="json")
         if data["storage"]["secret_access_key"]:
             data["storage"]["secret_access_key"] = SECRET_MASK
+        if data["webhook_secret"]:
+            data["webhook_secret"] = SECRET_MASK
         return data
 
 
 def merge_settings(current: DomainSettings, update: dict[str, Any]) -> DomainSettings:
     """``current`` with the top-level keys of ``update`` replaced (``PUT`` sends what it changes).
 
-    A storage update that leaves the secret out (or sends the mask back) keeps the stored secret.
+    A storage update that leaves the secret out (or sends the mask back) keeps the stored secret; so does
+    ``webhook_secret`` sent as the mask.
     """
     data = current.model_dump(mode="json")
     storage = update.get("storage")
     if isinstance(storage, dict) and storage.get("secret_access_key", SECRET_MASK) == SECRET_MASK:
         storage = {**storage, "secret_access_key": current.storage.secret_access_key}
         update = {**update, "storage": storage}
+    if update.get("webhook_secret") == SECRET_MASK:
+        update = {**update, "webhook_secret": current.webhook_secret}
     data.update(update)
-    return DomainSettings.model_validate(data)
+    return DomainSettings.model_validate(data, context=CHANGE)

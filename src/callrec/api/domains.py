@@ -40,19 +40,25 @@ def _key_json(key: ApiKey, domain: str) -> dict[str, Any]:
 
 
 def _seal(ctx: Context, settings: DomainSettings) -> DomainSettings:
-    """The settings with a plain storage secret encrypted (one sent encrypted must be ours)."""
-    secret = settings.storage.secret_access_key
+    """The settings with plain secrets encrypted (one sent encrypted must be ours)."""
+    storage = settings.storage.model_copy(
+        update={"secret_access_key": _sealed(ctx, settings.storage.secret_access_key, "storage.secret_access_key")}
+    )
+    return settings.model_copy(
+        update={"storage": storage, "webhook_secret": _sealed(ctx, settings.webhook_secret, "webhook_secret")}
+    )
+
+
+def _sealed(ctx: Context, secret: str, field: str) -> str:
     if not secret:
-        return settings
+        return secret
     if is_encrypted(secret):
         try:
             ctx.box.decrypt(secret)
         except ConfigError as exc:
-            raise ServiceError("storage.secret_access_key is encrypted with a key this service does not have",
-                               422) from exc  # fmt: skip
-        return settings
-    storage = settings.storage.model_copy(update={"secret_access_key": ctx.box.encrypt(secret)})
-    return settings.model_copy(update={"storage": storage})
+            raise ServiceError(f"{field} is encrypted with a key this service does not have", 422) from exc
+        return secret
+    return ctx.box.encrypt(secret)
 
 
 def _check_text(value: Any, where: str) -> None:
