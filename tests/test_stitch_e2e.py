@@ -65,12 +65,23 @@ def _who(person: tuple[str, str]) -> str:
 
 
 def test_an_interaction_recorded_by_the_real_recorder_stitches_with_the_customer_left(tmp_path: Path) -> None:
-    noise = {name: _noise(tmp_path, name, seed) for name, seed in
-             (("cust1", 11), ("cust2", 12), ("cust3", 13), ("op1", 21), ("op2", 22), ("op2b", 23), ("op3", 24))}
+    noise = {
+        name: _noise(tmp_path, name, seed)
+        for name, seed in (
+            ("cust1", 11),
+            ("cust2", 12),
+            ("cust3", 13),
+            ("op1", 21),
+            ("op2", 22),
+            ("op2b", 23),
+            ("op3", 24),
+        )
+    }
     with ServeProcess(tmp_path / "data") as serve:
         # WAV keeps the check exact; the tapes are kept, so the conference's voices are mixed apart again
-        made = serve.api.post("/api/v1/domains", json={"name": "acme", "settings": {"format": "wav",
-                                                                                   "keep_tape_days": 1}})
+        made = serve.api.post(
+            "/api/v1/domains", json={"name": "acme", "settings": {"format": "wav", "keep_tape_days": 1}}
+        )
         assert made.status_code == 201, made.text
         key = serve.api.post("/api/v1/domains/acme/keys", json={}).json()["key"]
         acme = httpx.Client(base_url=str(serve.api.base_url), headers={"Authorization": f"Bearer {key}"},
@@ -120,7 +131,7 @@ def test_an_interaction_recorded_by_the_real_recorder_stitches_with_the_customer
     # the waits were cut: the file is the calls and two pauses, far shorter than the time it all took
     calls_s = sum(c["recording"]["duration_s"] for c in cards)
     assert abs(body["duration_s"] - (calls_s + 2 * PAUSE_S)) < 0.2, (body["duration_s"], calls_s)
-    wall = (_epoch(cards[-1]["ended_at"]) - _epoch(cards[0]["started_at"]))
+    wall = _epoch(cards[-1]["ended_at"]) - _epoch(cards[0]["started_at"])
     assert wall - body["duration_s"] > 2 * (GAP_S - PAUSE_S) - 1.0, (wall, body["duration_s"])
 
     wav = tmp_path / "stitched.wav"

@@ -77,9 +77,7 @@ def test_pieces_given_out_of_order_are_placed_by_time_and_answered_in_the_order_
 def test_stitched_audio_holds_each_piece_at_its_place_with_silence_in_the_pause() -> None:
     a, b = stereo(noise(2, 1), noise(2, 2)), stereo(noise(3, 3), noise(3, 4))
     sink = Collect()
-    placements = stitch(
-        [Piece(ArraySource(a), T0), Piece(ArraySource(b), T0 + 2 + 120)], sink, rate=RATE, pause_s=1.0
-    )
+    placements = stitch([Piece(ArraySource(a), T0), Piece(ArraySource(b), T0 + 2 + 120)], sink, rate=RATE, pause_s=1.0)
     out = sink.audio
     assert sink.closed and placements == [Placement(0, 2 * RATE), Placement(3 * RATE, 3 * RATE)]
     assert len(out) == 6 * RATE

@@ -142,9 +142,7 @@ def _remix(ctx: Context, member: Member, folder: Path, rate: int) -> Piece | Non
     source = _tape_folder(ctx, member, folder)
     if source is None:
         return None
-    opts = offline.MixOptions(
-        fmt="wav", rate=rate, left=member.customer, call_id=member.sip_call_id or None
-    )
+    opts = offline.MixOptions(fmt="wav", rate=rate, left=member.customer, call_id=member.sip_call_id or None)
     try:
         report = offline.mix(source, folder / "mix", opts)
     except OSError as exc:

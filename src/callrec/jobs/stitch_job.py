@@ -227,4 +227,3 @@ class _Heartbeat:
                     )
             except Exception:  # noqa: BLE001 - a missed renewal only risks a duplicate run, which is harmless
                 log.warning("lease renewal of stitch %s failed", self._id, exc_info=True)
-
