@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from callrec.api import audio
+from callrec.api import audio, picture
 from callrec.capture.scan import calls_in_capture
 from callrec.db.engine import transaction
-from callrec.db.schema import StreamRow
+from callrec.db.schema import Recording, Stitch, StreamRow
 from callrec.models import CallInfo, Party, Stream
 from tests import synth
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
@@ -23,6 +23,13 @@ def _picture(api: Api, headers: dict[str, str], recording_id: str) -> dict[str, 
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body
+
+
+def stitched_cards(api: Api, tenant: Tenant, interaction: str) -> list[dict[str, Any]]:
+    answer = api.client.get(f"/api/v1/interactions/{interaction}", headers=tenant.headers)
+    assert answer.status_code == 200
+    calls: list[dict[str, Any]] = answer.json()["calls"]
+    return calls
 
 
 def _spoken(segments: list[list[float]], lo: float, hi: float) -> float:
@@ -54,6 +61,15 @@ def test_a_recordings_picture(api: Api, mixed: Mixed, other: Tenant) -> None:
         missing = api.client.get(f"/api/v1/recordings/{rid}/picture", headers=headers)
         assert missing.status_code == 404 and detail(missing) == f"no recording {rid!r}"
     assert api.client.get(f"/api/v1/recordings/{mixed.recording_id}/picture").status_code == 401
+
+
+def test_without_numbers_people_are_named_as_a_public_link_shows_them(api: Api, mixed: Mixed) -> None:
+    with api.service.ctx.sessions() as s:
+        rec = s.get(Recording, mixed.recording_id)
+        assert rec is not None
+        public = picture.recording_picture(api.service.ctx, rec)
+    assert [(p["party"], p["label"]) for p in public["speakers"]] == [("A", "Alice"), ("B", "Callee")]
+    assert "100" not in json.dumps(public["speakers"]) and "200" not in json.dumps(public["speakers"])
 
 
 def test_without_party_segments_the_channels_speak_for_the_parties(
@@ -150,6 +166,16 @@ def test_an_interactions_picture_has_its_chapters_and_the_customer_left(
     # cached once, under the version (md5) of the stitched file
     (cached,) = (api.service.ctx.config.data_dir / "cache").glob("stitch-*.picture.json")
     assert json.loads(cached.read_text())["duration_s"] == body["duration_s"]
+    # as a public link shows it: the same picture, people without their numbers
+    with api.service.ctx.sessions() as s:
+        row = s.scalar(select(Stitch).where(Stitch.interaction_id == "ix-picture"))
+        assert row is not None
+        public = picture.stitch_picture(api.service.ctx, row)
+    assert public["channels"] == body["channels"] and public["silences"] == body["silences"]
+    numbers = {p["number"] for c in stitched_cards(api, tenant, "ix-picture") for p in c["parties"]}
+    shown = json.dumps([public["speakers"], public["chapters"]])
+    assert numbers and not any(n in shown for n in numbers), shown
+    assert public["speakers"][0]["label"] == "Customer"  # the synthetic customer has no name
     for headers, name in ((other.headers, "ix-picture"), (tenant.headers, "ix-none")):
         missing = api.client.get(f"/api/v1/interactions/{name}/picture", headers=headers)
         assert missing.status_code == 404 and detail(missing) == f"no interaction {name!r}"

@@ -26,15 +26,17 @@ from callrec.api.deps import PrincipalDep, ServiceDep
 from callrec.api.interactions import DomainName
 from callrec.api.recordings import find_recording
 from callrec.context import Context
-from callrec.db.schema import COMPLETED, DELETED, Call, Recording, Stitch
+from callrec.db.schema import COMPLETED, DELETED, Call, Party, Recording, Stitch
 from callrec.errors import ServiceError, StorageError
 from callrec.jobs import stitch as stitching
+from callrec.jobs import stitch_audio
 from callrec.media import analyze
 
 # bumped when the cached analysis changes shape or method, so old cache files are not read
 VERSION = 1
 PICTURE_SUFFIX = "picture.json"
 CHANNEL_NAMES = {1: ["mono"], 2: ["left", "right"]}
+ROLES = {"caller": "Caller", "callee": "Callee", "participant": "Participant"}
 Segments = list[list[float]]
 
 
@@ -126,9 +128,18 @@ def _finish(data: dict[str, Any], speakers: list[dict[str, Any]], chapters: list
 
 
 def label_of(name: str, number: str, fallback: str) -> str:
+    """A party as the UI shows it to a signed-in user: name and number."""
     if name and number and name != number:
         return f"{name} ({number})"
     return name or number or fallback
+
+
+def _public_label(party: Party) -> str:
+    """A party as anyone holding a public link sees it: the name, else the role; never a number."""
+    if party.name:
+        return party.name
+    role = ROLES.get(party.role, "Participant")
+    return f"{role} {party.label}" if party.role not in ("caller", "callee") else role
 
 
 def _party_speech(call: Call) -> dict[str, Segments] | None:
@@ -144,8 +155,12 @@ def _party_speech(call: Call) -> dict[str, Segments] | None:
     return {party: sorted(segs) for party, segs in found.items()}
 
 
-def speakers_of(call: Call, channel_segments: list[Segments]) -> list[dict[str, Any]]:
+def speakers_of(call: Call, channel_segments: list[Segments], numbers: bool) -> list[dict[str, Any]]:
     """Who spoke when in a call's recording: per party when measured, else per channel."""
+
+    def name(p: Party) -> str:
+        return label_of(p.name, p.number, p.label) if numbers else _public_label(p)
+
     parties = sorted(call.parties, key=lambda p: (p.role != "caller", p.role != "callee", p.label))
     two = len(parties) <= 2 and len(channel_segments) == 2
     per_party = _party_speech(call)
@@ -154,14 +169,14 @@ def speakers_of(call: Call, channel_segments: list[Segments]) -> list[dict[str, 
         out = []
         for p in parties:
             channel = (0 if p.role == "caller" else 1 if p.role == "callee" else None) if two else None
-            out.append({"party": p.label, "label": label_of(p.name, p.number, p.label), "channel": channel,
+            out.append({"party": p.label, "label": name(p), "channel": channel,
                         "segments": per_party.get(p.label, [])})  # fmt: skip
         # a stream whose party has no row (an odd capture) still shows
         out += [{"party": party, "label": party, "channel": None, "segments": segs}
                 for party, segs in per_party.items() if party not in known]  # fmt: skip
         return out
     if len(channel_segments) == 1:
-        names = ", ".join(label_of(p.name, p.number, p.label) for p in parties) or "everyone"
+        names = ", ".join(name(p) for p in parties) or "everyone"
         return [{"party": "", "label": names, "channel": 0, "segments": channel_segments[0]}]
     by_role = {p.role: p for p in parties}
     out = []
@@ -169,24 +184,27 @@ def speakers_of(call: Call, channel_segments: list[Segments]) -> list[dict[str, 
         if channel >= len(channel_segments):
             break
         who = by_role.get(role)
-        label = label_of(who.name, who.number, who.label) if who is not None else role.title()
+        label = name(who) if who is not None else role.title()
         out.append({"party": who.label if who is not None else "", "label": label, "channel": channel,
                     "segments": channel_segments[channel]})  # fmt: skip
     return out
 
 
-def recording_picture(ctx: Context, rec: Recording) -> dict[str, Any]:
-    """The picture of a completed recording (the caller has checked it may be seen and is completed)."""
+def recording_picture(ctx: Context, rec: Recording, *, numbers: bool = False) -> dict[str, Any]:
+    """The picture of a completed recording (the caller has checked it may be seen and is completed).
+
+    Speakers are named as a public link shows people (names or roles) unless ``numbers``: the API and
+    the UI, behind a key, add their numbers."""
     data = _analysis(ctx, f"{rec.id}.{PICTURE_SUFFIX}", rec.storage, rec.storage_key, rec.format)
-    return _finish(data, speakers_of(rec.call, data["segments"]), [])
+    return _finish(data, speakers_of(rec.call, data["segments"], numbers), [])
 
 
 # --- a stitched interaction --------------------------------------------------------------------------
 
 
-def stitch_picture(ctx: Context, stitch: Stitch) -> dict[str, Any]:
+def stitch_picture(ctx: Context, stitch: Stitch, *, numbers: bool = False) -> dict[str, Any]:
     """The picture of a completed stitch: the customer on the left, on the right the employees of each
-    chapter within that chapter's time."""
+    chapter within that chapter's time. Without ``numbers``, people are named as on a public link."""
     # a stitch made again (a member changed) is a new file under the same id: its md5 names the version
     name = f"stitch-{stitch.id}-{stitch.md5 or stitch.signature}.{PICTURE_SUFFIX}"
     data = _analysis(ctx, name, stitch.storage, stitch.storage_key, stitch.format)
@@ -194,21 +212,31 @@ def stitch_picture(ctx: Context, stitch: Stitch) -> dict[str, Any]:
         if old.name != name:
             old.unlink(missing_ok=True)
     with ctx.sessions() as s:
-        customer = stitching.customer_json(stitching.members(s, stitch.domain_id, stitch.interaction_id))
-    chapters: list[dict[str, Any]] = [
-        {"call_id": str(c.get("call_id", "")), "who": [str(w) for w in c.get("who") or []],
-         "from_s": float(c.get("from_s", 0.0)), "to_s": float(c.get("to_s", 0.0))}
-        for c in stitch.chapters if isinstance(c, dict)
-    ]  # fmt: skip
+        calls = stitching.members(s, stitch.domain_id, stitch.interaction_id)
+        customer = stitching.customer_json(calls)
+        theirs = stitch_audio.customers(calls) if calls else {}
+        employees_of = {c.id: [_public_label(p) for p in c.parties if p.label not in theirs.get(c.id, ())]
+                        for c in calls}  # fmt: skip
+    chapters: list[dict[str, Any]] = []
+    for c in stitch.chapters:
+        if not isinstance(c, dict):
+            continue
+        call_id = str(c.get("call_id", ""))
+        who = [str(w) for w in c.get("who") or []] if numbers else employees_of.get(call_id, [])
+        chapters.append({"call_id": call_id, "who": who, "from_s": float(c.get("from_s", 0.0)),
+                         "to_s": float(c.get("to_s", 0.0))})  # fmt: skip
     segments = data["segments"]
-    label = label_of(customer.get("name", ""), customer.get("number", ""), "Customer")
+    if numbers:
+        label = label_of(customer.get("name", ""), customer.get("number", ""), "Customer")
+    else:
+        label = customer.get("name", "") or "Customer"
     speakers: list[dict[str, Any]] = [{"party": "customer", "label": label, "channel": 0,
                                        "segments": segments[0] if segments else []}]  # fmt: skip
     right = segments[1] if len(segments) > 1 else []
     employees = list(dict.fromkeys(", ".join(c["who"]) for c in chapters))
-    for who in employees:
-        spans = [(c["from_s"], c["to_s"]) for c in chapters if ", ".join(c["who"]) == who]
-        speakers.append({"party": who or "employee", "label": who or "Employee", "channel": 1,
+    for names in employees:
+        spans = [(c["from_s"], c["to_s"]) for c in chapters if ", ".join(c["who"]) == names]
+        speakers.append({"party": names or "employee", "label": names or "Employee", "channel": 1,
                          "segments": _within(right, spans)})  # fmt: skip
     if not employees:
         speakers.append({"party": "employee", "label": "Employee", "channel": 1, "segments": right})
@@ -241,7 +269,7 @@ def get_recording_picture(recording_id: str, service: ServiceDep, principal: Pri
             raise ServiceError("the recording was deleted", 410)
         if rec.state != COMPLETED:
             raise ServiceError(f"the recording is {rec.state}", 409)
-        return recording_picture(ctx, rec)
+        return recording_picture(ctx, rec, numbers=True)
 
 
 @router.get("/interactions/{interaction_id}/picture", response_model=Picture, tags=["interactions"],
@@ -258,4 +286,4 @@ def get_interaction_picture(
         reason = f": {row.reason}" if row.reason else ""
         headers = {"Retry-After": str(interactions.RETRY_AFTER_S)} if row.state in stitching.PENDING else {}
         return JSONResponse({"detail": f"the stitched recording is not ready ({row.state}{reason})"}, 409, headers)
-    return JSONResponse(stitch_picture(service.ctx, row))
+    return JSONResponse(stitch_picture(service.ctx, row, numbers=True))
