@@ -25,9 +25,10 @@ from callrec.api.interactions import stitch_response
 from callrec.api.picture import recording_picture, stitch_picture
 from callrec.context import Context
 from callrec.db.engine import transaction
-from callrec.db.schema import COMPLETED, DELETED, FAILED, Call, Recording, Stitch
+from callrec.db.schema import COMPLETED, DELETED, FAILED, Call, Party, Recording, Stitch
 from callrec.errors import ServiceError, StorageError
 from callrec.jobs import stitch as stitching
+from callrec.jobs import stitch_audio
 from callrec.jobs.worker import Service
 
 public_router = APIRouter(tags=["public links"])
@@ -126,13 +127,32 @@ def clock_text(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def public_name(party: Party) -> str:
+    """A party as a link shows them: the name, or the role when the PBX gave none; never a number."""
+    return party.name.strip() or ROLES.get(party.role, "Participant")
+
+
 def people(calls: list[Call]) -> list[str]:
-    """The parties' names (or their role when the PBX gave none), each once: no numbers, no ids."""
-    seen: dict[str, None] = {}
-    for call in calls:
-        for party in call.parties:
-            seen.setdefault(party.name.strip() or ROLES.get(party.role, "Participant"), None)
-    return list(seen)
+    """The parties' names, each once."""
+    return list(dict.fromkeys(public_name(p) for call in calls for p in call.parties))
+
+
+def chapters_of(stitch: Stitch, calls: list[Call]) -> list[dict[str, Any]]:
+    """The stitch's chapters as the page shows them: where each call starts and the employees in it.
+
+    The stored chapters name people with their numbers (for the API); the page names them again from
+    the calls, as ``public_name`` does.
+    """
+    customer = stitch_audio.customers(calls) if calls else {}
+    employees = {c.id: [public_name(p) for p in c.parties if p.label not in customer.get(c.id, ())] for c in calls}
+    out = []
+    for chapter in stitch.chapters:
+        if not isinstance(chapter, dict):
+            continue
+        start = float(chapter.get("from_s", 0.0))
+        who = ", ".join(employees.get(str(chapter.get("call_id", "")), []))
+        out.append({"who": who, "from_s": start, "at": clock_text(start)})
+    return out
 
 
 def _filename(opened: Opened, fmt: str) -> str:
@@ -153,7 +173,7 @@ def page_facts(opened: Opened) -> dict[str, Any]:
         ready = stitch is not None and stitch.state == COMPLETED
         failed = stitch is not None and stitch.state == FAILED
         duration = stitch.duration_s if stitch is not None and ready else None
-        chapters = [_chapter(c) for c in (stitch.chapters if stitch is not None and ready else [])]
+        chapters = chapters_of(stitch, opened.calls) if stitch is not None and ready else []
     started = opened.calls[0].started_at if opened.calls else None
     return {
         "kind": opened.kind,
@@ -247,11 +267,3 @@ def _ask_for_stitch(service: Service, opened: Opened) -> Stitch:
         if exc.status == 404:  # the interaction has no calls any more
             raise ServiceError("the recordings of this conversation were deleted", 410) from exc
         raise
-
-
-def _chapter(data: Any) -> dict[str, Any]:
-    """A chapter as the page shows it: who (the employees' names) and where it starts."""
-    who = data.get("who", []) if isinstance(data, dict) else []
-    start = float(data.get("from_s", 0.0)) if isinstance(data, dict) else 0.0
-    names = ", ".join(str(w) for w in who) if isinstance(who, list) else str(who)
-    return {"who": names, "from_s": start, "at": clock_text(start)}
