@@ -7,6 +7,8 @@ to garbage.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -41,9 +43,15 @@ class SecretBox:
             raise ConfigError(
                 "CALLREC_SECRET_KEY is not a valid key: it must be 32 bytes in url-safe base64 (44 characters)"
             ) from exc
+        self._raw = raw.encode("ascii") if isinstance(raw, str) else raw
 
     def __repr__(self) -> str:
         return "SecretBox(<key hidden>)"
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for one ``purpose`` (e.g. signing web sessions), derived from this box's key by
+        HMAC-SHA256, so each use has its own key and none of them reveals the box's."""
+        return hmac.new(self._raw, b"callrec derive: " + purpose.encode("utf-8"), hashlib.sha256).digest()
 
     def encrypt(self, plain: str) -> str:
         return PREFIX + self._fernet.encrypt(plain.encode("utf-8")).decode("ascii")

@@ -43,6 +43,7 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(links.public_router)
     app.include_router(ui.router)
+    ui.mount(app)
     app.include_router(ops.make_router(service))
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ValidationError, _model_invalid)
