@@ -197,8 +197,9 @@ def calls_view(
 
 def _streams(card: dict[str, Any]) -> list[dict[str, Any]]:
     names = {p["label"]: label_of(p["name"], p["number"], p["label"]) for p in card["parties"]}
+    order = {p["label"]: k for k, p in enumerate(card["parties"])}
     out = []
-    for stream in card["streams"]:
+    for stream in sorted(card["streams"], key=lambda s: (order.get(s["party"], len(order)), s["party"])):
         q = stream["quality"]
         packets, lost = int(q.get("packets", 0)), int(q.get("lost", 0))
         out.append({

@@ -7,7 +7,7 @@
   var PALETTE = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#65a30d", "#dc2626"];
   var NEUTRAL = "#64748b";
   var SILENCE = "rgba(100, 116, 139, 0.14)";
-  var OVERLAP = "rgba(220, 38, 38, 0.22)";
+  var OVERLAP = "rgba(220, 38, 38, 0.16)";
   var PLAYHEAD = "#dc2626";
   var AXIS_H = 16, CHAPTER_H = 16, ROW_H = 12, GAP = 4;
   var TICKS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
