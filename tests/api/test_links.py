@@ -144,6 +144,23 @@ def test_links_are_listed_newest_first_without_their_tokens(api: Api, tenant: Te
     assert one == {k: v for k, v in first.items() if k != "url"}
 
 
+def test_the_call_card_lists_its_links_with_their_state(api: Api, tenant: Tenant, captures: Captures) -> None:
+    (call_id,) = api.upload(tenant.headers, captures.one)
+    assert api.card(tenant.headers, call_id)["links"] == []
+    rec_id = api.card(tenant.headers, call_id)["recording"]["id"]
+    first, token = make_link(api, tenant, rec_id)
+    second, _ = make_link(api, tenant, rec_id)
+    assert api.client.delete(f"{API}/links/{first['id']}", headers=tenant.headers).status_code == 204
+    card = api.card(tenant.headers, call_id)
+    assert [(link["id"], link["state"]) for link in card["links"]] == [
+        (second["id"], "active"),
+        (first["id"], "revoked"),
+    ]
+    assert token not in json.dumps(card)
+    page = api.client.get(f"{API}/calls", headers=tenant.headers, params={"call_id": card["call_id"]}).json()
+    assert [link["id"] for link in page["items"][0]["links"]] == [second["id"], first["id"]]
+
+
 # --- the token is only stored as a hash ---------------------------------------------------------------
 
 

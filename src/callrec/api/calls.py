@@ -32,6 +32,7 @@ from callrec.api.schemas import (
     RetentionOut,
     TagsIn,
     call_card,
+    links_of_calls,
     recording_json,
     retention_json,
 )
@@ -46,9 +47,10 @@ Text = Annotated[str | None, Query(max_length=300, pattern=PRINTABLE)]
 State = Literal["recording", "queued", "mixing", "storing", "completed", "failed", "deleted"]
 
 
-def _cards(s: Session, rows: list[Call], url: str) -> list[dict[str, Any]]:
+def _cards(s: Session, rows: list[Call], url: str, now: datetime) -> list[dict[str, Any]]:
     names = domain_names(s)
-    return [call_card(c, names.get(c.domain_id, ""), url) for c in rows]
+    found = links_of_calls(s, rows)
+    return [call_card(c, names.get(c.domain_id, ""), url, found[c.id], now) for c in rows]
 
 
 def find_call(s: Session, principal: Principal, call_id: str) -> Call:
@@ -103,7 +105,7 @@ def search_calls(
         rows = rows[:limit]
         last = rows[-1] if more else None
         return {
-            "items": _cards(s, rows, base_url(request)),
+            "items": _cards(s, rows, base_url(request), service.ctx.clock.now()),
             "next_cursor": encode_cursor({"t": last.started_at.isoformat(), "id": last.id}) if last else None,
         }
 
@@ -124,7 +126,7 @@ def _after(query: Select[Call], cursor: str) -> Select[Call]:
 @router.get("/calls/{call_id}", response_model=CallCard, summary="The call card")
 def get_call(call_id: str, request: Request, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
-        return _cards(s, [find_call(s, principal, call_id)], base_url(request))[0]
+        return _cards(s, [find_call(s, principal, call_id)], base_url(request), service.ctx.clock.now())[0]
 
 
 @router.put("/calls/{call_id}/retention", response_model=RetentionOut, summary="Override how long a call is kept")
@@ -198,4 +200,4 @@ def get_interaction(
             rows = list(s.scalars(query.order_by(Call.started_at, Call.id)))
         if not rows:
             raise ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
-        return {"id": interaction_id, "calls": _cards(s, rows, base_url(request))}
+        return {"id": interaction_id, "calls": _cards(s, rows, base_url(request), service.ctx.clock.now())}

@@ -5,7 +5,6 @@ The key-side routes live here; the public pages are in ``callrec.api.link_pages`
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -17,6 +16,7 @@ from callrec import links
 from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, is_id, scope
 from callrec.api.link_pages import public_router
 from callrec.api.recordings import find_recording
+from callrec.api.schemas import LinkOut, link_json
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, Call, Domain, Link
 from callrec.errors import ServiceError
@@ -38,33 +38,12 @@ class LinkIn(BaseModel):
     download_only: bool = Field(default=False, description="the page offers the download but no player")
 
 
-class LinkOut(BaseModel):
-    id: str
-    kind: str
-    target_id: str
-    download_only: bool
-    state: str = Field(description="active, expired or revoked")
-    created_at: datetime
-    expires_at: datetime
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-    uses: int
-
-
 class LinkCreated(LinkOut):
     url: str = Field(description="the public page; its token is shown this once")
 
 
 class LinkList(BaseModel):
     items: list[LinkOut]
-
-
-def link_json(link: Link, now: datetime) -> dict[str, Any]:
-    return {
-        "id": link.id, "kind": link.kind, "target_id": link.target_id, "download_only": link.download_only,
-        "state": links.state_of(link, now), "created_at": link.created_at, "expires_at": link.expires_at,
-        "revoked_at": link.revoked_at, "last_used_at": link.last_used_at, "uses": link.uses,
-    }  # fmt: skip
 
 
 def _shareable_recording(s: Session, principal: Principal, recording_id: str) -> tuple[int, str]:

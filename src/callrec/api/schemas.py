@@ -6,12 +6,15 @@ public links, the UI) show a call exactly as the API does.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from callrec.db.schema import Call, Recording
+from callrec import links as link_rules
+from callrec.db.schema import Call, Link, Recording
 
 DOMAIN_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # printable text: no control characters (PostgreSQL refuses NUL, and none belongs in a name)
@@ -135,6 +138,19 @@ class TapeOut(BaseModel):
     deleted: bool
 
 
+class LinkOut(BaseModel):
+    id: str
+    kind: str
+    target_id: str
+    download_only: bool
+    state: str = Field(description="active, expired or revoked")
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    uses: int
+
+
 class CallCard(BaseModel):
     id: str
     call_id: str
@@ -156,6 +172,7 @@ class CallCard(BaseModel):
     recording: RecordingOut | None
     recordings: list[RecordingOut]
     tape: TapeOut
+    links: list[LinkOut] = Field(description="the public links of the call's recordings, newest first")
 
 
 class CallPage(BaseModel):
@@ -210,13 +227,24 @@ def recording_json(rec: Recording, base_url: str) -> dict[str, Any]:
     }
 
 
+def link_json(link: Link, now: datetime) -> dict[str, Any]:
+    return {
+        "id": link.id, "kind": link.kind, "target_id": link.target_id, "download_only": link.download_only,
+        "state": link_rules.state_of(link, now), "created_at": link.created_at, "expires_at": link.expires_at,
+        "revoked_at": link.revoked_at, "last_used_at": link.last_used_at, "uses": link.uses,
+    }  # fmt: skip
+
+
 def newest(call: Call) -> Recording | None:
     """The call's current recording: the one made last (a re-mix replaces the first)."""
     return max(call.recordings, key=lambda r: (r.created_at, r.id), default=None)
 
 
-def call_card(call: Call, domain_name: str, base_url: str) -> dict[str, Any]:
-    """Everything known about a call, as ``GET /api/v1/calls/{id}`` shows it."""
+def call_card(
+    call: Call, domain_name: str, base_url: str, links: list[Link] | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Everything known about a call, as ``GET /api/v1/calls/{id}`` shows it; ``links`` are its
+    recordings' public links (``links_of_calls`` finds them for a page of cards in one query)."""
     current = newest(call)
     ids = call.info.get("call_ids") if isinstance(call.info, dict) else None
     duration = (call.ended_at - call.started_at).total_seconds() if call.ended_at is not None else None
@@ -256,7 +284,20 @@ def call_card(call: Call, domain_name: str, base_url: str) -> dict[str, Any]:
             "stored": bool(call.tape_key) and call.tape_deleted_at is None,
             "deleted": call.tape_deleted_at is not None,
         },
+        "links": [link_json(link, now or datetime.now(UTC)) for link in links or []],
     }
+
+
+def links_of_calls(s: Session, calls: list[Call]) -> dict[str, list[Link]]:
+    """The recording links of each call (by the call's id), newest first, in one query."""
+    owner = {r.id: c.id for c in calls for r in c.recordings}
+    found: dict[str, list[Link]] = {c.id: [] for c in calls}
+    if not owner:
+        return found
+    query = select(Link).where(Link.kind == "recording", Link.target_id.in_(list(owner)))
+    for link in s.scalars(query.order_by(Link.created_at.desc(), Link.id.desc())):
+        found[owner[link.target_id]].append(link)
+    return found
 
 
 def retention_json(call: Call) -> dict[str, Any]:
