@@ -95,7 +95,9 @@ def test_an_interaction_recorded_by_the_real_recorder_stitches_with_the_customer
               [(CUSTOMER, noise["cust3"][0]), (OP2, noise["op2b"][0]), (OP3, noise["op3"][0])])  # fmt: skip
 
         def all_completed() -> list[dict[str, Any]] | None:
-            items = acme.get("/api/v1/calls", params={"interaction": INTERACTION}).json()["items"]
+            answer = acme.get("/api/v1/calls", params={"interaction": INTERACTION})
+            assert answer.status_code == 200, f"{answer.status_code} {answer.text[:300]}\n{serve.log()[-3000:]}"
+            items = answer.json()["items"]
             done = [c for c in items if c["recording"] and c["recording"]["state"] == "completed"]
             return sorted(done, key=lambda c: c["started_at"]) if len(done) == 3 else None
 
