@@ -17,6 +17,7 @@ from callrec.api.deps import (
     decode_cursor,
     domain_names,
     encode_cursor,
+    find_owned,
     is_id,
     parse_time,
     scope,
@@ -55,10 +56,7 @@ def _cards(s: Session, rows: list[Call], url: str, now: datetime) -> list[dict[s
 
 def find_call(s: Session, principal: Principal, call_id: str) -> Call:
     """The call with the project's id ``call_id`` in the caller's domain; 404 otherwise."""
-    call = s.get(Call, call_id) if is_id(call_id) else None
-    if call is None or not principal.may_see(call.domain_id):
-        raise ServiceError(f"no call {call_id[:40]!r}", 404)
-    return call
+    return find_owned(s, principal, Call, call_id, "call")
 
 
 @router.get("/calls", response_model=CallPage, summary="Search calls, newest first")

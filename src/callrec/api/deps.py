@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypeVarTuple
+from typing import Annotated, Any, Protocol, TypeVar, TypeVarTuple
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -102,6 +102,23 @@ def scope(query: Select[*Ts], principal: Principal, column: InstrumentedAttribut
 
 def is_id(text: str) -> bool:
     return _ID.fullmatch(text) is not None
+
+
+class _Owned(Protocol):
+    @property
+    def domain_id(self) -> int: ...
+
+
+Owned = TypeVar("Owned", bound=_Owned)
+
+
+def find_owned(s: Session, principal: Principal, model: type[Owned], object_id: str, noun: str) -> Owned:
+    """The ``model`` row with the service's id ``object_id`` in the caller's domain; 404 otherwise (another
+    domain's row is exactly as absent as a missing one)."""
+    row = s.get(model, object_id) if is_id(object_id) else None
+    if row is None or not principal.may_see(row.domain_id):
+        raise ServiceError(f"no {noun} {object_id[:40]!r}", 404)
+    return row
 
 
 def visible_domain(s: Session, principal: Principal, name: str) -> Domain:

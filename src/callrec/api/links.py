@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from callrec import links
-from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, is_id, scope
+from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, find_owned, scope
 from callrec.api.link_pages import public_router
 from callrec.api.recordings import find_recording
 from callrec.api.schemas import LinkOut, link_json
@@ -72,10 +72,7 @@ def interaction_domain(s: Session, principal: Principal, interaction_id: str, do
 
 
 def _find_link(s: Session, principal: Principal, link_id: str) -> Link:
-    link = s.get(Link, link_id) if is_id(link_id) else None
-    if link is None or not principal.may_see(link.domain_id):
-        raise ServiceError(f"no link {link_id[:40]!r}", 404)
-    return link
+    return find_owned(s, principal, Link, link_id, "link")
 
 
 def _created(s: Session, request: Request, link: Link, token: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from callrec.api import audio
-from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, is_id
+from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, find_owned
 from callrec.api.schemas import RecordingOut, recording_json
 from callrec.db.schema import COMPLETED, DELETED, Recording
 from callrec.errors import ServiceError
@@ -27,10 +27,7 @@ AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def find_recording(s: Session, principal: Principal, recording_id: str) -> Recording:
     """The recording in the caller's domain; 404 otherwise."""
-    rec = s.get(Recording, recording_id) if is_id(recording_id) else None
-    if rec is None or not principal.may_see(rec.domain_id):
-        raise ServiceError(f"no recording {recording_id[:40]!r}", 404)
-    return rec
+    return find_owned(s, principal, Recording, recording_id, "recording")
 
 
 @router.get("/recordings/{recording_id}", response_model=RecordingOut, summary="A recording and its state")

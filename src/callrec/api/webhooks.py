@@ -22,6 +22,7 @@ from callrec.api.deps import (
     decode_cursor,
     domain_names,
     encode_cursor,
+    find_owned,
     is_id,
     scope,
 )
@@ -84,10 +85,7 @@ def _json(row: WebhookDelivery, domain: str) -> dict[str, Any]:
 
 def _find(s: Session, principal: Principal, delivery_id: str) -> WebhookDelivery:
     """The delivery in the caller's domain; 404 otherwise (another domain's is as absent as a missing one)."""
-    row = s.get(WebhookDelivery, delivery_id) if is_id(delivery_id) else None
-    if row is None or not principal.may_see(row.domain_id):
-        raise ServiceError(f"no webhook delivery {delivery_id[:40]!r}", 404)
-    return row
+    return find_owned(s, principal, WebhookDelivery, delivery_id, "webhook delivery")
 
 
 @router.get("/webhooks/deliveries", response_model=DeliveryPage, summary="Webhook deliveries, newest first")

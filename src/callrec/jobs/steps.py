@@ -7,11 +7,9 @@ retry of the upload, not a second mix, and a local copy always exists until the 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import random
 import shutil
-import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +22,12 @@ from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, FAILED, MIXING, QUEUED, STORING, Domain, Job, Recording
 from callrec.errors import CallrecError, OutputError, StorageError
+from callrec.jobs.lease import Heartbeat
 from callrec.jobs.retention import delete_tape, facts_of
 from callrec.jobs.schedule import Schedule
 from callrec.retention import RetentionPolicy, expires_at
 from callrec.storage import keys
+from callrec.storage.base import file_md5
 
 if TYPE_CHECKING:
     from callrec.jobs.pipeline import Pipeline
@@ -44,7 +44,7 @@ def run(pipeline: Pipeline, recording_id: str) -> None:
     job_id = _claim(pipeline, recording_id)
     if job_id is None:
         return
-    beat = _Heartbeat(pipeline, recording_id)
+    beat = Heartbeat(ctx, Recording, recording_id)
     beat.start()
     try:
         _mix_and_store(pipeline, recording_id, job_id)
@@ -129,9 +129,9 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
     out = work / f"{recording_id}.{opts.get('format', 'mp3')}"
     # mix, unless an earlier attempt already made the file and only its upload failed
     report: offline.CallOutput | None = None
-    if not (known_md5 and out.is_file() and _md5(out) == known_md5):
+    if not (known_md5 and out.is_file() and file_md5(out)[1] == known_md5):
         report = _mix(ctx.config.work_dir, tape_local, tape_key, tape_spec, pipeline, out, opts)
-    md5 = _md5(out)
+    md5 = file_md5(out)[1]
     with transaction(ctx.sessions) as s:
         rec = s.get(Recording, recording_id)
         assert rec is not None
@@ -290,43 +290,3 @@ def _quality(call: Any, streams: list[dict[str, Any]], speech: dict[str, list[li
             "max_jitter_ms": max((float(q.get("max_jitter_ms", 0.0)) for q in mine), default=0.0),
             "ssrcs": mine,
         }
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class _Heartbeat:
-    """Renews the lease while a worker holds a recording, so only a dead worker's job is taken over."""
-
-    def __init__(self, pipeline: Pipeline, recording_id: str) -> None:
-        self._ctx = pipeline.ctx
-        self._id = recording_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{recording_id[:8]}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        period = max(0.2, self._ctx.config.lease_s / 3)
-        while not self._stop.wait(period):
-            until = self._ctx.clock.now() + timedelta(seconds=self._ctx.config.lease_s)
-            try:
-                with transaction(self._ctx.sessions) as s:
-                    s.execute(
-                        update(Recording)
-                        .where(Recording.id == self._id, Recording.worker == self._ctx.node)
-                        .where(Recording.state.in_((MIXING, STORING)))
-                        .values(lease_until=until)
-                    )
-            except Exception:  # noqa: BLE001 - a missed renewal only risks a duplicate run, which is harmless
-                log.warning("lease renewal of %s failed", self._id, exc_info=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import threading
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, update
@@ -19,11 +18,13 @@ from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, FAILED, MIXING, QUEUED, STORING, Stitch
 from callrec.errors import CallrecError, OutputError, StorageError
 from callrec.jobs import stitch_audio
+from callrec.jobs.lease import Heartbeat
 from callrec.jobs.pipeline import Pipeline, backoff_s
-from callrec.jobs.steps import Transient, _md5
+from callrec.jobs.steps import Transient
 from callrec.jobs.stitch import _settings, _waiting, members, newest, pending, signature
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Placement, stitch
+from callrec.storage.base import file_md5
 
 log = logging.getLogger("callrec.stitch")
 
@@ -32,7 +33,7 @@ def run(pipeline: Pipeline, stitch_id: str) -> None:
     ctx = pipeline.ctx
     if not _claim(ctx, stitch_id):
         return
-    beat = _Heartbeat(ctx, stitch_id)
+    beat = Heartbeat(ctx, Stitch, stitch_id)
     beat.start()
     try:
         _make(ctx, stitch_id)
@@ -99,7 +100,7 @@ def _make(ctx: Context, stitch_id: str) -> None:
             placements = stitch(pieces, writer, rate=rate, channels=channels)
         except OSError as exc:
             raise OutputError(f"stitching failed: {exc.strerror or exc}") from exc
-        md5 = _md5(out)
+        md5 = file_md5(out)[1]
         duration = max((p.start + p.frames for p in placements), default=0) / rate
         chapters = [_chapter(m, pieces[i].started_at, placements[i], rate) for i, m in enumerate(plan)]
         chapters.sort(key=lambda c: (c["from_s"], c["to_s"]))
@@ -196,34 +197,3 @@ def _failed(pipeline: Pipeline, stitch_id: str, exc: BaseException) -> None:
     log.warning("stitch %s: %s (%s)", stitch_id, reason, "failed" if final else f"retry in {delay:.1f} s")
     if not final:
         pipeline.queue.submit("stitch", stitch_id, delay_s=delay)
-
-
-class _Heartbeat:
-    """Renews the lease while this worker makes the stitch, so only a dead worker's run is taken over."""
-
-    def __init__(self, ctx: Context, stitch_id: str) -> None:
-        self._ctx, self._id = ctx, stitch_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"stitch-lease-{stitch_id[:8]}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        period = max(0.2, self._ctx.config.lease_s / 3)
-        while not self._stop.wait(period):
-            until = self._ctx.clock.now() + timedelta(seconds=self._ctx.config.lease_s)
-            try:
-                with transaction(self._ctx.sessions) as s:
-                    s.execute(
-                        update(Stitch)
-                        .where(Stitch.id == self._id, Stitch.worker == self._ctx.node)
-                        .where(Stitch.state.in_((MIXING, STORING)))
-                        .values(lease_until=until)
-                    )
-            except Exception:  # noqa: BLE001 - a missed renewal only risks a duplicate run, which is harmless
-                log.warning("lease renewal of stitch %s failed", self._id, exc_info=True)
