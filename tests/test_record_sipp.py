@@ -55,6 +55,8 @@ def _wait_file(folder: Path, pattern: str, timeout: float = TIMEOUT_S) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = sorted(folder.rglob(pattern)) if folder.exists() else []
+        # the mixer writes in a hidden staging folder and moves the finished file out of it
+        found = [p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
         if found:
             return found[0]
         time.sleep(0.1)
