@@ -88,7 +88,8 @@ def _out(ctx: Context, row: Stitch, url: str) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=202 if row.state in stitching.PENDING else 200)
 
 
-def _ask(service: Any, principal: Principal, interaction_id: str, domain: str | None, force: bool) -> Stitch:
+def ask_stitch(service: Any, principal: Principal, interaction_id: str, domain: str | None, force: bool) -> Stitch:
+    """The caller's interaction's stitch, asked for (made again when its calls changed, or with ``force``)."""
     ctx = service.ctx
     with ctx.sessions() as s:
         domain_id = _domain_of(s, principal, interaction_id, domain)
@@ -101,7 +102,7 @@ def _ask(service: Any, principal: Principal, interaction_id: str, domain: str | 
 def get_stitched(
     interaction_id: str, request: Request, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
 ) -> JSONResponse:
-    row = _ask(service, principal, interaction_id, domain, force=False)
+    row = ask_stitch(service, principal, interaction_id, domain, force=False)
     return _out(service.ctx, row, base_url(request))
 
 
@@ -110,7 +111,7 @@ def get_stitched(
 def remake_stitched(
     interaction_id: str, request: Request, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
 ) -> JSONResponse:
-    row = _ask(service, principal, interaction_id, domain, force=True)
+    row = ask_stitch(service, principal, interaction_id, domain, force=True)
     return _out(service.ctx, row, base_url(request))
 
 
@@ -125,7 +126,7 @@ def get_stitched_audio(
     domain: DomainName = None,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
-    row = _ask(service, principal, interaction_id, domain, force=False)
+    row = ask_stitch(service, principal, interaction_id, domain, force=False)
     return stitch_response(service.ctx, row, range_header)
 
 

@@ -279,7 +279,7 @@ def get_interaction_picture(
     interaction_id: str, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
 ) -> Response:
     # like the stitched audio, asking for the picture asks for the stitch
-    row = interactions._ask(service, principal, interaction_id, domain, force=False)
+    row = interactions.ask_stitch(service, principal, interaction_id, domain, force=False)
     if row.state == DELETED:
         raise ServiceError("the interaction's recordings were deleted", 410)
     if row.state != COMPLETED or not row.storage_key:

@@ -92,11 +92,11 @@ def customer_json(calls: list[Call]) -> dict[str, str]:
     return {"label": party.label, "number": party.number, "name": party.name, "uri": party.uri}
 
 
-def _waiting(n: int) -> str:
+def waiting_reason(n: int) -> str:
     return f"waiting for {n} call{'s' if n != 1 else ''}"
 
 
-def _settings(s: Session, domain_id: int) -> tuple[Domain, DomainSettings]:
+def domain_settings_of(s: Session, domain_id: int) -> tuple[Domain, DomainSettings]:
     domain = s.get(Domain, domain_id)
     if domain is None:
         raise ServiceError("no such domain", 404)
@@ -129,7 +129,7 @@ def _request(ctx: Context, domain_id: int, interaction_id: str, force: bool) -> 
         calls = members(s, domain_id, interaction_id)
         if not calls:
             raise ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
-        _, settings = _settings(s, domain_id)
+        _, settings = domain_settings_of(s, domain_id)
         sig = signature(calls, settings)
         row = current(s, domain_id, interaction_id)
         if row is None:
@@ -143,7 +143,7 @@ def _request(ctx: Context, domain_id: int, interaction_id: str, force: bool) -> 
         waiting = pending(calls)
         if waiting:
             # the hook asks again when a member's recording completes
-            row.reason, row.next_attempt_at = _waiting(waiting), None
+            row.reason, row.next_attempt_at = waiting_reason(waiting), None
             s.flush()
             return row, False
         row.next_attempt_at = row.enqueued_at = now

@@ -21,7 +21,7 @@ from callrec.jobs import stitch_audio
 from callrec.jobs.lease import Heartbeat
 from callrec.jobs.pipeline import Pipeline, backoff_s
 from callrec.jobs.steps import Transient
-from callrec.jobs.stitch import _settings, _waiting, members, newest, pending, signature
+from callrec.jobs.stitch import domain_settings_of, members, newest, pending, signature, waiting_reason
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Placement, stitch
 from callrec.storage.base import file_md5
@@ -67,14 +67,14 @@ def _make(ctx: Context, stitch_id: str) -> None:
     with transaction(ctx.sessions) as s:
         row = s.get(Stitch, stitch_id)
         assert row is not None
-        domain, settings = _settings(s, row.domain_id)
+        domain, settings = domain_settings_of(s, row.domain_id)
         calls = members(s, row.domain_id, row.interaction_id)
         sig = signature(calls, settings)
         # this run makes the members as they are now, which may be newer than the request that queued it
         row.signature = sig
         waiting = pending(calls)
         if waiting:
-            row.state, row.reason, row.next_attempt_at, row.lease_until = QUEUED, _waiting(waiting), None, None
+            row.state, row.reason, row.next_attempt_at, row.lease_until = QUEUED, waiting_reason(waiting), None, None
             return
         usable = [(c, r) for c in calls if (r := newest(c)) is not None and r.state == COMPLETED]
         customers = stitch_audio.customers(calls) if calls else {}
