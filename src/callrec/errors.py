@@ -35,3 +35,8 @@ class ServiceError(CallrecError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Transient(CallrecError):
+    """A failure that goes away by itself (storage down, disk full, a tape not yet delivered): the job is
+    retried without a limit and no attempt is counted."""

@@ -21,9 +21,9 @@ from types import FrameType
 import uvicorn
 
 from callrec.config import RecorderConfig, ServiceConfig
-from callrec.context import Context
 from callrec.db import queries
 from callrec.db.engine import transaction
+from callrec.service.context import Context
 
 log = logging.getLogger("callrec.serve")
 RESTART_DELAY_S = 1.0

@@ -25,8 +25,9 @@ from callrec.api.app import create_app
 from callrec.config import ServiceConfig
 from callrec.db import queries
 from callrec.db.engine import transaction
-from callrec.jobs.worker import Service, build
+from callrec.jobs.worker import build
 from callrec.secretbox import new_key
+from callrec.service.pipeline import Service
 from tests import synth
 
 POSTGRES = os.environ.get("CALLREC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

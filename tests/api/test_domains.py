@@ -7,7 +7,7 @@ import hashlib
 from sqlalchemy import select
 
 from callrec.db.schema import ApiKey, Domain
-from callrec.domain_settings import SECRET_MASK
+from callrec.service.domain_settings import SECRET_MASK
 from tests.api.conftest import Api, Tenant, bearer, detail
 
 DOMAINS = "/api/v1/domains"

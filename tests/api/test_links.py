@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, inspect, text, update
 
-from callrec import links
 from callrec.db.schema import Call
 from callrec.errors import ServiceError
 from callrec.jobs.retention import delete_recording
-from callrec.jobs.schedule import OffsetClock
+from callrec.service import links
+from callrec.service.schedule import OffsetClock
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
 
 API = "/api/v1"

@@ -13,7 +13,7 @@ from callrec.capture import tape
 from callrec.capture.scan import calls_in_capture
 from callrec.db.schema import Recording
 from callrec.jobs.retention import delete_recording
-from callrec.jobs.schedule import DAYS
+from callrec.service.schedule import DAYS
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
 
 RECORDINGS = "/api/v1/recordings"

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Domain, WebhookDelivery
-from callrec.domain_settings import SECRET_MASK
+from callrec.service.domain_settings import SECRET_MASK
 from tests.api.conftest import Api, Tenant, detail
 
 DOMAINS = "/api/v1/domains"

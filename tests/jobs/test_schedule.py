@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from callrec.config import ConfigError
 from callrec.jobs import schedule as schedule_module
-from callrec.jobs.schedule import (
+from callrec.service.schedule import (
     FakeClock,
     OffsetClock,
     Schedule,

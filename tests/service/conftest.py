@@ -11,9 +11,10 @@ import pytest
 
 from callrec.db import queries
 from callrec.db.engine import transaction
-from callrec.domain_settings import merge_settings
-from callrec.jobs.schedule import FakeClock
-from callrec.jobs.worker import Service, build
+from callrec.jobs.worker import build
+from callrec.service.domain_settings import merge_settings
+from callrec.service.pipeline import Service
+from callrec.service.schedule import FakeClock
 from tests.s3server import MotoServer
 from tests.service.backends import Backend, postgres_database, redis_queue, service_config
 

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import func, select
 
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, Call, Job, Recording
-from callrec.jobs.schedule import FakeClock
 from callrec.jobs.sweep import ingest_pending, requeue
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
+from callrec.service.schedule import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.s3server import MotoServer
 from tests.service.backends import Backend
@@ -76,7 +76,7 @@ def test_a_worker_killed_mid_mix_is_retried_and_one_recording_exists(
     service: Service, backend: Backend, worker: subprocess.Popen[bytes]
 ) -> None:
     # the real clock: the worker process does not share the test's fake one
-    service.ctx.clock = __import__("callrec.jobs.schedule", fromlist=["SystemClock"]).SystemClock()
+    service.ctx.clock = __import__("callrec.service.schedule", fromlist=["SystemClock"]).SystemClock()
     made = make_long_tape(backend.config.data_dir / "tapes", seconds=1800)
     call_id = service.pipeline.tape_closed(made.folder)
     _wait("the worker to start mixing", lambda: _rec(service, call_id).state == MIXING)

@@ -8,9 +8,9 @@ import numpy as np
 from sqlalchemy import func, select
 
 from callrec.db.schema import COMPLETED, QUEUED, Call, Recording
-from callrec.jobs.schedule import FakeClock
 from callrec.jobs.sweep import requeue
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
+from callrec.service.schedule import FakeClock
 from tests.audio import decode, probe, xcorr
 from tests.service.backends import Backend
 from tests.service.conftest import drain

@@ -10,8 +10,9 @@ from sqlalchemy import select
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, Audit, Call, Recording
 from callrec.jobs import retention
-from callrec.jobs.schedule import FakeClock
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
+from callrec.service.retention import refresh_expiry
+from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
 from tests.service.tapes import make_tape
@@ -46,7 +47,7 @@ def _set_call(service: Service, call_id: str, **values: object) -> None:
     with service.ctx.sessions() as s:
         call = s.get(Call, call_id)
         assert call is not None
-        retention.refresh_expiry(service.ctx, call.domain_id, call_id)
+        refresh_expiry(service.ctx, call.domain_id, call_id)
 
 
 def test_rules_overrides_and_legal_hold_decide_what_the_sweep_deletes(

@@ -19,7 +19,8 @@ from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, QUEUED, Call, Domain, Party, Recording, Stitch
 from callrec.jobs import stitch, stitch_audio
 from callrec.jobs.retention import delete_recording
-from callrec.jobs.worker import Service
+from callrec.service import stitches
+from callrec.service.pipeline import Service
 from tests.audio import decode, xcorr
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
@@ -54,7 +55,7 @@ def _call(service: Service, backend: Backend, interaction: str, start: float, nu
 
 def _row(service: Service, interaction: str, domain: str = "default") -> Stitch:
     with service.ctx.sessions() as s:
-        row = stitch.current(s, _domain_id(service, domain), interaction)
+        row = stitches.current(s, _domain_id(service, domain), interaction)
         assert row is not None
         return row
 
@@ -85,9 +86,9 @@ def test_three_calls_stitch_with_the_customer_left_operators_right_and_the_waits
     three, id3 = _call(service, backend, "ix-3", T0 + 2 * SECONDS + 100, ("203", CUSTOMER), 30)
     drain(service)
     with service.ctx.sessions() as s:
-        kept = [c.tape_deleted_at is None for c in stitch.members(s, _domain_id(service), "ix-3")]
+        kept = [c.tape_deleted_at is None for c in stitches.members(s, _domain_id(service), "ix-3")]
     assert kept == [source == "tape"] * 3
-    row = stitch.request(service.ctx, service.queue, _domain_id(service), "ix-3")
+    row = stitches.request(service.ctx, service.queue, _domain_id(service), "ix-3")
     assert row.state == QUEUED and row.reason == ""
     assert drain(service) == 1
     row = _row(service, "ix-3")
@@ -121,11 +122,11 @@ def test_a_stitch_waits_for_a_call_still_recording_and_is_made_when_it_completes
     _call(service, backend, "ix-wait", T0, (CUSTOMER, "201"), 1)
     drain(service)
     _, open_id = _call(service, backend, "ix-wait", T0 + 20, (CUSTOMER, "202"), 2, close=False)
-    row = stitch.request(service.ctx, service.queue, _domain_id(service), "ix-wait")
+    row = stitches.request(service.ctx, service.queue, _domain_id(service), "ix-wait")
     assert (row.state, row.reason) == (QUEUED, "waiting for 1 call")
     assert drain(service) == 0, "nothing runs while a member is still being recorded"
     # asking again changes nothing while the members have not changed
-    assert stitch.request(service.ctx, service.queue, _domain_id(service), "ix-wait").reason == "waiting for 1 call"
+    assert stitches.request(service.ctx, service.queue, _domain_id(service), "ix-wait").reason == "waiting for 1 call"
     with service.ctx.sessions() as s:
         folder = Path(s.scalar(select(Recording).where(Recording.call_id == open_id)).call.tape_local)  # type: ignore[union-attr]
     service.pipeline.tape_closed(folder)
@@ -140,7 +141,7 @@ def test_a_call_joining_remakes_the_stitch_and_deleting_every_call_deletes_it(
     _call(service, backend, "ix-join", T0, (CUSTOMER, "201"), 1)
     _call(service, backend, "ix-join", T0 + 30, (CUSTOMER, "202"), 2)
     drain(service)
-    stitch.request(service.ctx, service.queue, _domain_id(service), "ix-join")
+    stitches.request(service.ctx, service.queue, _domain_id(service), "ix-join")
     drain(service)
     first = _row(service, "ix-join")
     assert first.state == COMPLETED and len(first.chapters) == 2
@@ -171,7 +172,7 @@ def test_a_call_joining_remakes_the_stitch_and_deleting_every_call_deletes_it(
 def test_a_lost_stitch_message_is_queued_again_by_the_sweep(service: Service, backend: Backend) -> None:
     _call(service, backend, "ix-lost", T0, (CUSTOMER, "201"), 1)
     drain(service)
-    row = stitch.request(service.ctx, service.queue, _domain_id(service), "ix-lost")
+    row = stitches.request(service.ctx, service.queue, _domain_id(service), "ix-lost")
     while service.queue.huey.dequeue() is not None:  # the message is lost
         pass
     assert stitch.sweep(service.pipeline) == 0, "queued a moment ago: its message may still be on its way"
@@ -258,7 +259,7 @@ def test_the_customer_is_the_number_in_every_call_whatever_its_role() -> None:
         _fake_call("3", "", ("P1", "participant", "202"), ("P2", "participant", CUSTOMER),
                    ("P3", "participant", "203")),
     ]  # fmt: skip
-    assert stitch_audio.customers(calls) == {"1": {"A"}, "2": {"B"}, "3": {"P2"}}
+    assert stitches.customers(calls) == {"1": {"A"}, "2": {"B"}, "3": {"P2"}}
 
 
 def test_without_one_common_number_the_external_party_then_the_first_caller_is_the_customer() -> None:
@@ -268,4 +269,4 @@ def test_without_one_common_number_the_external_party_then_the_first_caller_is_t
         _fake_call("3", "", ("A", "caller", "203"), ("B", "callee", "111")),
         _fake_call("4", "", ("A", "caller", "204"), ("B", "callee", "205")),
     ]
-    assert stitch_audio.customers(calls) == {"1": {"A"}, "2": {"B"}, "3": {"B"}, "4": {"A"}}
+    assert stitches.customers(calls) == {"1": {"A"}, "2": {"B"}, "3": {"B"}, "4": {"A"}}

@@ -24,8 +24,8 @@ from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Recording, WebhookDelivery
 from callrec.jobs import retention, webhooks
-from callrec.jobs.schedule import FakeClock
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
+from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
 from tests.service.tapes import make_tape

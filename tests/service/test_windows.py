@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from callrec.db.schema import COMPLETED, QUEUED, Recording
-from callrec.jobs.schedule import FakeClock
 from callrec.jobs.sweep import requeue
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
+from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
 from tests.service.tapes import make_tape

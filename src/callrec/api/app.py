@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from callrec.api import calls, domains, interactions, jobs, links, ops, picture, recordings, ui, uploads, webhooks
 from callrec.config import ConfigError
 from callrec.errors import CallrecError, ServiceError, StorageError
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
 
 log = logging.getLogger("callrec.api")
 API_PREFIX = "/api/v1"

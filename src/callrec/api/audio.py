@@ -19,11 +19,11 @@ import numpy as np
 import numpy.typing as npt
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from callrec.context import Context
 from callrec.db.schema import Recording
 from callrec.errors import CallrecError, StorageError
 from callrec.media.encode import MP3_BITRATES_KBPS, open_writer
 from callrec.offline import safe_name
+from callrec.service.context import Context
 
 MEDIA_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 CHUNK_BYTES = 64 * 1024

@@ -32,16 +32,13 @@ from callrec.api.schemas import (
     RetentionIn,
     RetentionOut,
     TagsIn,
-    call_card,
-    links_of_calls,
-    recording_json,
-    retention_json,
 )
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import QUEUED, RECORDING, Call, Domain, Party, Recording
 from callrec.errors import ServiceError
-from callrec.jobs.retention import refresh_expiry
+from callrec.service.cards import call_card, links_of_calls, recording_json, retention_json
+from callrec.service.retention import refresh_expiry
 
 router = APIRouter(tags=["calls"])
 Text = Annotated[str | None, Query(max_length=300, pattern=PRINTABLE)]

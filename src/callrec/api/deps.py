@@ -19,12 +19,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from callrec.context import Context
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Domain
 from callrec.errors import ServiceError
-from callrec.jobs.worker import Service
+from callrec.service.context import Context
+from callrec.service.pipeline import Service
 
 # a key's last use is written at most this often, so reads do not each cost a write
 LAST_USED_EVERY = timedelta(minutes=1)

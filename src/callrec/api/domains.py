@@ -15,14 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from callrec.api.deps import AdminDep, PrincipalDep, ServiceDep, is_id, scope, visible_domain
 from callrec.api.schemas import DomainIn, DomainList, DomainOut, KeyCreated, KeyIn, KeyList
 from callrec.config import ConfigError
-from callrec.context import Context
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import ApiKey, Domain
-from callrec.domain_settings import DomainSettings, merge_settings
 from callrec.errors import ServiceError
-from callrec.jobs.retention import refresh_expiry
 from callrec.secretbox import is_encrypted
+from callrec.service.context import Context
+from callrec.service.domain_settings import DomainSettings, merge_settings
+from callrec.service.retention import refresh_expiry
 
 router = APIRouter(tags=["domains"])
 SettingsUpdate = Annotated[

@@ -19,11 +19,11 @@ from sqlalchemy.orm import Session
 from callrec.api.audio import CHUNK_BYTES, MEDIA_TYPES, ranged_response
 from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, visible_domain
 from callrec.api.schemas import PRINTABLE
-from callrec.context import Context
 from callrec.db.schema import COMPLETED, DELETED, Call, Stitch
 from callrec.errors import ServiceError
-from callrec.jobs import stitch as stitching
 from callrec.offline import safe_name
+from callrec.service import stitches as stitching
+from callrec.service.context import Context
 
 router = APIRouter(tags=["interactions"])
 # what a client waiting for a stitch is told to wait before asking again

@@ -18,18 +18,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader
 from sqlalchemy import select
 
-from callrec import links
 from callrec.api.audio import recording_response
 from callrec.api.deps import ServiceDep
 from callrec.api.interactions import stitch_response
 from callrec.api.picture import recording_picture, stitch_picture
-from callrec.context import Context
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, FAILED, Call, Party, Recording, Stitch
 from callrec.errors import ServiceError, StorageError
-from callrec.jobs import stitch as stitching
-from callrec.jobs import stitch_audio
-from callrec.jobs.worker import Service
+from callrec.service import links
+from callrec.service import stitches as stitching
+from callrec.service.context import Context
+from callrec.service.pipeline import Service
 
 public_router = APIRouter(tags=["public links"])
 PUBLIC_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
@@ -143,7 +142,7 @@ def chapters_of(stitch: Stitch, calls: list[Call]) -> list[dict[str, Any]]:
     The stored chapters name people with their numbers (for the API); the page names them again from
     the calls, as ``public_name`` does.
     """
-    customer = stitch_audio.customers(calls) if calls else {}
+    customer = stitching.customers(calls) if calls else {}
     employees = {c.id: [public_name(p) for p in c.parties if p.label not in customer.get(c.id, ())] for c in calls}
     out = []
     for chapter in stitch.chapters:

@@ -12,15 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from callrec import links
 from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, find_owned, scope
 from callrec.api.link_pages import public_router
 from callrec.api.recordings import find_recording
-from callrec.api.schemas import LinkOut, link_json
+from callrec.api.schemas import LinkOut
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, Call, Domain, Link
 from callrec.errors import ServiceError
-from callrec.jobs import stitch
+from callrec.service import links, stitches
+from callrec.service.cards import link_json
 
 __all__ = ["public_router", "router"]
 
@@ -114,7 +114,7 @@ def create_interaction_link(
             expires_in_s=asked.expires_in_s, download_only=asked.download_only, created_by=principal.key_id,
         )  # fmt: skip
         out = _created(s, request, link, token)
-    stitch.request(ctx, service.queue, domain_id, interaction_id)
+    stitches.request(ctx, service.queue, domain_id, interaction_id)
     return out
 
 

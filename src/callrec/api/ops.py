@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from callrec.db.schema import COMPLETED, RECORDING, STATES, Job, Recording
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
 
 log = logging.getLogger("callrec.api")
 SPEED_WINDOW = timedelta(hours=1)

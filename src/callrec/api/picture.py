@@ -25,12 +25,11 @@ from callrec.api.audio import cache_dir
 from callrec.api.deps import PrincipalDep, ServiceDep
 from callrec.api.interactions import DomainName
 from callrec.api.recordings import find_recording
-from callrec.context import Context
 from callrec.db.schema import COMPLETED, DELETED, Call, Party, Recording, Stitch
 from callrec.errors import ServiceError, StorageError
-from callrec.jobs import stitch as stitching
-from callrec.jobs import stitch_audio
 from callrec.media import analyze
+from callrec.service import stitches as stitching
+from callrec.service.context import Context
 
 # bumped when the cached analysis changes shape or method, so old cache files are not read
 VERSION = 1
@@ -214,7 +213,7 @@ def stitch_picture(ctx: Context, stitch: Stitch, *, numbers: bool = False) -> di
     with ctx.sessions() as s:
         calls = stitching.members(s, stitch.domain_id, stitch.interaction_id)
         customer = stitching.customer_json(calls)
-        theirs = stitch_audio.customers(calls) if calls else {}
+        theirs = stitching.customers(calls) if calls else {}
         employees_of = {c.id: [_public_label(p) for p in c.parties if p.label not in theirs.get(c.id, ())]
                         for c in calls}  # fmt: skip
     chapters: list[dict[str, Any]] = []

@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 
 from callrec.api import audio
 from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, find_owned
-from callrec.api.schemas import RecordingOut, recording_json
+from callrec.api.schemas import RecordingOut
 from callrec.db.schema import COMPLETED, DELETED, Recording
 from callrec.errors import ServiceError
+from callrec.service.cards import recording_json
 
 router = APIRouter(tags=["recordings"])
 

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 from fastapi import Request, Response
 
 from callrec.api.deps import LAST_USED_EVERY, Principal, get_ctx
-from callrec.context import Context
 from callrec.db.engine import transaction
 from callrec.db.schema import ApiKey
 from callrec.errors import ServiceError
+from callrec.service.context import Context
 
 COOKIE = "callrec_session"
 COOKIE_PATH = "/ui"

@@ -19,7 +19,7 @@ from callrec.api.picture import label_of
 from callrec.api.ui_auth import COOKIE_PATH, csrf_token, secure
 from callrec.db.schema import Domain
 from callrec.errors import ServiceError
-from callrec.jobs.worker import Service
+from callrec.service.pipeline import Service
 
 PAGE_SIZE = 50
 DIRECTIONS = ("inbound", "outbound", "internal")

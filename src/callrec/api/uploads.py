@@ -28,8 +28,8 @@ from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Domain
 from callrec.errors import CaptureError, ParseError, ServiceError, StorageError
-from callrec.jobs.worker import Service
 from callrec.models import CallInfo
+from callrec.service.pipeline import Service
 from callrec.storage.base import os_reason
 
 router = APIRouter(tags=["uploads"])

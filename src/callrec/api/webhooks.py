@@ -27,9 +27,9 @@ from callrec.api.deps import (
     scope,
 )
 from callrec.db.schema import WebhookDelivery
-from callrec.domain_settings import Event
 from callrec.errors import ServiceError
 from callrec.jobs import webhooks
+from callrec.service.domain_settings import Event
 
 router = APIRouter(tags=["webhooks"])
 State = Literal["pending", "delivering", "delivered", "failed"]

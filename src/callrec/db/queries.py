@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from callrec.db.schema import ApiKey, Call, Domain, Party, RetentionRuleRow, StreamRow
-from callrec.domain_settings import DomainSettings
 from callrec.models import CallInfo
+from callrec.service.domain_settings import DomainSettings
 
 DEFAULT_DOMAIN = "default"
 KEY_PREFIX = "cr_"

@@ -173,6 +173,8 @@ class Recording(Base):
     next_attempt_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
+    # the fencing token of the current claim: every write a worker makes is conditional on still holding it
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -280,6 +282,8 @@ class Stitch(Base):
     next_attempt_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
+    # the fencing token of the current claim: every write a worker makes is conditional on still holding it
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -303,6 +307,8 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime | None]
     enqueued_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
+    # the fencing token of the current claim: every write a worker makes is conditional on still holding it
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_status: Mapped[int | None]
     last_error: Mapped[str] = mapped_column(Text, default="")
     # every attempt: [{"at", "status", "error", "ms"}]
@@ -310,3 +316,21 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     delivered_at: Mapped[datetime | None]
+
+
+class IdempotentRequest(Base):
+    """A request made with an ``Idempotency-Key``: the answer it got, given again to a retry of it.
+
+    ``status`` is 0 while the first request is still being carried out.
+    """
+
+    __tablename__ = "idempotent_requests"
+    __table_args__ = (UniqueConstraint("scope", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # who asked: the API key's id (one key's idempotency keys never meet another's)
+    scope: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(200))
+    status: Mapped[int] = mapped_column(Integer, default=0)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(index=True)

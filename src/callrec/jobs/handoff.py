@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 
 from callrec.db.engine import transaction
 from callrec.db.schema import RECORDING, Call, Recording
-from callrec.jobs.pipeline import Pipeline
+from callrec.service.pipeline import Pipeline
 
 log = logging.getLogger("callrec.handoff")
 

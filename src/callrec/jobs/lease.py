@@ -12,9 +12,9 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from callrec.context import Context
 from callrec.db.engine import transaction
 from callrec.db.schema import MIXING, STORING, Recording, Stitch
+from callrec.service.context import Context
 
 log = logging.getLogger("callrec.worker")
 

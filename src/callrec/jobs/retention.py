@@ -9,46 +9,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from callrec.context import Context
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, FAILED, Audit, Call, Domain, Recording
 from callrec.errors import StorageError
-from callrec.retention import CallFacts, RetentionPolicy, expires_at
+from callrec.service.context import Context
+from callrec.service.retention import RetentionPolicy, expires_at, facts_of
 
-log = logging.getLogger("callrec.retention")
+log = logging.getLogger("callrec.service.retention")
 BATCH = 500
-
-
-def facts_of(call: Call) -> CallFacts:
-    return CallFacts(
-        ended_at=call.ended_at or call.started_at,
-        direction=call.direction,
-        numbers=tuple(p.number for p in call.parties if p.number),
-        tags=tuple(str(t) for t in call.tags),
-        override_days=call.retention_days,
-        override_forever=call.retention_forever,
-        legal_hold=call.legal_hold,
-    )
-
-
-def refresh_expiry(ctx: Context, domain_id: int, call_id: str | None = None) -> int:
-    """Recompute ``expires_at`` of a domain's (or one call's) recordings after settings or overrides change."""
-    changed = 0
-    with transaction(ctx.sessions) as s:
-        domain = s.get(Domain, domain_id)
-        if domain is None:
-            return 0
-        policy = RetentionPolicy.from_json(queries.load_settings(s, domain).retention)
-        query = select(Recording).where(Recording.domain_id == domain_id, Recording.state == COMPLETED)
-        if call_id is not None:
-            query = query.where(Recording.call_id == call_id)
-        for rec in s.scalars(query):
-            new = expires_at(policy, facts_of(rec.call))
-            if new != rec.expires_at:
-                rec.expires_at = new
-                changed += 1
-    return changed
 
 
 def sweep(ctx: Context, hook: Any = None) -> int:

@@ -21,22 +21,18 @@ from callrec.capture import tape
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, FAILED, MIXING, QUEUED, STORING, Domain, Job, Recording
-from callrec.errors import CallrecError, OutputError, StorageError
+from callrec.errors import CallrecError, OutputError, StorageError, Transient
 from callrec.jobs.lease import Heartbeat
-from callrec.jobs.retention import delete_tape, facts_of
-from callrec.jobs.schedule import Schedule
-from callrec.retention import RetentionPolicy, expires_at
+from callrec.jobs.retention import delete_tape
+from callrec.service.retention import RetentionPolicy, expires_at, facts_of
+from callrec.service.schedule import Schedule
 from callrec.storage import keys
 from callrec.storage.base import file_md5
 
 if TYPE_CHECKING:
-    from callrec.jobs.pipeline import Pipeline
+    from callrec.service.pipeline import Pipeline
 
 log = logging.getLogger("callrec.worker")
-
-
-class Transient(CallrecError):
-    """A failure that goes away by itself (storage down, disk full): retried without a limit."""
 
 
 def run(pipeline: Pipeline, recording_id: str) -> None:
@@ -245,7 +241,7 @@ def _os_error(doing: str, exc: OSError) -> CallrecError:
 
 def _failed(pipeline: Pipeline, recording_id: str, job_id: int, exc: BaseException) -> None:
     """Put the recording back in the queue with back-off, or mark it failed when retries are used up."""
-    from callrec.jobs.pipeline import backoff_s
+    from callrec.service.pipeline import backoff_s
 
     ctx = pipeline.ctx
     now = ctx.clock.now()

@@ -20,12 +20,12 @@ import numpy as np
 
 from callrec import offline
 from callrec.capture import tape
-from callrec.context import Context
 from callrec.db.schema import Call, Recording
-from callrec.errors import CallrecError, OutputError, StorageError
-from callrec.jobs.steps import Transient
+from callrec.errors import CallrecError, OutputError, StorageError, Transient
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Layout, Piece, WavSource
+from callrec.service.context import Context
+from callrec.service.stitches import describe
 
 log = logging.getLogger("callrec.stitch")
 
@@ -48,44 +48,6 @@ class Member:
     rec_key: str = ""
     rec_spec: dict[str, Any] = field(default_factory=dict)
     rec_format: str = ""
-
-
-def party_key(number: str, uri: str) -> str:
-    """How one person is recognised across calls: the number, else the URI."""
-    return number or uri
-
-
-def customers(calls: list[Call]) -> dict[str, frozenset[str]]:
-    """Per call id, the labels of the customer's parties.
-
-    The customer is the party whose number (else URI) is in every call; when no single one is, each
-    call's external party (inbound: the caller, outbound: the callee); else the first call's caller.
-    """
-    keys = [{party_key(p.number, p.uri) for p in c.parties} - {""} for c in calls]
-    common = set.intersection(*keys) if keys else set()
-    single = next(iter(common)) if len(common) == 1 else ""
-    first = next((p for p in calls[0].parties if p.role == "caller"), None) if calls else None
-    first_key = party_key(first.number, first.uri) if first is not None else ""
-    out: dict[str, frozenset[str]] = {}
-    for call in calls:
-        role = {"inbound": "caller", "outbound": "callee"}.get(call.direction)
-        if single:
-            labels = {p.label for p in call.parties if party_key(p.number, p.uri) == single}
-        elif role is not None:
-            labels = {p.label for p in call.parties if p.role == role}
-        else:
-            labels = {p.label for p in call.parties if first_key and party_key(p.number, p.uri) == first_key}
-        if not labels:
-            labels = {p.label for p in call.parties if p.role == "caller"} or {"A"}
-        out[call.id] = frozenset(labels)
-    return out
-
-
-def describe(name: str, number: str, uri: str, label: str) -> str:
-    """A party as a chapter names it."""
-    if name and number:
-        return f"{name} ({number})"
-    return name or number or uri or label
 
 
 def member_of(call: Call, rec: Recording, customer: frozenset[str]) -> Member:

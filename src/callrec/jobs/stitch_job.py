@@ -13,17 +13,17 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, update
 
-from callrec.context import Context
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, FAILED, MIXING, QUEUED, STORING, Stitch
-from callrec.errors import CallrecError, OutputError, StorageError
+from callrec.errors import CallrecError, OutputError, StorageError, Transient
 from callrec.jobs import stitch_audio
 from callrec.jobs.lease import Heartbeat
-from callrec.jobs.pipeline import Pipeline, backoff_s
-from callrec.jobs.steps import Transient
-from callrec.jobs.stitch import domain_settings_of, members, newest, pending, signature, waiting_reason
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Placement, stitch
+from callrec.service.cards import newest
+from callrec.service.context import Context
+from callrec.service.pipeline import Pipeline, backoff_s
+from callrec.service.stitches import customers, domain_settings_of, members, pending, signature, waiting_reason
 from callrec.storage.base import file_md5
 
 log = logging.getLogger("callrec.stitch")
@@ -77,8 +77,8 @@ def _make(ctx: Context, stitch_id: str) -> None:
             row.state, row.reason, row.next_attempt_at, row.lease_until = QUEUED, waiting_reason(waiting), None, None
             return
         usable = [(c, r) for c in calls if (r := newest(c)) is not None and r.state == COMPLETED]
-        customers = stitch_audio.customers(calls) if calls else {}
-        plan = [stitch_audio.member_of(c, r, customers[c.id]) for c, r in usable]
+        theirs = customers(calls) if calls else {}
+        plan = [stitch_audio.member_of(c, r, theirs[c.id]) for c, r in usable]
         old_key, old_spec = row.storage_key, dict(row.storage)
         every_deleted = bool(calls) and all((r := newest(c)) is not None and r.state == DELETED for c in calls)
         spec = ctx.storage_spec(settings.storage)

@@ -17,7 +17,7 @@ from callrec.db.engine import transaction
 from callrec.db.schema import MIXING, QUEUED, STORING, Recording
 from callrec.errors import CallrecError
 from callrec.jobs import retention
-from callrec.jobs.pipeline import Pipeline, pending_tapes
+from callrec.service.pipeline import Pipeline, pending_tapes
 
 log = logging.getLogger("callrec.sweep")
 BATCH = 1000

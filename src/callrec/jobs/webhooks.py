@@ -34,16 +34,16 @@ import httpx
 from pydantic_core import to_jsonable_python
 from sqlalchemy import and_, or_, select, update
 
-from callrec import links
-from callrec.api.schemas import call_card, recording_json
 from callrec.config import ConfigError, ServiceConfig
-from callrec.context import Context
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Domain, Recording, WebhookDelivery
 from callrec.errors import ServiceError
-from callrec.jobs.pipeline import Pipeline
 from callrec.secretbox import is_encrypted
+from callrec.service import links
+from callrec.service.cards import call_card, recording_json
+from callrec.service.context import Context
+from callrec.service.pipeline import Pipeline
 
 log = logging.getLogger("callrec.webhooks")
 

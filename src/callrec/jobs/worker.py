@@ -8,31 +8,18 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 from sqlalchemy.orm import configure_mappers
 
 from callrec.config import ServiceConfig
-from callrec.context import Context
-from callrec.jobs import stitch, webhooks
-from callrec.jobs.pipeline import Hook, Pipeline
-from callrec.jobs.queue import JobQueue, make_huey
-from callrec.jobs.schedule import Clock
+from callrec.jobs import steps, stitch, webhooks
 from callrec.jobs.sweep import Sweeper
+from callrec.service.context import Context
+from callrec.service.pipeline import Hook, Pipeline, Service
+from callrec.service.queue import JobQueue, make_huey
+from callrec.service.schedule import Clock
 
 log = logging.getLogger("callrec.worker")
-
-
-@dataclass
-class Service:
-    """The pieces one process of the service needs, wired together."""
-
-    ctx: Context
-    queue: JobQueue
-    pipeline: Pipeline
-
-    def close(self) -> None:
-        self.ctx.close()
 
 
 def build(
@@ -46,6 +33,7 @@ def build(
     queue = JobQueue(huey, handler=lambda rec_id: holder[0].process(rec_id))
     pipeline = Pipeline(ctx, queue, hooks)
     holder.append(pipeline)
+    pipeline.handlers[""] = lambda recording_id: steps.run(pipeline, recording_id)
     stitch.install(pipeline)
     webhooks.install(pipeline)
     return Service(ctx, queue, pipeline)

@@ -19,7 +19,13 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
+from sqlalchemy import select
+
 from callrec.config import ConfigError
+from callrec.db import queries
+from callrec.db.engine import transaction
+from callrec.db.schema import COMPLETED, Call, Domain, Recording
+from callrec.service.context import Context
 
 DIRECTIONS = ("inbound", "outbound", "internal")
 # 100 years: longer is "forever" (null), and datetime arithmetic stays in range
@@ -178,3 +184,37 @@ def _no_unknown_keys(data: Mapping[str, Any], known: tuple[str, ...], where: str
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r}")
+
+
+# --- applied to the database's calls ----------------------------------------------------------
+
+
+def facts_of(call: Call) -> CallFacts:
+    return CallFacts(
+        ended_at=call.ended_at or call.started_at,
+        direction=call.direction,
+        numbers=tuple(p.number for p in call.parties if p.number),
+        tags=tuple(str(t) for t in call.tags),
+        override_days=call.retention_days,
+        override_forever=call.retention_forever,
+        legal_hold=call.legal_hold,
+    )
+
+
+def refresh_expiry(ctx: Context, domain_id: int, call_id: str | None = None) -> int:
+    """Recompute ``expires_at`` of a domain's (or one call's) recordings after settings or overrides change."""
+    changed = 0
+    with transaction(ctx.sessions) as s:
+        domain = s.get(Domain, domain_id)
+        if domain is None:
+            return 0
+        policy = RetentionPolicy.from_json(queries.load_settings(s, domain).retention)
+        query = select(Recording).where(Recording.domain_id == domain_id, Recording.state == COMPLETED)
+        if call_id is not None:
+            query = query.where(Recording.call_id == call_id)
+        for rec in s.scalars(query):
+            new = expires_at(policy, facts_of(rec.call))
+            if new != rec.expires_at:
+                rec.expires_at = new
+                changed += 1
+    return changed

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from callrec.config import ServiceConfig
 from callrec.db.engine import make_engine, migrate, session_factory
-from callrec.domain_settings import StorageSettings
-from callrec.jobs.schedule import Clock, SystemClock
 from callrec.secretbox import SecretBox, load_or_create_key
+from callrec.service.clock import DatabaseClock
+from callrec.service.domain_settings import StorageSettings
+from callrec.service.schedule import Clock, SystemClock, clock_from_env
 from callrec.storage.base import Storage
 from callrec.storage.local import LocalStorage
 from callrec.storage.s3 import S3Config, S3Storage
@@ -43,7 +44,11 @@ class Context:
         if run_migrations:
             migrate(engine)
         key = config.secret_key or load_or_create_key(config.data_dir / "secret.key")
-        return cls(config, engine, session_factory(engine), SecretBox(key), clock or SystemClock())
+        if clock is None:
+            clock = clock_from_env(os.environ)
+            if engine.dialect.name == "postgresql":  # hosts share the database: they share its clock too
+                clock = DatabaseClock(engine, clock)
+        return cls(config, engine, session_factory(engine), SecretBox(key), clock)
 
     @property
     def node(self) -> str:

@@ -103,7 +103,7 @@ class DomainSettings(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from callrec.jobs.schedule import Schedule
+        from callrec.service.schedule import Schedule
 
         try:
             return Schedule.from_json(value).to_json()
@@ -113,7 +113,7 @@ class DomainSettings(BaseModel):
     @field_validator("retention")
     @classmethod
     def _retention(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from callrec.retention import RetentionPolicy
+        from callrec.service.retention import RetentionPolicy
 
         try:
             return RetentionPolicy.from_json(value).to_json()

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,14 @@ from typing import Any
 from sqlalchemy import select
 
 from callrec.capture import tape
-from callrec.context import Context
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import QUEUED, RECORDING, Call, Recording
-from callrec.domain_settings import DomainSettings
 from callrec.errors import CallrecError, ParseError, StorageError
-from callrec.jobs import steps
-from callrec.jobs.queue import JobQueue
-from callrec.jobs.schedule import Schedule
+from callrec.service.context import Context
+from callrec.service.domain_settings import DomainSettings
+from callrec.service.queue import JobQueue
+from callrec.service.schedule import Schedule
 from callrec.storage import keys
 
 log = logging.getLogger("callrec.pipeline")
@@ -147,9 +147,8 @@ class Pipeline:
         """Run one queue message: a recording id (mix and store it, if due and nobody holds it), or
         ``kind:id`` for a registered handler."""
         kind, sep, object_id = message.partition(":")
-        if not sep:
-            steps.run(self, message)
-            return
+        if not sep:  # a bare id is a recording's: the mixing job registers itself under ""
+            kind, object_id = "", message
         handler = self.handlers.get(kind)
         if handler is None:
             log.warning("no handler for queue message %r; dropped", message[:80])
@@ -221,3 +220,15 @@ def due(rec: Recording, now: datetime) -> bool:
 def recording_ids(ctx: Context, where: Any) -> list[str]:
     with ctx.sessions() as s:
         return list(s.scalars(select(Recording.id).where(where)))
+
+
+@dataclass
+class Service:
+    """The pieces one process of the service needs, wired together (see ``jobs.worker.build``)."""
+
+    ctx: Context
+    queue: JobQueue
+    pipeline: Pipeline
+
+    def close(self) -> None:
+        self.ctx.close()

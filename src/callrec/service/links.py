@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from callrec.context import Context
 from callrec.db import queries
 from callrec.db.schema import Domain, Link
 from callrec.errors import ServiceError
+from callrec.service.context import Context
 
 RECORDING = "recording"
 INTERACTION = "interaction"

@@ -1,0 +1,1 @@
+"""What the API and the background jobs share: context, settings, queue, ingest and the one leased-work core."""
