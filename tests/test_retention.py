@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from callrec.config import ConfigError
-from callrec.retention import (
+from callrec.service.retention import (
     CallFacts,
     RetentionPolicy,
     RetentionRule,
