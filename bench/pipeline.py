@@ -14,7 +14,7 @@ temporary data folder, SIP/HTTP on 127.0.0.1 with free ports, ``--workers`` mixi
   2. a burst: ``--calls`` tapes of ``--call-seconds`` each (one made by ``tests/service/tapes.make_long_tape``,
      copied under new Call-IDs before the clock starts), opened in the database as the recorder does at
      INVITE, then all handed off at one instant through the recorder's own hand-off
-     (``jobs.handoff.TapeHandOff``: one thread calling ``Pipeline.tape_closed``) run in this process against
+     (``service.handoff.TapeHandOff``: one thread calling ``Pipeline.tape_closed``) run in this process against
      the service's database and queue; 100 real five-minute calls would take five minutes of RTP. Per call
      the time from that instant ("BYE") to ``recordings.completed_at``, the makespan, the CPU the worker
      processes used (``/proc/PID/stat`` of the worker's process tree, reaped children included), what else
@@ -507,7 +507,7 @@ class Burst:
 def run_burst(svc: Service, db: sqlite3.Connection, folders: list[Path], args: argparse.Namespace,
               workdir: Path) -> Burst:  # fmt: skip
     from callrec.config import ServiceConfig
-    from callrec.jobs.handoff import TapeHandOff
+    from callrec.service.handoff import TapeHandOff
     from callrec.jobs.worker import build
 
     assert svc.proc is not None

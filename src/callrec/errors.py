@@ -40,3 +40,7 @@ class ServiceError(CallrecError):
 class Transient(CallrecError):
     """A failure that goes away by itself (storage down, disk full, a tape not yet delivered): the job is
     retried without a limit and no attempt is counted."""
+
+
+class Permanent(CallrecError):
+    """A failure no retry can mend (the job cannot be carried out at all): failed at once."""

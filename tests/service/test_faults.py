@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, Call, Job, Recording
-from callrec.jobs.sweep import ingest_pending, requeue
-from callrec.service.pipeline import Service
+from callrec.jobs.sweep import requeue
+from callrec.service.outbox import TapeOutbox
+from callrec.service.pipeline import WAITING_FOR_TAPE, Service
 from callrec.service.schedule import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.s3server import MotoServer
@@ -118,37 +120,67 @@ def test_s3_away_for_a_while_recordings_wait_and_nothing_is_lost(
     made = make_tape(backend.config.data_dir / "tapes", seconds=2.0)
     call_id = service.pipeline.tape_closed(made.folder)
     assert made.folder.is_dir(), "the tape stays on local disk while S3 is away"
-    assert drain(service) == 1
+    # no worker can read the tape yet: the recording waits for it, dispatched to nobody, never failed
+    assert drain(service) == 0
     rec = _rec(service, call_id)
-    assert rec.state == QUEUED and "storing the recording failed" in rec.reason, rec.reason
-    work_copy = backend.config.work_dir / f"{rec.id}.mp3"
-    assert work_copy.is_file(), "the mixed file is kept until the upload is verified"
-    bucket = s3.client().list_objects_v2(Bucket=backend.bucket).get("KeyCount", 0)
-    assert bucket == 0
-    # still away at the next attempt: the recording keeps waiting
-    clock.advance(5)
-    requeue(service.pipeline)
-    drain(service)
-    assert _rec(service, call_id).state == QUEUED and work_copy.is_file()
-    proxied.set_mode("pass")
-    clock.advance(5)
-    requeue(service.pipeline)
-    drain(service)
-    rec = _rec(service, call_id)
-    assert rec.state == COMPLETED and rec.attempts == 3
-    assert not work_copy.exists(), "the local copy goes once the stored one is verified"
-    stored = service.ctx.storage(rec.storage).stat(rec.storage_key)
-    assert stored is not None and stored.md5 == rec.md5
-    # the tape follows when the recorder's sweep hands it over again
+    assert rec.state == QUEUED and rec.reason == WAITING_FOR_TAPE and rec.attempts == 0, (rec.state, rec.reason)
+    clock.advance(120)
+    assert requeue(service.pipeline) == 0, "a recording whose tape is on one host's disk is not dispatched"
+    # a worker that gets its message anyway (a re-mix, a stale message) gives it back uncounted
+    with transaction(service.ctx.sessions) as s:
+        s.execute(update(Recording).where(Recording.id == rec.id).values(next_attempt_at=None))
+    service.pipeline.process(rec.id)
+    assert _rec(service, call_id).state == QUEUED and _rec(service, call_id).attempts == 0
+    # the outbox retries with back-off; while S3 is away the tape stays
+    outbox = TapeOutbox(service.pipeline)
     os.utime(made.folder / "call.json", (time.time() - 60, time.time() - 60))
-    size = (made.folder / "media.pcap").stat().st_size
-    assert ingest_pending(service.pipeline) == 1
-    assert not made.folder.exists()
+    assert outbox.run_once() == 0 and made.folder.is_dir()
+    proxied.set_mode("pass")
+    assert outbox.run_once(time.monotonic() + 120) == 1
+    assert not made.folder.exists(), "a delivered tape leaves the local disk"
     with service.ctx.sessions() as s:
         call = s.get(Call, call_id)
         assert call is not None and call.tape_key and not call.tape_local
-    media = service.ctx.storage(call.tape_storage).stat(call.tape_key + "/media.pcap")
-    assert media is not None and media.size == size
+    size = make_tape_size = (s3.client().head_object(Bucket=backend.bucket, Key=_object(backend, call.tape_key)))
+    assert make_tape_size["ContentLength"] > 0 and size
+    # its arrival dispatched the recording: it mixes now, once
+    assert drain(service) >= 1
+    rec = _rec(service, call_id)
+    assert rec.state == COMPLETED, (rec.state, rec.reason)
+    stored = service.ctx.storage(rec.storage).stat(rec.storage_key)
+    assert stored is not None and stored.md5 == rec.md5
+
+
+@pytest.mark.parametrize("backend", ["distributed"], indirect=True)
+def test_s3_away_when_the_worker_fetches_the_tape_is_retried_without_counting(
+    service: Service, backend: Backend, proxied: FaultProxy, clock: FakeClock, s3: MotoServer
+) -> None:
+    made = make_tape(backend.config.data_dir / "tapes", seconds=2.0)
+    call_id = service.pipeline.tape_closed(made.folder)
+    assert not made.folder.exists()
+    proxied.set_mode("refuse")
+    assert drain(service) == 1
+    rec = _rec(service, call_id)
+    assert rec.state == QUEUED and "fetching the tape failed" in rec.reason, rec.reason
+    assert rec.attempts == 0, "storage being away is transient: no attempt is counted"
+    for _ in range(3):
+        clock.advance(700)
+        requeue(service.pipeline)
+        drain(service)
+    assert _rec(service, call_id).state == QUEUED and _rec(service, call_id).attempts == 0
+    proxied.set_mode("pass")
+    clock.advance(700)
+    requeue(service.pipeline)
+    drain(service)
+    rec = _rec(service, call_id)
+    assert rec.state == COMPLETED and rec.attempts == 1
+    stored = service.ctx.storage(rec.storage).stat(rec.storage_key)
+    assert stored is not None and stored.md5 == rec.md5
+
+
+def _object(backend: Backend, key: str) -> str:
+    prefix = backend.storage_settings().get("prefix", "")
+    return f"{str(prefix).strip('/')}/{key}/media.pcap".lstrip("/")
 
 
 @pytest.mark.parametrize("backend", ["distributed"], indirect=True)

@@ -23,7 +23,8 @@ from callrec.api.app import create_app
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Recording, WebhookDelivery
-from callrec.jobs import retention, webhooks
+from callrec.jobs import retention
+from callrec.service import webhooks
 from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend

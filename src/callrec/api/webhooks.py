@@ -1,7 +1,7 @@
 """Webhook deliveries: the log of what was sent to each receiver, and sending one again.
 
 Receivers, events and the signing secret are domain settings (``webhooks``, ``webhook_secret``); how a
-receiver checks a delivery is described in ``callrec.jobs.webhooks``.
+receiver checks a delivery is described in ``callrec.service.webhooks``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from callrec.api.deps import (
 )
 from callrec.db.schema import WebhookDelivery
 from callrec.errors import ServiceError
-from callrec.jobs import webhooks
+from callrec.service import webhooks
 from callrec.service.domain_settings import Event
 
 router = APIRouter(tags=["webhooks"])
@@ -148,5 +148,5 @@ def get_delivery(delivery_id: str, service: ServiceDep, principal: PrincipalDep)
 def redeliver(delivery_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         _find(s, principal, delivery_id)
-    webhooks.redeliver(service.ctx, service.pipeline, delivery_id)
+    webhooks.redeliver(service.ctx, service.queue, delivery_id)
     return {"id": delivery_id, "state": webhooks.PENDING}

@@ -8,98 +8,99 @@ from __future__ import annotations
 
 import errno
 import logging
-import random
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 
 from callrec import offline
 from callrec.capture import tape
 from callrec.db import queries
 from callrec.db.engine import transaction
-from callrec.db.schema import COMPLETED, FAILED, MIXING, QUEUED, STORING, Domain, Job, Recording
+from callrec.db.schema import COMPLETED, MIXING, QUEUED, STORING, Call, Domain, Job, Recording
 from callrec.errors import CallrecError, OutputError, StorageError, Transient
-from callrec.jobs.lease import Heartbeat
 from callrec.jobs.retention import delete_tape
+from callrec.service import leased
+from callrec.service.context import Context
+from callrec.service.leased import LeaseLost
+from callrec.service.pipeline import RECORDINGS, WAITING_FOR_TAPE, Pipeline
 from callrec.service.retention import RetentionPolicy, expires_at, facts_of
 from callrec.service.schedule import Schedule
 from callrec.storage import keys
 from callrec.storage.base import file_md5
-
-if TYPE_CHECKING:
-    from callrec.service.pipeline import Pipeline
 
 log = logging.getLogger("callrec.worker")
 
 
 def run(pipeline: Pipeline, recording_id: str) -> None:
     ctx = pipeline.ctx
-    job_id = _claim(pipeline, recording_id)
-    if job_id is None:
+    if not _window_open(ctx, recording_id):
         return
-    beat = Heartbeat(ctx, Recording, recording_id)
-    beat.start()
+    held = leased.claim(ctx, RECORDINGS, recording_id, extra=_tape_reachable(ctx))
+    if held is None:
+        return
     try:
-        _mix_and_store(pipeline, recording_id, job_id)
+        job_id = _start_job(held)
+        with held.heartbeat():
+            _mix_and_store(pipeline, held, job_id)
+    except LeaseLost as exc:
+        log.warning("%s", exc)
+        return
     except Exception as exc:  # noqa: BLE001 - the job runner is the one place that catches everything
-        _failed(pipeline, recording_id, job_id, exc)
+        _failed(pipeline, held, exc)
     else:
         pipeline.notify("recording.completed", recording_id)
-    finally:
-        beat.stop()
     log.debug("%s done on %s", recording_id, ctx.node)
 
 
-def _claim(pipeline: Pipeline, recording_id: str) -> int | None:
-    """Take the recording if it is due (or its holder's lease ran out) and its window is open."""
-    ctx = pipeline.ctx
+def _tape_reachable(ctx: Context) -> Any:
+    """Only a recording whose tape is in storage (or, on one machine, on this disk) can be mixed."""
+    if ctx.single_host:
+        return None
+    return Recording.call_id.in_(select(Call.id).where(Call.tape_key != ""))
+
+
+def _window_open(ctx: Context, recording_id: str) -> bool:
+    """Whether the recording may run now: a queued one waits for its domain's window (a re-mix asked for
+    through the API runs at once)."""
     now = ctx.clock.now()
     with transaction(ctx.sessions) as s:
         rec = s.get(Recording, recording_id)
         if rec is None or rec.state not in (QUEUED, MIXING, STORING):
-            return None
+            return False
+        if rec.state != QUEUED or rec.options.get("asap"):
+            return True
         domain = s.get(Domain, rec.domain_id)
         assert domain is not None
-        settings = queries.load_settings(s, domain)
-        opens = Schedule.from_json(settings.schedule).next_open(now)
-        # a re-mix asked for through the API runs at once; the pipeline's own work waits for its window
-        if rec.state == QUEUED and opens > now and not rec.options.get("asap"):
+        opens = Schedule.from_json(queries.load_settings(s, domain).schedule).next_open(now)
+        if opens > now:
             rec.next_attempt_at = opens
-            return None
-        claimed = s.execute(
-            update(Recording)
-            .where(Recording.id == recording_id)
-            .where(
-                or_(
-                    (Recording.state == QUEUED)
-                    & or_(Recording.next_attempt_at.is_(None), Recording.next_attempt_at <= now),
-                    Recording.state.in_((MIXING, STORING)) & (Recording.lease_until < now),
-                )
-            )
-            .values(
-                state=MIXING, lease_until=now + timedelta(seconds=ctx.config.lease_s), worker=ctx.node,
-                attempts=Recording.attempts + 1, updated_at=now,
-            )  # fmt: skip
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        s.refresh(rec)
-        # a job still "running" here belonged to a worker that died (its lease ran out)
-        for stale in s.scalars(select(Job).where(Job.recording_id == recording_id, Job.state == "running")):
+            return False
+    return True
+
+
+def _start_job(held: leased.Claim) -> int:
+    """The attempt's row in the job history; a job still "running" belonged to a worker that stopped."""
+    ctx = held.ctx
+    now = ctx.clock.now()
+    with held.fenced() as s:
+        for stale in s.scalars(select(Job).where(Job.recording_id == held.id, Job.state == "running")):
             stale.state, stale.finished_at = "failed", now
             stale.error = f"worker {stale.worker} stopped before finishing (its lease ran out)"
-        job = Job(domain_id=rec.domain_id, recording_id=recording_id, kind="mix", state="running",
-                  attempt=rec.attempts, worker=ctx.node, started_at=now)  # fmt: skip
+        rec = s.get(Recording, held.id)
+        assert rec is not None
+        job = Job(domain_id=rec.domain_id, recording_id=held.id, kind="mix", state="running",
+                  attempt=held.attempts, worker=ctx.node, started_at=now)  # fmt: skip
         s.add(job)
         s.flush()
         return job.id
 
 
-def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
+def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
     ctx = pipeline.ctx
+    recording_id = held.id
     with ctx.sessions() as s:
         rec = s.get(Recording, recording_id)
         assert rec is not None
@@ -126,9 +127,9 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
     # mix, unless an earlier attempt already made the file and only its upload failed
     report: offline.CallOutput | None = None
     if not (known_md5 and out.is_file() and file_md5(out)[1] == known_md5):
-        report = _mix(ctx.config.work_dir, tape_local, tape_key, tape_spec, pipeline, out, opts)
+        report = _mix(ctx, tape_local, tape_key, tape_spec, out, opts)
     md5 = file_md5(out)[1]
-    with transaction(ctx.sessions) as s:
+    with held.fenced() as s:
         rec = s.get(Recording, recording_id)
         assert rec is not None
         rec.state, rec.md5, rec.storage_key, rec.updated_at = STORING, md5, key, ctx.clock.now()
@@ -137,7 +138,7 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
             _quality(rec.call, report.streams, report.speech)
         _finish_job(s, job_id, "done", "", ctx.clock.now())
         job = Job(domain_id=rec.domain_id, recording_id=recording_id, kind="store", state="running",
-                  attempt=rec.attempts, worker=ctx.node, started_at=ctx.clock.now())  # fmt: skip
+                  attempt=held.attempts, worker=ctx.node, started_at=ctx.clock.now())  # fmt: skip
         s.add(job)
         s.flush()
         store_job = job.id
@@ -147,8 +148,8 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
         raise Transient(f"storing the recording failed: {exc}") from exc
     if stored.md5 != md5:
         raise Transient(f"storage kept a different file for {key} (md5 {stored.md5}, sent {md5})")
-    now = ctx.clock.now()
-    with transaction(ctx.sessions) as s:
+    with held.fenced() as s:
+        now = ctx.clock.now()
         rec = s.get(Recording, recording_id)
         assert rec is not None
         rec.state, rec.bytes, rec.reason = COMPLETED, stored.size, ""
@@ -158,16 +159,16 @@ def _mix_and_store(pipeline: Pipeline, recording_id: str, job_id: int) -> None:
         if keep_tape_days is not None and rec.call.tape_expires_at is None:
             rec.call.tape_expires_at = now + timedelta(days=keep_tape_days)
         _finish_job(s, store_job, "done", "", now)
+        call_id = rec.call_id
     out.unlink(missing_ok=True)
     if keep_tape_days == 0:
-        delete_tape(ctx, rec.call_id, "keep_tape_days is 0: the tape goes once its recording is stored")
+        delete_tape(ctx, call_id, "keep_tape_days is 0: the tape goes once its recording is stored")
 
 
 def _mix(
-    work: Path, tape_local: str, tape_key: str, tape_spec: dict[str, Any], pipeline: Pipeline, out: Path,
-    opts: dict[str, Any],
+    ctx: Context, tape_local: str, tape_key: str, tape_spec: dict[str, Any], out: Path, opts: dict[str, Any]
 ) -> offline.CallOutput:
-    ctx = pipeline.ctx
+    work = ctx.config.work_dir
     # one scratch folder per recording: what a killed attempt left there is cleared by the next one
     scratch = work / f"mix-{out.stem}"
     try:
@@ -182,8 +183,8 @@ def _mix(
             found = ctx.storage(tape_spec).local_path(f"{tape_key}/{tape.MEDIA_FILE}")
             source = found.parent if found is not None and tape.is_tape(found.parent) else None
         if source is None:
-            if not tape_key:
-                raise CallrecError("the tape is neither on this machine nor in storage")
+            if not tape_key:  # still on the disk of the host that took it: its outbox delivers it
+                raise Transient(WAITING_FOR_TAPE)
             source = scratch / "tape"
             storage = ctx.storage(tape_spec)
             try:
@@ -239,33 +240,22 @@ def _os_error(doing: str, exc: OSError) -> CallrecError:
     return CallrecError(f"{doing} failed: {exc.strerror or exc}")
 
 
-def _failed(pipeline: Pipeline, recording_id: str, job_id: int, exc: BaseException) -> None:
-    """Put the recording back in the queue with back-off, or mark it failed when retries are used up."""
-    from callrec.service.pipeline import backoff_s
-
-    ctx = pipeline.ctx
-    now = ctx.clock.now()
-    reason = str(exc) if isinstance(exc, CallrecError) else f"{type(exc).__name__}: {exc}"
-    transient = isinstance(exc, Transient)
-    with transaction(ctx.sessions) as s:
-        rec = s.get(Recording, recording_id)
-        if rec is None:
-            return
-        final = not transient and rec.attempts >= ctx.config.max_attempts
-        delay = backoff_s(ctx, rec.attempts) * random.uniform(0.9, 1.1)
-        rec.reason, rec.updated_at, rec.lease_until = reason, now, None
-        if final:
-            rec.state, rec.next_attempt_at = FAILED, None
-        else:
-            rec.state, rec.next_attempt_at, rec.enqueued_at = QUEUED, now + timedelta(seconds=delay), now
-        for job in s.query(Job).filter(Job.recording_id == recording_id, Job.state == "running"):
-            job.state, job.error, job.finished_at = ("failed" if final else "retrying"), reason, now
-            job.next_attempt_at = None if final else rec.next_attempt_at
-    log.warning("recording %s: %s (%s)", recording_id, reason, "failed" if final else f"retry in {delay:.1f} s")
+def _failed(pipeline: Pipeline, held: leased.Claim, exc: BaseException) -> None:
+    """Back in the queue with back-off, or failed when the attempts are used up (never for a Transient)."""
+    try:
+        final, reason, _ = held.retry_or_fail(exc, pipeline.queue.put, also=_jobs_settled)
+    except LeaseLost as lost:
+        log.warning("%s", lost)
+        return
     if final:
-        pipeline.notify("recording.failed", recording_id)
-    else:
-        pipeline.queue.enqueue(recording_id, delay_s=delay)
+        pipeline.notify("recording.failed", held.id)
+
+
+def _jobs_settled(s: Any, held: leased.Claim, final: bool, reason: str, next_at: datetime | None) -> None:
+    now = held.ctx.clock.now()
+    for job in s.scalars(select(Job).where(Job.recording_id == held.id, Job.state == "running")):
+        job.state, job.error, job.finished_at = ("failed" if final else "retrying"), reason, now
+        job.next_attempt_at = next_at
 
 
 def _finish_job(s: Any, job_id: int, state: str, error: str, now: datetime) -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_
 
-from callrec.db.engine import transaction
-from callrec.db.schema import MIXING, QUEUED, STORING, Recording, Stitch
+from callrec.db.schema import Recording, Stitch
+from callrec.service import leased
 from callrec.service.context import Context
 from callrec.service.pipeline import Pipeline
-from callrec.service.stitches import BATCH, KIND, current, request
+from callrec.service.stitches import KIND, STITCHES, current, request
 
 
 def on_recording(pipeline: Pipeline) -> Any:
@@ -34,20 +33,10 @@ def on_recording(pipeline: Pipeline) -> Any:
 def sweep(pipeline: Pipeline) -> int:
     """Queue again every stitch that is due and was not queued recently, or whose worker's lease ran out."""
     ctx = pipeline.ctx
-    now = ctx.clock.now()
-    stale = now - timedelta(seconds=ctx.config.requeue_after_s)
-    due = and_(
-        Stitch.state == QUEUED, Stitch.next_attempt_at <= now,
-        or_(Stitch.enqueued_at.is_(None), Stitch.enqueued_at <= stale),
-    )  # fmt: skip
-    expired = and_(Stitch.state.in_((MIXING, STORING)), Stitch.lease_until < now)
-    with transaction(ctx.sessions) as s:
-        ids = list(s.scalars(select(Stitch.id).where(or_(due, expired)).limit(BATCH)))
-        if ids:
-            s.execute(update(Stitch).where(Stitch.id.in_(ids)).values(enqueued_at=now))
-    for stitch_id in ids:
-        pipeline.queue.submit(KIND, stitch_id)
-    return len(ids)
+    waiting_for_members = Stitch.next_attempt_at.is_(None)
+    where = or_(and_(leased.lost(STITCHES, ctx, ctx.config.requeue_after_s), ~waiting_for_members),
+                leased.expired(STITCHES, ctx))  # fmt: skip
+    return leased.requeue(ctx, STITCHES, pipeline.queue.put, where)[0]
 
 
 def install(pipeline: Pipeline) -> None:

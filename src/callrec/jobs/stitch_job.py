@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from sqlalchemy import or_, update
-
-from callrec.db.engine import transaction
-from callrec.db.schema import COMPLETED, DELETED, FAILED, MIXING, QUEUED, STORING, Stitch
-from callrec.errors import CallrecError, OutputError, StorageError, Transient
+from callrec.db.schema import COMPLETED, DELETED, FAILED, QUEUED, STORING, Stitch
+from callrec.errors import OutputError, StorageError, Transient
 from callrec.jobs import stitch_audio
-from callrec.jobs.lease import Heartbeat
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Placement, stitch
+from callrec.service import leased
 from callrec.service.cards import newest
 from callrec.service.context import Context
-from callrec.service.pipeline import Pipeline, backoff_s
-from callrec.service.stitches import customers, domain_settings_of, members, pending, signature, waiting_reason
+from callrec.service.leased import LeaseLost
+from callrec.service.pipeline import Pipeline
+from callrec.service.stitches import (
+    STITCHES,
+    customers,
+    domain_settings_of,
+    members,
+    pending,
+    signature,
+    waiting_reason,
+)
 from callrec.storage.base import file_md5
 
 log = logging.getLogger("callrec.stitch")
@@ -31,40 +36,25 @@ log = logging.getLogger("callrec.stitch")
 
 def run(pipeline: Pipeline, stitch_id: str) -> None:
     ctx = pipeline.ctx
-    if not _claim(ctx, stitch_id):
+    # a stitch waiting for its members has no next attempt: only a request or a member's hook starts it
+    held = leased.claim(ctx, STITCHES, stitch_id, extra=(Stitch.state != QUEUED) | Stitch.next_attempt_at.is_not(None))
+    if held is None:
         return
-    beat = Heartbeat(ctx, Stitch, stitch_id)
-    beat.start()
     try:
-        _make(ctx, stitch_id)
+        with held.heartbeat():
+            _make(held)
+    except LeaseLost as exc:
+        log.warning("%s", exc)
     except Exception as exc:  # noqa: BLE001 - the job runner is the one place that catches everything
-        _failed(pipeline, stitch_id, exc)
-    finally:
-        beat.stop()
+        try:
+            held.retry_or_fail(exc, pipeline.queue.put)
+        except LeaseLost:  # a request queued it again meanwhile: that run goes on
+            log.info("stitch %s was asked for again while it failed; the newer run goes on", stitch_id)
 
 
-def _claim(ctx: Context, stitch_id: str) -> bool:
-    now = ctx.clock.now()
-    with transaction(ctx.sessions) as s:
-        claimed = s.execute(
-            update(Stitch)
-            .where(Stitch.id == stitch_id)
-            .where(
-                or_(
-                    (Stitch.state == QUEUED) & (Stitch.next_attempt_at <= now + timedelta(milliseconds=1)),
-                    Stitch.state.in_((MIXING, STORING)) & (Stitch.lease_until < now),
-                )
-            )
-            .values(
-                state=MIXING, lease_until=now + timedelta(seconds=ctx.config.lease_s), worker=ctx.node,
-                attempts=Stitch.attempts + 1, updated_at=now,
-            )  # fmt: skip
-        )
-        return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def _make(ctx: Context, stitch_id: str) -> None:
-    with transaction(ctx.sessions) as s:
+def _make(held: leased.Claim) -> None:
+    ctx, stitch_id = held.ctx, held.id
+    with held.fenced() as s:
         row = s.get(Stitch, stitch_id)
         assert row is not None
         domain, settings = domain_settings_of(s, row.domain_id)
@@ -86,7 +76,7 @@ def _make(ctx: Context, stitch_id: str) -> None:
         fmt, rate, bitrate, codec = settings.format, settings.rate, settings.bitrate, settings.codec
         key = f"stitched/{domain.name}/{ident}/{stitch_id}-{sig[:12]}.{fmt}"
     if not plan:
-        _nothing_left(ctx, stitch_id, sig, old_key, old_spec, every_deleted)
+        _nothing_left(held, sig, old_key, old_spec, every_deleted)
         return
     scratch = ctx.config.work_dir / f"stitch-{stitch_id}"
     stitch_audio.clear(scratch)
@@ -104,7 +94,7 @@ def _make(ctx: Context, stitch_id: str) -> None:
         duration = max((p.start + p.frames for p in placements), default=0) / rate
         chapters = [_chapter(m, pieces[i].started_at, placements[i], rate) for i, m in enumerate(plan)]
         chapters.sort(key=lambda c: (c["from_s"], c["to_s"]))
-        if not _set_state(ctx, stitch_id, sig, STORING):
+        if not _set_state(held, sig, STORING):
             return
         try:
             stored = ctx.storage(spec).put_file(key, out)
@@ -114,7 +104,7 @@ def _make(ctx: Context, stitch_id: str) -> None:
             raise Transient(f"storage kept a different file for {key} (md5 {stored.md5}, sent {md5})")
     finally:
         stitch_audio.clear(scratch)
-    with transaction(ctx.sessions) as s:
+    with held.fenced() as s:
         row = s.get(Stitch, stitch_id)
         current = row is not None and row.signature == sig and row.state == STORING
         if row is not None and current:
@@ -141,25 +131,27 @@ def _chapter(member: stitch_audio.Member, started_at: float, where: Placement, r
     }  # fmt: skip
 
 
-def _set_state(ctx: Context, stitch_id: str, sig: str, state: str) -> bool:
+def _set_state(held: leased.Claim, sig: str, state: str) -> bool:
     """Move the row on, unless a request changed what it is for (then the newer run takes over)."""
-    with transaction(ctx.sessions) as s:
-        row = s.get(Stitch, stitch_id)
-        if row is None or row.signature != sig or row.state not in (MIXING, STORING):
+    with held.fenced() as s:
+        row = s.get(Stitch, held.id)
+        if row is None or row.signature != sig:
             return False
-        row.state, row.updated_at = state, ctx.clock.now()
+        row.state, row.updated_at = state, held.ctx.clock.now()
         return True
 
 
-def _nothing_left(ctx: Context, stitch_id: str, sig: str, old_key: str, old_spec: dict[str, object],
-                  every_deleted: bool) -> None:  # fmt: skip
+def _nothing_left(
+    held: leased.Claim, sig: str, old_key: str, old_spec: dict[str, object], every_deleted: bool
+) -> None:
     """No member has a recording: when they were all deleted, the stitched file goes too (retention)."""
+    ctx, stitch_id = held.ctx, held.id
     if old_key:
         try:
             ctx.storage(dict(old_spec)).delete(old_key)
         except StorageError as exc:
             raise Transient(f"deleting the old stitched recording failed: {exc}") from exc
-    with transaction(ctx.sessions) as s:
+    with held.fenced() as s:
         row = s.get(Stitch, stitch_id)
         if row is None or row.signature != sig:
             return
@@ -176,24 +168,3 @@ def _delete(ctx: Context, spec: dict[str, object], key: str) -> None:
         ctx.storage(dict(spec)).delete(key)
     except StorageError as exc:
         log.warning("cannot delete the replaced stitched recording %s: %s", key, exc)
-
-
-def _failed(pipeline: Pipeline, stitch_id: str, exc: BaseException) -> None:
-    """Back in the queue with back-off, or failed when the retries are used up (never for a Transient)."""
-    ctx = pipeline.ctx
-    now = ctx.clock.now()
-    reason = str(exc) if isinstance(exc, CallrecError) else f"{type(exc).__name__}: {exc}"
-    with transaction(ctx.sessions) as s:
-        row = s.get(Stitch, stitch_id)
-        if row is None or row.state not in (MIXING, STORING):
-            return  # a request queued it again meanwhile: that run goes on
-        final = not isinstance(exc, Transient) and row.attempts >= ctx.config.max_attempts
-        delay = backoff_s(ctx, row.attempts) * random.uniform(0.9, 1.1)
-        row.reason, row.updated_at, row.lease_until = reason, now, None
-        if final:
-            row.state, row.next_attempt_at = FAILED, None
-        else:
-            row.state, row.next_attempt_at, row.enqueued_at = QUEUED, now + timedelta(seconds=delay), now
-    log.warning("stitch %s: %s (%s)", stitch_id, reason, "failed" if final else f"retry in {delay:.1f} s")
-    if not final:
-        pipeline.queue.submit("stitch", stitch_id, delay_s=delay)

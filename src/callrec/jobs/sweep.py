@@ -9,69 +9,47 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 
-from callrec.db.engine import transaction
-from callrec.db.schema import MIXING, QUEUED, STORING, Recording
-from callrec.errors import CallrecError
+from callrec.db.schema import Call, Recording
 from callrec.jobs import retention
-from callrec.service.pipeline import Pipeline, pending_tapes
+from callrec.service import leased
+from callrec.service.pipeline import RECORDINGS, Pipeline
 
 log = logging.getLogger("callrec.sweep")
 BATCH = 1000
 
 
 def requeue(pipeline: Pipeline) -> int:
-    """Queue every recording that is due and not queued recently, or whose worker's lease ran out."""
+    """Queue every recording that is due, reachable and not queued recently, or whose worker's lease ran
+    out. -1 when the queue refused some (it is down): the sweep comes back sooner."""
     ctx = pipeline.ctx
-    now = ctx.clock.now()
-    stale = now - timedelta(seconds=ctx.config.requeue_after_s)
-    expired = and_(Recording.state.in_((MIXING, STORING)), Recording.lease_until < now)
-    waiting = and_(
-        Recording.state == QUEUED,
-        or_(Recording.next_attempt_at.is_(None), Recording.next_attempt_at <= now),
-        or_(Recording.enqueued_at.is_(None), Recording.enqueued_at <= stale),
-    )
+    expired = leased.expired(RECORDINGS, ctx)
+    waiting = leased.lost(RECORDINGS, ctx, ctx.config.requeue_after_s)
+    if not ctx.single_host:  # a tape still on another host's disk: nothing to mix yet (its outbox is on it)
+        waiting = and_(waiting, Recording.call_id.in_(select(Call.id).where(Call.tape_key != "")))
     # while the queue still holds messages, a recording waiting its turn has not lost its message: only
     # an empty queue proves that a due recording's message is gone (a window opening has none at all)
     try:
         backlog = pipeline.queue.backlog()
     except Exception:  # noqa: BLE001 - a queue that cannot be asked is one to queue into again
         backlog = 0
-    with transaction(ctx.sessions) as s:
-        ids = list(
-            s.scalars(select(Recording.id).where(or_(expired, waiting) if backlog == 0 else expired).limit(BATCH))
-        )
-        if ids:
-            s.execute(update(Recording).where(Recording.id.in_(ids)).values(enqueued_at=now))
-    for rec_id in ids:
-        pipeline.queue.enqueue(rec_id)
-    if ids:
-        log.info("sweep queued %d recordings", len(ids))
-    return len(ids)
+    where = or_(expired, waiting) if backlog == 0 else expired
+    sent, complete = leased.requeue(ctx, RECORDINGS, pipeline.queue.put, where)
+    return sent if complete else -1
 
 
-def ingest_pending(pipeline: Pipeline) -> int:
-    """Hand over closed tapes still on this machine's disk (storage was down, or the process stopped)."""
-    done = 0
-    for folder in pending_tapes(pipeline.ctx.config.data_dir / "tapes"):
-        try:
-            pipeline.tape_closed(folder)
-            done += 1
-        except CallrecError as exc:
-            log.warning("tape %s: %s", folder, exc)
-    return done
+# while the queue refuses messages, the sweep comes back this often: work is dispatched within seconds
+# of the queue's return, not a whole sweep interval later
+QUEUE_DOWN_RETRY_S = 1.0
 
 
 class Sweeper:
     """Runs the sweeps in a thread: re-queuing every ``sweep_interval_s``, retention less often."""
 
-    def __init__(self, pipeline: Pipeline, *, tapes: bool = False, queue: bool = True) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self._tapes = tapes
-        self._queue = queue
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="callrec-sweep", daemon=True)
         self._last_retention = 0.0
@@ -83,26 +61,25 @@ class Sweeper:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def run_once(self, now_s: float) -> None:
+    def run_once(self, now_s: float) -> float:
+        """One round of every sweep; the seconds to wait before the next round."""
         cfg = self.pipeline.ctx.config
-        if self._tapes:
-            ingest_pending(self.pipeline)
-        if not self._queue:
-            return
-        requeue(self.pipeline)
+        queue_down = requeue(self.pipeline) < 0
         for extra in self.pipeline.sweeps:
             extra()
         if now_s - self._last_retention >= cfg.retention_interval_s:
             self._last_retention = now_s
             retention.sweep(self.pipeline.ctx, hook=self.pipeline.notify)
+        return min(cfg.sweep_interval_s, QUEUE_DOWN_RETRY_S) if queue_down else cfg.sweep_interval_s
 
     def _run(self) -> None:
         import time
 
         interval = self.pipeline.ctx.config.sweep_interval_s
         while not self._stop.is_set():
+            wait = interval
             try:
-                self.run_once(time.monotonic())
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the sweeping
-                log.exception("sweep failed; trying again in %.0f s", interval)
-            self._stop.wait(interval)
+                wait = self.run_once(time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the sweeping
+                log.warning("sweep failed (%s); trying again in %.0f s", exc, interval)
+            self._stop.wait(wait)

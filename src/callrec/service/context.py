@@ -55,6 +55,12 @@ class Context:
         """This process, as it signs the jobs it holds (forked workers each have their own)."""
         return f"{socket.gethostname()}:{os.getpid()}"
 
+    @property
+    def single_host(self) -> bool:
+        """Whether every part of the service runs on this machine (an SQLite database cannot be shared),
+        so a tape on this host's disk is one every worker can read."""
+        return self.engine.dialect.name == "sqlite"
+
     def close(self) -> None:
         self.engine.dispose()
 

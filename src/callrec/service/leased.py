@@ -35,7 +35,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from callrec.db.engine import transaction
-from callrec.errors import CallrecError, Transient
+from callrec.errors import CallrecError, Permanent, Transient
 from callrec.service.context import Context
 
 log = logging.getLogger("callrec.leased")
@@ -146,16 +146,20 @@ class Claim:
         s.execute(update(m).where(m.id == self.id).values(**values))
         return due
 
-    def retry_or_fail(self, exc: BaseException, enqueue: Callable[[str, float], None]) -> tuple[bool, str, float]:
+    def retry_or_fail(
+        self, exc: BaseException, enqueue: Callable[[str, float], None], also: Settled | None = None
+    ) -> tuple[bool, str, float]:
         """Settle a failed attempt: (failed for good, reason, delay before the next attempt).
 
-        A ``Transient`` error is retried without limit and gives its attempt back; any other error is
-        retried with back-off until the kind's attempts are used up. ``LeaseLost`` settles nothing.
+        A ``Transient`` error is retried without limit and gives its attempt back; a ``Permanent`` one
+        fails at once; any other error is retried with back-off until the kind's attempts are used up.
+        ``also`` writes what else goes with it in the same fenced transaction. ``LeaseLost`` when
+        another worker holds the row: nothing is written.
         """
         reason = str(exc) if isinstance(exc, CallrecError) else f"{type(exc).__name__}: {exc}"
         transient = isinstance(exc, Transient)
         policy = self.work.backoff(self.ctx)
-        final = not transient and self.attempts >= policy.attempts
+        final = isinstance(exc, Permanent) or (not transient and self.attempts >= policy.attempts)
         delay = 0.0 if final else policy.delay_s(max(1, self.attempts))
         m = self.work.model
         with self.fenced() as s:
@@ -165,13 +169,20 @@ class Claim:
                                           "reason_col": reason, "updated_at": now}  # fmt: skip
                 _reason(m, values)
                 s.execute(update(m).where(m.id == self.id).values(**values))
+                next_at = None
             else:
-                self.release(s, delay_s=delay, reason=reason, count=not transient)
+                next_at = self.release(s, delay_s=delay, reason=reason, count=not transient)
+            if also is not None:
+                also(s, self, final, reason, next_at)
         log.warning("%s %s: %s (%s)", self.work.name, self.id, reason, "failed" if final else f"retry in {delay:.1f} s")
         if not final and not _enqueue_quietly(enqueue, self.work.message(self.id), delay):
             with transaction(self.ctx.sessions) as s:  # not queued: the next sweep queues it when due
                 s.execute(update(m).where(m.id == self.id, m.enqueued_at.is_not(None)).values(enqueued_at=None))
         return final, reason, delay
+
+
+# what a kind writes beside a settled failure: (session, claim, failed for good, reason, next attempt)
+Settled = Callable[[Session, "Claim", bool, str, "datetime | None"], None]
 
 
 def _reason(model: Any, values: dict[str, Any]) -> None:
@@ -192,19 +203,14 @@ def claim(ctx: Context, work: Work, object_id: str, *, extra: ColumnElement[bool
         m.state.in_(work.held) & (m.lease_until < now),
     )
     where = and_(m.id == object_id, takeable) if extra is None else and_(m.id == object_id, takeable, extra)
+    values: dict[str, Any] = {
+        "state": work.held[0], "lease_until": now + timedelta(seconds=work.lease_s(ctx)),
+        "attempts": m.attempts + 1, "lease_token": m.lease_token + 1, "updated_at": now,
+    }  # fmt: skip
+    if hasattr(m, "worker"):
+        values["worker"] = ctx.node
     with transaction(ctx.sessions) as s:
-        done = s.execute(
-            update(m)
-            .where(where)
-            .values(
-                state=work.held[0],
-                lease_until=now + timedelta(seconds=work.lease_s(ctx)),
-                worker=ctx.node,
-                attempts=m.attempts + 1,
-                lease_token=m.lease_token + 1,
-                updated_at=now,
-            )  # fmt: skip
-        )
+        done = s.execute(update(m).where(where).values(**values))
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return None
         token, attempts = s.execute(select(m.lease_token, m.attempts).where(m.id == object_id)).one()

@@ -8,24 +8,27 @@ still makes one recording.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import update
 
 from callrec.capture import tape
 from callrec.db import queries
 from callrec.db.engine import transaction
-from callrec.db.schema import QUEUED, RECORDING, Call, Recording
+from callrec.db.schema import FAILED, MIXING, QUEUED, RECORDING, STORING, Call, Domain, Recording
 from callrec.errors import CallrecError, ParseError, StorageError
+from callrec.service import leased
 from callrec.service.context import Context
 from callrec.service.domain_settings import DomainSettings
 from callrec.service.queue import JobQueue
@@ -33,6 +36,20 @@ from callrec.service.schedule import Schedule
 from callrec.storage import keys
 
 log = logging.getLogger("callrec.pipeline")
+
+WAITING_FOR_TAPE = "waiting for the tape to reach storage"
+
+
+def _recording_backoff(ctx: Context) -> leased.Backoff:
+    cfg = ctx.config
+    return leased.Backoff(cfg.backoff_base_s, cfg.backoff_max_s, cfg.max_attempts, jitter=0.1)
+
+
+# a recording: mixed from its tape and stored; its queue message is its bare id
+RECORDINGS = leased.Work(
+    name="recording", model=Recording, ready=QUEUED, held=(MIXING, STORING), failed=FAILED,
+    message=lambda recording_id: recording_id, backoff=_recording_backoff, lease_s=lambda ctx: ctx.config.lease_s,
+)  # fmt: skip
 
 # a hook runs after a recording completes, fails or is deleted: (context, event, recording id)
 Hook = Callable[[Context, str, str], None]
@@ -66,8 +83,10 @@ class Pipeline:
     def tape_closed(self, folder: Path) -> str:
         """Register a closed tape, put it in storage and queue its mixing; returns the call's id.
 
-        Safe to repeat: a tape ingested before is found by its folder name. When storage is down the
-        tape stays where it is (the call remembers the folder) and is put in storage at the next try.
+        Safe to repeat: a tape ingested before is found by its folder name. Once the call is committed
+        nothing here raises for an outage: when storage is down the tape stays on this host's disk (the
+        outbox delivers it later) and its recording waits for it; when the queue is down the recording
+        is left to the sweep. A recording is dispatched only once its tape can be read by every worker.
         """
         info, extra = _read_tape(folder)
         now = self.ctx.clock.now()
@@ -83,35 +102,52 @@ class Pipeline:
             if rec is not None and rec.state == RECORDING:
                 rec.state = QUEUED
                 rec.updated_at = now
-            call_id, rec_id = call.id, rec.id if rec is not None else None
+            if rec is not None and not call.tape_key and not self.ctx.single_host:
+                rec.reason = WAITING_FOR_TAPE
+            call_id, stored = call.id, bool(call.tape_key)
             spec = self.ctx.storage_spec(settings.storage)
             key = keys.render_key(
                 settings.storage.tape_template or keys.DEFAULT_TAPE_TEMPLATE,
                 when=call.started_at, domain=domain.name, tape=folder.name, call_id=info.call_id or call.id,
-                recording_id=rec_id or "", interaction=info.interaction_id or "none",
+                recording_id=rec.id if rec is not None else "", interaction=info.interaction_id or "none",
                 direction=call.direction or "unknown", ext="pcap",
             )  # fmt: skip
-        self.store_tape(call_id, folder, spec, key)
-        if rec_id is not None:
-            self.schedule(rec_id, settings)
+        if not stored:
+            self.store_tape(call_id, folder, spec, key)
+        elif folder.is_dir():  # stored before, by a hand-off that stopped before removing the folder
+            shutil.rmtree(folder, ignore_errors=True)
+        self.dispatch_call(call_id)
         return call_id
 
     def store_tape(self, call_id: str, folder: Path, spec: dict[str, Any], key: str) -> bool:
-        """Put a tape's two files in storage (verified, or renamed into a local one), then drop the local folder."""
-        moved = spec.get("kind", "local") == "local" and self._move_into_local_storage(folder, key)
-        storage = self.ctx.storage(spec)
-        try:
+        """Put a tape's two files in storage (verified, or renamed into a local one), then drop the local
+        folder; one upload of a tape at a time on this host (another process holding it: False)."""
+        with tape_lock(folder) as mine:
+            if not mine or not folder.is_dir():
+                return False
+            moved = spec.get("kind", "local") == "local" and self._move_into_local_storage(folder, key)
+            storage = self.ctx.storage(spec)
+            try:
+                if not moved:
+                    for name in (tape.MEDIA_FILE, tape.META_FILE):
+                        storage.put_file(f"{key}/{name}", folder / name)
+            except StorageError as exc:
+                log.warning("tape %s stays on local disk for now: %s", folder.name, exc)
+                return False
+            now = self.ctx.clock.now()
+            with transaction(self.ctx.sessions) as s:
+                call = s.get(Call, call_id)
+                if call is not None:
+                    call.tape_key, call.tape_storage, call.tape_local = key, spec, ""
+                # the tape is readable by every worker now: whatever waited for it runs (a recording
+                # failed for the want of it gets a fresh set of attempts)
+                s.execute(
+                    update(Recording)
+                    .where(Recording.call_id == call_id, Recording.state.in_((QUEUED, FAILED)))
+                    .values(state=QUEUED, reason="", attempts=0, next_attempt_at=None, updated_at=now)
+                )
             if not moved:
-                for name in (tape.MEDIA_FILE, tape.META_FILE):
-                    storage.put_file(f"{key}/{name}", folder / name)
-        except StorageError as exc:
-            log.warning("tape %s stays on local disk for now: %s", folder, exc)
-            return False
-        with transaction(self.ctx.sessions) as s:
-            call = s.get(Call, call_id)
-            if call is not None:
-                call.tape_key, call.tape_storage, call.tape_local = key, spec, ""
-        shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)
         return True
 
     def _move_into_local_storage(self, folder: Path, key: str) -> bool:
@@ -125,8 +161,23 @@ class Pipeline:
             return False
         return True
 
+    def dispatch_call(self, call_id: str) -> None:
+        """Schedule the call's queued recordings whose tape every worker can read."""
+        with self.ctx.sessions() as s:
+            call = s.get(Call, call_id)
+            if call is None or not (call.tape_key or (self.ctx.single_host and call.tape_local)):
+                return
+            domain = s.get(Domain, call.domain_id)
+            assert domain is not None
+            settings = queries.load_settings(s, domain)
+            ids = [r.id for r in call.recordings if r.state == QUEUED]
+        for rec_id in ids:
+            self.schedule(rec_id, settings)
+
     def schedule(self, recording_id: str, settings: DomainSettings) -> None:
-        """Queue now if the domain's schedule is open, else note when its next window opens."""
+        """Queue now if the domain's schedule is open, else note when its next window opens.
+
+        A queue that is down is not an error here: the recording is due, and the sweep queues it."""
         now = self.ctx.clock.now()
         opens = Schedule.from_json(settings.schedule).next_open(now)
         with transaction(self.ctx.sessions) as s:
@@ -136,10 +187,9 @@ class Pipeline:
             if rec.options.get("asap"):  # a re-mix someone asked for does not wait for the window
                 opens = now
             rec.next_attempt_at = opens
-            if opens <= now:
-                rec.enqueued_at = now
+            rec.enqueued_at = None
         if opens <= now:
-            self.queue.enqueue(recording_id)
+            leased.enqueue_or_leave(self.ctx, RECORDINGS, self.queue.put, recording_id)
 
     # --- on a worker --------------------------------------------------------------------------------
 
@@ -185,11 +235,28 @@ def _new_recording(ctx: Context, call: Call, settings: DomainSettings, state: st
     )  # fmt: skip
 
 
-def backoff_s(ctx: Context, attempts: int) -> float:
-    return float(min(ctx.config.backoff_max_s, ctx.config.backoff_base_s * 2 ** max(0, min(attempts - 1, 20))))
+@contextmanager
+def tape_lock(folder: Path) -> Iterator[bool]:
+    """Whether this process may deliver the tape now: an exclusive, non-blocking lock on the tape's
+    folder, so that the hand-off, the outbox and another process on the same data folder never upload
+    one tape twice at once. The kernel drops it with the process."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield False  # gone: delivered meanwhile
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
-def pending_tapes(tapes_dir: Path, min_age_s: float = 10.0) -> list[Path]:
+def pending_tapes(tapes_dir: Path, min_age_s: float = 2.0) -> list[Path]:
     """Closed tapes still on local disk: not yet in storage (after a storage outage or a restart).
 
     Tapes closed in the last ``min_age_s`` are left to the hand-off that is surely busy with them.
@@ -211,15 +278,6 @@ def pending_tapes(tapes_dir: Path, min_age_s: float = 10.0) -> list[Path]:
         if info.closed_cleanly or info.interrupted:
             found.append(meta.parent)
     return found
-
-
-def due(rec: Recording, now: datetime) -> bool:
-    return rec.next_attempt_at is None or rec.next_attempt_at <= now + timedelta(milliseconds=1)
-
-
-def recording_ids(ctx: Context, where: Any) -> list[str]:
-    with ctx.sessions() as s:
-        return list(s.scalars(select(Recording.id).where(where)))
 
 
 @dataclass

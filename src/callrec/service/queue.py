@@ -59,6 +59,10 @@ class JobQueue:
         else:
             self._task(recording_id)
 
+    def put(self, message: str, delay_s: float = 0.0) -> None:
+        """Queue one message as ``leased`` names it: a recording id, or ``kind:id``."""
+        self.enqueue(message, delay_s)
+
     def submit(self, kind: str, object_id: str, delay_s: float = 0.0) -> None:
         """Ask a worker to run ``kind``'s handler on ``object_id`` now (or after ``delay_s`` seconds)."""
         self.enqueue(f"{kind}:{object_id}", delay_s)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import (
+    FAILED,
     MIXING,
     QUEUED,
     RECORDING,
@@ -31,6 +32,7 @@ from callrec.db.schema import (
     Stitch,
 )  # fmt: skip
 from callrec.errors import ServiceError
+from callrec.service import leased
 from callrec.service.cards import newest
 from callrec.service.context import Context
 from callrec.service.domain_settings import DomainSettings
@@ -40,6 +42,18 @@ log = logging.getLogger("callrec.stitch")
 KIND = "stitch"
 PENDING = (RECORDING, QUEUED, MIXING, STORING)
 BATCH = 500
+
+
+def _stitch_backoff(ctx: Context) -> leased.Backoff:
+    cfg = ctx.config
+    return leased.Backoff(cfg.backoff_base_s, cfg.backoff_max_s, cfg.max_attempts, jitter=0.1)
+
+
+# a stitch: made from its members' audio and stored; queue messages read "stitch:<id>"
+STITCHES = leased.Work(
+    name="stitch", model=Stitch, ready=QUEUED, held=(MIXING, STORING), failed=FAILED,
+    message=lambda stitch_id: f"{KIND}:{stitch_id}", backoff=_stitch_backoff, lease_s=lambda ctx: ctx.config.lease_s,
+)  # fmt: skip
 
 
 # --- what a stitch is made of ----------------------------------------------------------------------

@@ -18,8 +18,8 @@ log = logging.getLogger("callrec.handoff")
 class TapeHandOff:
     """Gives the recorder's callbacks to the pipeline in one background thread (never blocks SIP or RTP).
 
-    A tape whose hand-off fails (database or storage down) stays on disk; the recorder's sweeper hands
-    it over again (``sweep.ingest_pending``), so nothing waits in memory only.
+    A tape whose hand-off fails (database or storage down) stays on disk; the outbox hands it over
+    again (``service.outbox``), so nothing waits in memory only.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
