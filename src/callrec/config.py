@@ -191,6 +191,8 @@ class ServiceConfig:
     backoff_base_s: float = 2.0
     backoff_max_s: float = 600.0
     public_url: str = ""
+    # this host's cache of converted audio and picture analyses (data_dir/cache) is kept under this size
+    cache_max_bytes: int = 1024 * 1024 * 1024
 
     @property
     def db_url(self) -> str:
@@ -231,4 +233,7 @@ def service_config_from_env(env: Mapping[str, str] | None = None) -> ServiceConf
     cfg.backoff_base_s = _float(env, "CALLREC_BACKOFF_BASE_S", cfg.backoff_base_s)
     cfg.backoff_max_s = _float(env, "CALLREC_BACKOFF_MAX_S", cfg.backoff_max_s)
     cfg.public_url = env.get("CALLREC_PUBLIC_URL", "").rstrip("/")
+    cfg.cache_max_bytes = _int(env, "CALLREC_CACHE_MAX_MB", cfg.cache_max_bytes // (1024 * 1024)) * 1024 * 1024
+    if cfg.cache_max_bytes < 0:
+        raise ConfigError("CALLREC_CACHE_MAX_MB must not be negative")
     return cfg

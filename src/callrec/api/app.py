@@ -7,6 +7,8 @@ reach answers 5xx (503); everything a client can cause is a 4xx saying what to c
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -20,6 +22,7 @@ from starlette.exceptions import HTTPException
 from callrec.api import calls, domains, interactions, jobs, links, ops, picture, recordings, ui, uploads, webhooks
 from callrec.config import ConfigError
 from callrec.errors import CallrecError, ServiceError, StorageError
+from callrec.service import cache
 from callrec.service.pipeline import Service
 
 log = logging.getLogger("callrec.api")
@@ -32,10 +35,18 @@ _LOCATIONS = ("body", "query", "path", "header", "cookie")
 
 def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
     """The API for ``service`` (its context, queue and pipeline); OpenAPI at ``/openapi.json``."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ops.warn_local_storage(service)  # a shared database with storage on this host's disk
+        with cache.Cleaner(service.ctx):  # this host's cached copies of deleted recordings go
+            yield
+
     app = FastAPI(
         title="callrec",
         version="1",
         description="Call recording: domains, API keys, calls, recordings and their audio, uploads, jobs.",
+        lifespan=lifespan,
     )
     app.state.service = service
     app.state.max_upload_bytes = max_upload_bytes

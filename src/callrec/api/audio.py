@@ -1,28 +1,29 @@
 """Serving audio: HTTP Range over any storage, and conversion to the other format on request.
 
 ``recording_response`` is what every audio route calls (the API's and a public link's), once it has
-decided the caller may have the recording. A converted file is made once, under
-``data_dir/cache/<recording id>.<format>``, and served with Range like a stored one.
+decided the caller may have the recording. A converted file is made once per version of the recording
+(its md5 and storage key) in this host's cache (``callrec.service.cache``: bounded, least recently used
+evicted, cleaned of deleted recordings) and served with Range like a stored one.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
 import numpy.typing as npt
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from callrec.db.schema import Recording
-from callrec.errors import CallrecError, StorageError
+from callrec.db.schema import COMPLETED, DELETED, Recording
+from callrec.errors import CallrecError, ServiceError, StorageError
 from callrec.media.encode import MP3_BITRATES_KBPS, open_writer
 from callrec.offline import safe_name
+from callrec.service import cache
 from callrec.service.context import Context
 
 MEDIA_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
@@ -80,6 +81,7 @@ def ranged_response(range_header: str | None, size: int, read: Reader, media_typ
 
 def recording_response(ctx: Context, rec: Recording, fmt: str | None, range_header: str | None) -> Response:
     """A completed recording's audio, in its stored format or converted to ``fmt``."""
+    check_completed(ctx, rec)
     name = safe_name(rec.call.sip_call_id or rec.call_id)[:100]
     fmt = fmt or rec.format
     if fmt == rec.format:
@@ -95,43 +97,65 @@ def recording_response(ctx: Context, rec: Recording, fmt: str | None, range_head
             return storage.read_range(key, start, end, CHUNK_BYTES)
 
         return ranged_response(range_header, size, read, MEDIA_TYPES[fmt], f"{name}.{fmt}")
-    path = converted(ctx, rec, fmt)
-    return ranged_response(
-        range_header, path.stat().st_size, lambda a, b: _read_file(path, a, b), MEDIA_TYPES[fmt], f"{name}.{fmt}"
-    )
+    for _ in range(3):
+        try:
+            f = converted(ctx, rec, fmt).open("rb")
+        except FileNotFoundError:
+            continue  # evicted by another request between being made and being opened: made again
+        return _file_response(f, range_header, MEDIA_TYPES[fmt], f"{name}.{fmt}")
+    raise StorageError(f"the converted copy of recording {rec.id} keeps being evicted; the cache is too small")
 
 
-def cache_dir(ctx: Context) -> Path:
-    return ctx.config.data_dir / "cache"
+def _file_response(f: BinaryIO, range_header: str | None, media_type: str, filename: str) -> Response:
+    """``ranged_response`` over an open file: what it serves stays whole even if the cache evicts it."""
+    used = False
+
+    def read(start: int, end: int) -> Iterator[bytes]:
+        nonlocal used
+        used = True
+        return _read_file(f, start, end)
+
+    try:
+        return ranged_response(range_header, os.fstat(f.fileno()).st_size, read, media_type, filename)
+    finally:
+        if not used:  # a 416 or an empty range: nothing will read it
+            f.close()
+
+
+def check_completed(ctx: Context, rec: Recording) -> None:
+    """410 or 409 for a recording that is not completed, whose cached copies are removed now (the routes
+    check first; this is the cache's own guarantee that such a row's copy is never served)."""
+    if rec.state == COMPLETED:
+        return
+    forget(ctx, rec.id)
+    if rec.state == DELETED:
+        raise ServiceError("the recording was deleted", 410)
+    raise ServiceError(f"the recording is {rec.state}", 409)
 
 
 def forget(ctx: Context, recording_id: str) -> None:
-    """Remove a recording's converted copies and its picture (it was deleted)."""
-    for suffix in (*MEDIA_TYPES, "picture.json"):
-        (cache_dir(ctx) / f"{recording_id}.{suffix}").unlink(missing_ok=True)
+    """Remove a recording's converted copies and its picture from this host's cache (it was deleted)."""
+    cache.of(ctx).forget("recording", recording_id)
 
 
 def converted(ctx: Context, rec: Recording, fmt: str) -> Path:
-    """The recording converted to ``fmt``, made now unless a request made it before."""
-    path = cache_dir(ctx) / f"{rec.id}.{fmt}"
-    if path.is_file():
-        return path
-    storage = ctx.storage(rec.storage)
+    """The recording converted to ``fmt``, from this host's cache or made now."""
+
+    def build(folder: Path) -> Path:
+        storage = ctx.storage(rec.storage)
+        source = storage.local_path(rec.storage_key)
+        if source is None or not source.is_file():
+            source = folder / f"source.{rec.format}"
+            storage.download(rec.storage_key, source)
+        part = folder / f"out.{fmt}"
+        bitrate = rec.options.get("bitrate", 16)
+        transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else 16)
+        return part
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".convert-", dir=path.parent) as tmp:
-            source = storage.local_path(rec.storage_key)
-            if source is None or not source.is_file():
-                source = Path(tmp) / f"source.{rec.format}"
-                storage.download(rec.storage_key, source)
-            part = Path(tmp) / f"out.{fmt}"
-            bitrate = rec.options.get("bitrate", 16)
-            transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else 16)
-            # built under a temporary name: a concurrent request sees the whole file or none
-            os.replace(part, path)
+        return cache.of(ctx).make(cache.Key.of(rec, fmt), build)
     except OSError as exc:
         raise StorageError(f"converting recording {rec.id} failed: {exc.strerror or exc}") from exc
-    return path
 
 
 def transcode(source: Path, dest: Path, fmt: str, bitrate_kbps: int) -> None:
@@ -157,8 +181,8 @@ def _interleaved(data: Any, channels: int) -> npt.NDArray[np.int16]:
     return np.asarray(data, dtype=np.int16).reshape(-1, channels)
 
 
-def _read_file(path: Path, start: int, end: int) -> Iterator[bytes]:
-    f = path.open("rb")  # opened now: a vanished file fails before the response starts
+def _read_file(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """``[start, end)`` of an open file (opened before the response starts: a vanished file fails then)."""
 
     def chunks() -> Iterator[bytes]:
         with f:

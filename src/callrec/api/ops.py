@@ -2,6 +2,10 @@
 
 Metric values are read from the database (and the queue) when Prometheus scrapes, so every API node
 reports the same figures and nothing has to be counted in memory.
+
+On a shared (PostgreSQL) database, ``/healthz`` adds ``warnings`` naming each domain whose storage is
+``local``: its recordings would stay on the disk of whichever host stored them, where other hosts cannot
+read them (SPEC "Scale-out": hosts share no disk). The same is logged once when the API starts.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from callrec.db.schema import COMPLETED, RECORDING, STATES, Job, Recording
+from callrec.db.schema import COMPLETED, RECORDING, STATES, Domain, Job, Recording
 from callrec.service.pipeline import Service
 
 log = logging.getLogger("callrec.api")
 SPEED_WINDOW = timedelta(hours=1)
+# the most domains a warning names one by one
+WARN_DOMAINS = 20
 
 
 class ServiceCollector(Collector):
@@ -89,11 +96,14 @@ def make_router(service: Service) -> APIRouter:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ServiceCollector(service))
 
-    @router.get("/healthz", summary="Whether the database and the queue answer")
+    @router.get("/healthz", summary="Whether the database and the queue answer (and what a shared setup lacks)")
     def healthz() -> Any:
-        parts = {"database": _check_database(service), "queue": _check_queue(service)}
+        database, warnings = _check_database(service)
+        parts = {"database": database, "queue": _check_queue(service)}
         failing = [sentence for sentence in parts.values() if sentence != "ok"]
         body: dict[str, Any] = {"status": "ok" if not failing else "error", **parts}
+        if warnings:
+            body["warnings"] = warnings
         if failing:
             body["detail"] = failing[0]
             return JSONResponse(body, status_code=503)
@@ -111,14 +121,48 @@ def make_router(service: Service) -> APIRouter:
     return router
 
 
-def _check_database(service: Service) -> str:
+def _check_database(service: Service) -> tuple[str, list[str]]:
+    """"ok" or why not, and the warnings of a shared setup; one query either way."""
     try:
         with service.ctx.sessions() as s:
-            s.execute(text("SELECT 1"))
+            if not _shared(service):
+                s.execute(text("SELECT 1"))
+                return "ok", []
+            return "ok", _local_storage(s)
     except SQLAlchemyError as exc:
         log.warning("healthz: database: %s", str(exc).splitlines()[0])
-        return "the database cannot be reached"
-    return "ok"
+        return "the database cannot be reached", []
+
+
+def _shared(service: Service) -> bool:
+    """Whether hosts share this database (PostgreSQL), so a host's own disk is not where data may stay."""
+    return service.ctx.engine.dialect.name == "postgresql"
+
+
+def _local_storage(s: Session) -> list[str]:
+    """A warning for each domain (up to WARN_DOMAINS, then a count) whose storage is this host's disk."""
+    kind = Domain.settings[("storage", "kind")].as_string()  # no storage settings at all is local too
+    query = select(Domain.name).where(or_(kind.is_(None), kind == "local")).order_by(Domain.name)
+    names = list(s.scalars(query.limit(WARN_DOMAINS + 1)))
+    warnings = [f"domain {name} stores on this host's local disk; other hosts cannot read it"
+                for name in names[:WARN_DOMAINS]]  # fmt: skip
+    if len(names) > WARN_DOMAINS:
+        warnings.append(f"more domains store on this host's local disk (only the first {WARN_DOMAINS} are named)")
+    return warnings
+
+
+def warn_local_storage(service: Service) -> None:
+    """Log, once at start, what ``/healthz`` warns about: a shared database with local storage."""
+    if not _shared(service):
+        return
+    try:
+        with service.ctx.sessions() as s:
+            warnings = _local_storage(s)
+    except SQLAlchemyError as exc:
+        log.warning("cannot check the domains' storage: %s", str(exc).splitlines()[0])
+        return
+    for warning in warnings:
+        log.warning("shared database: %s (set its storage to S3)", warning)
 
 
 def _check_queue(service: Service) -> str:

@@ -1,7 +1,8 @@
 """The picture of a conversation: both channels' waveforms, who spoke when, silences and overlaps.
 
-What comes from the audio (peaks, per-channel speech) is computed once per file and cached as JSON under
-``data_dir/cache`` beside the converted copies; who the speakers are is read from the call each time,
+What comes from the audio (peaks, per-channel speech) is computed once per version of the file and
+cached as JSON in this host's cache beside the converted copies (``callrec.service.cache``: keyed by the
+row's id and md5, bounded, cleaned of deleted recordings); who the speakers are is read from the call each time,
 so the picture follows the call card. A party's own speaking segments (measured by the mixer on that
 party's audio, ``streams[i].quality["speech"]``) are used when the card has them: that is how a
 conference, whose voices share both channels, shows each participant. Otherwise the channels speak
@@ -11,8 +12,6 @@ for the parties: left the caller, right the callee.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from callrec.api import interactions
-from callrec.api.audio import cache_dir
+from callrec.api.audio import check_completed
 from callrec.api.deps import PrincipalDep, ServiceDep
 from callrec.api.interactions import DomainName
 from callrec.api.recordings import find_recording
 from callrec.db.schema import COMPLETED, DELETED, Call, Party, Recording, Stitch
 from callrec.errors import ServiceError, StorageError
 from callrec.media import analyze
+from callrec.service import cache
 from callrec.service import stitches as stitching
 from callrec.service.context import Context
 
@@ -71,38 +71,40 @@ class Picture(BaseModel):
 # --- the audio's part, cached ------------------------------------------------------------------------
 
 
-def _analysis(ctx: Context, name: str, spec: dict[str, Any], key: str, fmt: str) -> dict[str, Any]:
-    """The analysis of a stored file, from the cache file ``name`` or made now (and cached)."""
-    path = cache_dir(ctx) / name
+def _analysis(ctx: Context, row: Recording | Stitch) -> dict[str, Any]:
+    """The analysis of a completed row's stored file, from this host's cache or made now (and cached)."""
+    store, key = cache.of(ctx), cache.Key.of(row, PICTURE_SUFFIX)
+    path = store.get(key)
+    if path is not None:
+        try:
+            cached = json.loads(path.read_text("utf-8"))
+            if isinstance(cached, dict) and cached.get("version") == VERSION:
+                return cached
+        except (OSError, ValueError):
+            pass  # evicted meanwhile, or unreadable: make it again
+    made: dict[str, Any] = {}
+
+    def build(folder: Path) -> Path:
+        storage = ctx.storage(row.storage)
+        source = storage.local_path(row.storage_key)
+        if source is None or not source.is_file():
+            source = folder / f"source.{row.format or 'audio'}"
+            storage.download(row.storage_key, source)
+        found = analyze.analyze(source)
+        made.update(version=VERSION, duration_s=found.duration_s,
+                    peaks=[[list(p) for p in channel] for channel in found.peaks],
+                    segments=[[list(s) for s in channel] for channel in found.segments])  # fmt: skip
+        part = folder / "picture.json"
+        part.write_text(json.dumps(made, separators=(",", ":")), "utf-8")
+        return part
+
     try:
-        cached = json.loads(path.read_text("utf-8"))
-        if isinstance(cached, dict) and cached.get("version") == VERSION:
-            return cached
-    except (OSError, ValueError):
-        pass  # not made yet, or unreadable: make it again
-    storage = ctx.storage(spec)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".picture-", dir=path.parent) as tmp:
-            source = storage.local_path(key)
-            if source is None or not source.is_file():
-                source = Path(tmp) / f"source.{fmt or 'audio'}"
-                storage.download(key, source)
-            found = analyze.analyze(source)
-            data = {
-                "version": VERSION,
-                "duration_s": found.duration_s,
-                "peaks": [[list(p) for p in channel] for channel in found.peaks],
-                "segments": [[list(s) for s in channel] for channel in found.segments],
-            }
-            part = Path(tmp) / "picture.json"
-            part.write_text(json.dumps(data, separators=(",", ":")), "utf-8")
-            os.replace(part, path)  # a concurrent request reads the whole file or none
+        store.build(key, build)
     except analyze.AnalysisError as exc:
         raise StorageError(str(exc)) from exc
     except OSError as exc:
-        raise StorageError(f"the picture of {name} cannot be made: {exc.strerror or exc}") from exc
-    return data
+        raise StorageError(f"the picture of {key.name} cannot be made: {exc.strerror or exc}") from exc
+    return made
 
 
 def _channels(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -194,7 +196,8 @@ def recording_picture(ctx: Context, rec: Recording, *, numbers: bool = False) ->
 
     Speakers are named as a public link shows people (names or roles) unless ``numbers``: the API and
     the UI, behind a key, add their numbers."""
-    data = _analysis(ctx, f"{rec.id}.{PICTURE_SUFFIX}", rec.storage, rec.storage_key, rec.format)
+    check_completed(ctx, rec)
+    data = _analysis(ctx, rec)
     return _finish(data, speakers_of(rec.call, data["segments"], numbers), [])
 
 
@@ -204,12 +207,13 @@ def recording_picture(ctx: Context, rec: Recording, *, numbers: bool = False) ->
 def stitch_picture(ctx: Context, stitch: Stitch, *, numbers: bool = False) -> dict[str, Any]:
     """The picture of a completed stitch: the customer on the left, on the right the employees of each
     chapter within that chapter's time. Without ``numbers``, people are named as on a public link."""
+    if stitch.state != COMPLETED or not stitch.storage_key:
+        forget_stitch(ctx, stitch.id)
+        if stitch.state == DELETED:
+            raise ServiceError("the interaction's recordings were deleted", 410)
+        raise ServiceError(f"the stitched recording is not ready ({stitch.state})", 409)
     # a stitch made again (a member changed) is a new file under the same id: its md5 names the version
-    name = f"stitch-{stitch.id}-{stitch.md5 or stitch.signature}.{PICTURE_SUFFIX}"
-    data = _analysis(ctx, name, stitch.storage, stitch.storage_key, stitch.format)
-    for old in cache_dir(ctx).glob(f"stitch-{stitch.id}-*.{PICTURE_SUFFIX}"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    data = _analysis(ctx, stitch)
     with ctx.sessions() as s:
         calls = stitching.members(s, stitch.domain_id, stitch.interaction_id)
         customer = stitching.customer_json(calls)
@@ -242,6 +246,11 @@ def stitch_picture(ctx: Context, stitch: Stitch, *, numbers: bool = False) -> di
     return _finish(data, speakers, chapters)
 
 
+def forget_stitch(ctx: Context, stitch_id: str) -> None:
+    """Remove a stitch's pictures from this host's cache."""
+    cache.of(ctx).forget("stitch", stitch_id)
+
+
 def _within(segments: Segments, spans: list[tuple[float, float]]) -> Segments:
     """The parts of ``segments`` inside any of ``spans``."""
     out = []
@@ -264,10 +273,7 @@ def get_recording_picture(recording_id: str, service: ServiceDep, principal: Pri
     ctx = service.ctx
     with ctx.sessions() as s:
         rec = find_recording(s, principal, recording_id)
-        if rec.state == DELETED:
-            raise ServiceError("the recording was deleted", 410)
-        if rec.state != COMPLETED:
-            raise ServiceError(f"the recording is {rec.state}", 409)
+        check_completed(ctx, rec)  # 410 or 409, and its cached copies go
         return recording_picture(ctx, rec, numbers=True)
 
 
@@ -279,6 +285,8 @@ def get_interaction_picture(
 ) -> Response:
     # like the stitched audio, asking for the picture asks for the stitch
     row = interactions.ask_stitch(service, principal, interaction_id, domain, force=False)
+    if row.state != COMPLETED or not row.storage_key:
+        forget_stitch(service.ctx, row.id)  # a cached picture of an older version is never served
     if row.state == DELETED:
         raise ServiceError("the interaction's recordings were deleted", 410)
     if row.state != COMPLETED or not row.storage_key:
