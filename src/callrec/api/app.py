@@ -1,12 +1,16 @@
 """The HTTP API of ``callrec serve``: the FastAPI application and the one place errors become HTTP.
 
-Every error answers JSON ``{"detail": "<one sentence>"}``. Only storage (or the database) being out of
-reach answers 5xx (503); everything a client can cause is a 4xx saying what to change.
+Every error answers JSON ``{"detail": "<one sentence>"}``. Storage, the database or the job queue out of
+reach answers 503 with ``Retry-After``; everything a client can cause is a 4xx saying what to change. Any
+other failure is a bug: JSON 500 ``{"detail": "internal error", "error_id": ...}``, its traceback logged
+once with that id (``_LastResort``), never Starlette's plain-text "Internal Server Error".
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -15,9 +19,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from huey.exceptions import HueyException
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callrec.api import calls, domains, interactions, jobs, links, ops, picture, recordings, ui, uploads, webhooks
 from callrec.config import ConfigError
@@ -31,6 +39,12 @@ API_PREFIX = "/api/v1"
 MAX_UPLOAD_BYTES = 2 * 1024**3
 # where a validation error was found, as pydantic names it; not part of the field's name
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
+# when to try again after a 503 for something out of reach
+RETRY_AFTER_S = 5
+# the job queue's connection failures: Redis, Huey itself, and SqliteHuey's file (busy or unreadable);
+# the service's own database errors come wrapped by SQLAlchemy, never as a bare sqlite3 error
+_QUEUE_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, HueyException,
+                                              sqlite3.OperationalError)  # fmt: skip
 
 
 def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
@@ -63,7 +77,11 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
     app.add_exception_handler(ConfigError, _config_error)
     app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(CallrecError, _callrec_error)
-    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(DBAPIError, _failure)
+    for queue_error in _QUEUE_DOWN:
+        app.add_exception_handler(queue_error, _failure)
+    # the last one added is the outermost of the app's own: it sees what every other layer let through
+    app.add_middleware(_LastResort)
     return app
 
 
@@ -123,7 +141,7 @@ async def _config_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
     log.warning("%s %s: storage: %s", request.method, request.url.path, exc)
-    return _detail(503, "storage cannot be reached at the moment; try again later")
+    return _detail(503, "storage cannot be reached at the moment; try again later", _retry_after())
 
 
 async def _callrec_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -131,6 +149,58 @@ async def _callrec_error(_request: Request, exc: Exception) -> JSONResponse:
     return _detail(400, str(exc))
 
 
-async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s: database: %s", request.method, request.url.path, str(exc).splitlines()[0])
-    return _detail(503, "the database cannot be reached")
+def _retry_after() -> dict[str, str]:
+    return {"Retry-After": str(RETRY_AFTER_S)}
+
+
+def _out_of_reach(exc: BaseException) -> str | None:
+    """What a connection failure could not reach ("the database", "the job queue"); None for anything else."""
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return "the database"
+    if isinstance(exc, _QUEUE_DOWN):
+        return "the job queue"
+    return None
+
+
+async def _failure(request: Request, exc: Exception) -> JSONResponse:
+    """503 for the database or the job queue out of reach; 500 with an error id for anything else."""
+    reached = _out_of_reach(exc)
+    if reached is not None:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("%s %s: %s: %s", request.method, request.url.path, reached.removeprefix("the "), first)
+        return _detail(503, f"{reached} cannot be reached", _retry_after())
+    error_id = secrets.token_hex(8)
+    log.error("%s %s: internal error %s", request.method, request.url.path, error_id,
+              exc_info=(type(exc), exc, exc.__traceback__))  # fmt: skip
+    return JSONResponse({"detail": "internal error", "error_id": error_id}, status_code=500)
+
+
+class _LastResort:
+    """Answers ``_failure`` for an exception no handler took, unless part of an answer is already out.
+
+    Not an exception handler for ``Exception``: Starlette runs that one in its ServerErrorMiddleware,
+    which answers and then raises the exception again for the server to log, so every traceback would
+    be logged twice (once without its error id).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:  # half an answer is out: only the server can end the connection
+                raise
+            response = await _failure(Request(scope, receive), exc)
+            await response(scope, receive, send)

@@ -4,34 +4,52 @@ The body is parsed as it arrives: the file goes straight to disk and is refused 
 the limit, so neither memory nor disk holds more than the limit. Each call then becomes a tape folder
 like the recorder's (``media.pcap`` a hard link to the one saved copy, ``call.json``) and goes down
 the same pipeline.
+
+With an ``Idempotency-Key`` (see ``api.idempotency``) a retry gets the first answer and registers
+nothing again. Each call's tape is then named from the key, the caller's API key id, a hash of the
+body and the call's place in the capture, so a retry of an upload that was cut short part-way finds
+the calls already registered (``tape_ref``) and registers only the rest.
+
+A failure never hides a call that was registered: if the service fails after registering some of the
+calls, the answer is 503 with ``Retry-After`` and those calls' ids; with a key, that partial answer is
+not kept, so the retry with the same key finishes the upload and answers 202 with every id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Request
+import anyio
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from callrec.api import idempotency
 from callrec.api.deps import Principal, PrincipalDep, ServiceDep
 from callrec.api.schemas import DOMAIN_NAME, UploadOut
 from callrec.capture import tape
 from callrec.capture.scan import calls_in_capture
 from callrec.db import queries
 from callrec.db.engine import transaction
-from callrec.db.schema import Domain
-from callrec.errors import CaptureError, ParseError, ServiceError, StorageError
+from callrec.db.schema import Call, Domain
+from callrec.errors import CallrecError, CaptureError, ParseError, ServiceError, StorageError
 from callrec.models import CallInfo
+from callrec.service.context import Context
 from callrec.service.pipeline import Service
 from callrec.storage.base import os_reason
 
+log = logging.getLogger("callrec.api.uploads")
 router = APIRouter(tags=["uploads"])
 PCAP_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1", b"\x0a\x0d\x0d\x0a")
 # the small fields: a tape's call.json and a domain name
@@ -66,14 +84,32 @@ UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "not a capture, a malformed body or Idempotency-Key, or a bad call.json"},
+    409: {"description": "a request with this Idempotency-Key is still being carried out (Retry-After)"},
+    413: {"description": "the file is larger than the limit"},
+    415: {"description": "the body is not multipart/form-data"},
+    422: {"description": "no SIP call in the capture, no file field, or an Idempotency-Key used for another body"},
+    503: {
+        "description": "the service failed (Retry-After); `calls` lists the calls registered before it did, if "
+        "any: retry with the same Idempotency-Key to register the rest without registering those again"
+    },
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias=idempotency.HEADER, description="1-200 printable ASCII characters: a retry with the same key "
+           "(and the same API key and body) gets the first answer, and nothing is registered twice"),
+]  # fmt: skip
 
 
 class _Form:
     """One multipart body: the ``file`` part streamed to ``path``, the small fields kept in memory."""
 
-    def __init__(self, path: Path, limit: int) -> None:
+    def __init__(self, path: Path, limit: int, *, hashed: bool = False) -> None:
         self.path, self.limit = path, limit
         self.size = 0
+        # the file's SHA-256, taken as it arrives (only for an Idempotency-Key: it names the request)
+        self.digest = hashlib.sha256() if hashed else None
         self.fields: dict[str, bytearray] = {}
         self.has_file = self.ended = False
         self._out: BinaryIO | None = None
@@ -122,6 +158,8 @@ class _Form:
             if self.size > self.limit:
                 raise ServiceError(f"the file is larger than the limit of {self.limit} bytes", 413)
             self._out.write(data[start:end])
+            if self.digest is not None:
+                self.digest.update(data[start:end])
         elif self._part in self.fields:
             field = self.fields[self._part]
             field += data[start:end]
@@ -136,10 +174,30 @@ class _Form:
     def close(self) -> None:
         self._end_part()
 
+    def fingerprint(self) -> str:
+        """What the upload asks for: the file's hash and every field, as one hash."""
+        assert self.digest is not None
+        parts = [self.digest.digest()]
+        for name in sorted(self.fields):
+            parts += [name.encode(), bytes(self.fields[name])]
+        return idempotency.fingerprint(*parts)
+
+
+class _CutShort(Exception):
+    """Registering the upload's calls failed part-way: ``calls`` were registered before ``cause``."""
+
+    def __init__(self, calls: list[str], total: int, cause: BaseException) -> None:
+        super().__init__(f"{len(calls)} of {total} calls registered")
+        self.calls, self.total, self.cause = calls, total, cause
+
 
 @router.post("/uploads", status_code=202, response_model=UploadOut, openapi_extra=UPLOAD_BODY,
+             responses=UPLOAD_RESPONSES,
              summary="Upload a capture, or a tape (media.pcap and call.json)")  # fmt: skip
-async def upload(request: Request, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+async def upload(
+    request: Request, service: ServiceDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
+) -> Any:
+    key = idempotency.parse_key(idempotency_key)
     limit: int = request.app.state.max_upload_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + 64 * 1024 + FIELD_LIMITS["call"]:
@@ -150,7 +208,7 @@ async def upload(request: Request, service: ServiceDep, principal: PrincipalDep)
     staging = service.ctx.config.data_dir / "uploads" / secrets.token_hex(8)
     try:
         staging.mkdir(parents=True)
-        form = _Form(staging / tape.MEDIA_FILE, limit)
+        form = _Form(staging / tape.MEDIA_FILE, limit, hashed=key is not None)
         try:
             parser = form.parser(params[b"boundary"])
             async for chunk in request.stream():
@@ -165,16 +223,86 @@ async def upload(request: Request, service: ServiceDep, principal: PrincipalDep)
         if not form.has_file:
             raise ServiceError("file: the upload has no file field", 422)
         fields = {name: bytes(value) for name, value in form.fields.items()}
-        calls = await run_in_threadpool(_ingest, service, principal, form.path, fields)
+        if key is None:
+            return await _register(service, principal, form.path, fields, None)
+        return await _register_once(service, principal, form, fields, key)
     except OSError as exc:  # the service's own disk (full, or not writable)
         raise StorageError(f"the upload cannot be saved: {os_reason(exc)}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"calls": calls}
 
 
-def _ingest(service: Service, principal: Principal, media: Path, fields: dict[str, bytes]) -> list[str]:
-    """Check the capture, find its calls, and hand each one to the pipeline as a closed tape."""
+async def _register_once(
+    service: Service, principal: Principal, form: _Form, fields: dict[str, bytes], key: str
+) -> dict[str, Any] | JSONResponse:
+    """``_register`` under an Idempotency-Key: the first answer again for a retry, 409 while it runs."""
+    asked = form.fingerprint()
+    held = await run_in_threadpool(idempotency.claim, service.ctx, principal.key_id, key, asked)
+    if isinstance(held, idempotency.Replay):
+        return held.response()
+
+    def name(index: int) -> str:
+        # the same key, caller and body name the same tapes, so a retry finds the calls made before
+        return "upload-" + idempotency.fingerprint(principal.key_id.encode(), key.encode(), asked.encode(),
+                                                   str(index).encode())[:20]  # fmt: skip
+
+    try:
+        async with held.kept_alive():
+            answer = await _register(service, principal, form.path, fields, name)
+    except BaseException:  # nothing was registered: the key is free for a retry
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(held.release)
+        raise
+    if isinstance(answer, JSONResponse):  # cut short: not kept, so the retry registers the rest
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(held.release)
+        return answer
+    try:
+        await run_in_threadpool(held.finish, 202, answer)
+    except Exception as exc:  # every call is registered: a retry (once the claim goes stale) finds them again
+        log.warning("upload with an Idempotency-Key: its answer was not kept: %s", type(exc).__name__)
+    return answer
+
+
+async def _register(
+    service: Service, principal: Principal, media: Path, fields: dict[str, bytes], name: Callable[[int], str] | None
+) -> dict[str, Any] | JSONResponse:
+    """The calls of the upload registered: ``{"calls": [...]}``, or a 503 listing the calls registered
+    before the service failed part-way. A failure before any call was registered is raised as it is."""
+    try:
+        calls = await run_in_threadpool(_ingest, service, principal, media, fields, name)
+    except _CutShort as exc:
+        cut = exc
+    else:
+        return {"calls": calls}
+    cause = cut.cause
+    if not cut.calls:
+        if isinstance(cause, CallrecError) and not isinstance(cause, (ServiceError, StorageError)):
+            # our own tape folder could not be read back: the service's fault, and its text names a server path
+            raise RuntimeError("an uploaded call could not be registered") from cause
+        raise cause
+    error_id = secrets.token_hex(8)
+    log.error("upload cut short after %d of %d calls (error id %s)", len(cut.calls), cut.total, error_id,
+              exc_info=(type(cause), cause, cause.__traceback__))  # fmt: skip
+    then = (
+        "send it again with the same Idempotency-Key to register the rest (the calls listed are not registered twice)"
+        if name is not None
+        else "sending it again registers the calls listed a second time (an Idempotency-Key makes a retry safe)"
+    )
+    detail = (f"the upload was cut short: {len(cut.calls)} of its {cut.total} calls were registered (listed in "
+              f"calls) before the service failed; {then}")  # fmt: skip
+    return JSONResponse({"detail": detail, "calls": cut.calls, "error_id": error_id}, status_code=503,
+                        headers={"Retry-After": "5"})  # fmt: skip
+
+
+def _ingest(
+    service: Service, principal: Principal, media: Path, fields: dict[str, bytes], name: Callable[[int], str] | None
+) -> list[str]:
+    """Check the capture, find its calls, and hand each one to the pipeline as a closed tape.
+
+    ``name`` names each call's tape by its index (random names without it); a tape of that name already
+    registered is not registered again. A failure once the first call is handed over raises ``_CutShort``.
+    """
     with media.open("rb") as f:
         if f.read(4) not in PCAP_MAGICS:
             raise ServiceError("the file is not a pcap or pcapng capture", 400)
@@ -182,18 +310,65 @@ def _ingest(service: Service, principal: Principal, media: Path, fields: dict[st
     infos = [_tape_info(fields["call"])] if "call" in fields else _calls(media)
     ctx = service.ctx
     day = ctx.clock.now().strftime("%Y/%m/%d")
-    folders = []
-    for info in map(_without_nul, infos):
+    names = [name(i) if name is not None else f"upload-{secrets.token_hex(8)}" for i in range(len(infos))]
+    known = _registered(ctx, names) if name is not None else {}
+    calls: list[str] = []
+    for tape_name, info in zip(names, map(_without_nul, infos), strict=True):
+        if tape_name in known:
+            calls.append(known[tape_name])
+            continue
         info.domain, info.source, info.closed_cleanly, info.interrupted = domain, "upload", True, False
-        folder = ctx.config.data_dir / "tapes" / day / f"upload-{secrets.token_hex(8)}"
-        folder.mkdir(parents=True)
+        folder = ctx.config.data_dir / "tapes" / day / tape_name
+        handed = False
         try:
-            os.link(media, folder / tape.MEDIA_FILE)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(media, folder / tape.MEDIA_FILE)
-        tape.write_info(folder, info)
-        folders.append(folder)
-    return [service.pipeline.tape_closed(folder) for folder in folders]
+            _write_tape(folder, media, info)
+            handed = True
+            calls.append(service.pipeline.tape_closed(folder))
+        except Exception as exc:
+            if not handed:
+                shutil.rmtree(folder, ignore_errors=True)
+            elif (found := _settle(ctx, folder)) is not None:
+                calls.append(found)
+            raise _CutShort(calls, len(infos), exc) from exc
+    return calls
+
+
+def _write_tape(folder: Path, media: Path, info: CallInfo) -> None:
+    """A closed tape in ``folder``: ``media.pcap`` the upload's file, ``call.json`` the call's ``info``.
+
+    The folder may be left from an attempt cut short; what it holds is then replaced by the same.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / tape.MEDIA_FILE
+    target.unlink(missing_ok=True)
+    try:
+        os.link(media, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(media, target)
+    tape.write_info(folder, info)
+
+
+def _registered(ctx: Context, names: list[str]) -> dict[str, str]:
+    """Which of the tape names ``names`` a call was already registered from: name -> call id."""
+    found: dict[str, str] = {}
+    with ctx.sessions() as s:
+        for at in range(0, len(names), 500):
+            rows = s.execute(select(Call.tape_ref, Call.id).where(Call.tape_ref.in_(names[at : at + 500])))
+            found.update({ref: call_id for ref, call_id in rows})
+    return found
+
+
+def _settle(ctx: Context, folder: Path) -> str | None:
+    """After handing ``folder`` over failed: the call it registered all the same, if any. A folder no call
+    was registered from is removed; when the database cannot say, it stays (the sweep ingests it)."""
+    try:
+        call_id = _registered(ctx, [folder.name]).get(folder.name)
+    except Exception as exc:
+        log.warning("tape %s: whether it was registered is not known (%s)", folder.name, type(exc).__name__)
+        return None
+    if call_id is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return call_id
 
 
 def _domain(service: Service, principal: Principal, asked: bytes | None) -> str:
@@ -241,7 +416,7 @@ def _calls(media: Path) -> list[CallInfo]:
     try:
         found = calls_in_capture(media)
     except CaptureError as exc:
-        reason = str(exc).split(": ", 1)[-1]  # without our file's path
+        reason = str(exc).removeprefix(f"{media}: ").replace(str(media.parent), "")  # never a server path
         raise ServiceError(f"the capture cannot be read: {reason}", 400) from exc
     if not found:
         raise ServiceError("no SIP call found in the capture", 422)
