@@ -40,6 +40,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _refused(command: str, exc: Exception) -> None:
+    # a start that cannot succeed (data folder in use, address taken): one line naming the command, and
+    # the exit status a supervisor does not retry
+    from callrec.service.sanity import EXIT_REFUSED
+
+    print(f"callrec {command}: {exc}", file=sys.stderr)
+    raise typer.Exit(EXIT_REFUSED)
+
+
 @app.command("mix")
 def mix_command(
     input: Annotated[Path, typer.Argument(help="A pcap/pcapng capture with SIP and RTP, or a tape folder")],
@@ -155,7 +164,10 @@ def record_command(
         recorder_config_from_env,
     )
     from callrec.runner import run
+    from callrec.service.ownership import die_with_parent
+    from callrec.service.sanity import StartRefused, check_shared_setup
 
+    die_with_parent()  # when started by serve: end with it
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -184,7 +196,10 @@ def record_command(
 
             svc = service_config_from_env()
             svc.data_dir = data
+            check_shared_setup(svc)
         run(cfg, mix=mix, ready=ready, service=svc)
+    except StartRefused as exc:
+        _refused("record", exc)
     except CallrecError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -225,6 +240,7 @@ def serve_command(
         service_config_from_env,
     )
     from callrec.serve import serve
+    from callrec.service.sanity import StartRefused, check_shared_setup
 
     _logging(log_level)
     try:
@@ -242,7 +258,10 @@ def serve_command(
             if workers < 1:
                 _fail("--workers must be at least 1")
             svc.workers = workers
+        check_shared_setup(svc)
         serve(rec, svc, record=record, work=work)
+    except StartRefused as exc:
+        _refused("serve", exc)
     except CallrecError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -258,15 +277,23 @@ def worker_command(
     """Mix and store recordings from the queue (CALLREC_QUEUE_URL, CALLREC_DATABASE_URL), until SIGTERM."""
     from callrec.config import service_config_from_env
     from callrec.jobs.worker import run_worker
+    from callrec.service.ownership import die_with_parent
+    from callrec.service.sanity import StartRefused, check_shared_setup
 
+    die_with_parent()  # when started by serve: end with it
     _logging(log_level)
     try:
         cfg = service_config_from_env()
         if workers is not None and workers < 1:
             _fail("--workers must be at least 1")
+        check_shared_setup(cfg)
         run_worker(cfg, workers=workers, sweep=sweep)
+    except StartRefused as exc:
+        _refused("worker", exc)
     except CallrecError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot start the worker: {exc.strerror or exc}")
 
 
 @app.command("version")

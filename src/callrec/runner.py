@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,12 +17,16 @@ from callrec.capture import tape
 from callrec.capture.recorder import Recorder
 from callrec.config import RecorderConfig, ServiceConfig
 from callrec.offline import safe_name
+from callrec.service.ownership import DataLock
+from callrec.service.sanity import cannot_listen
 
 if TYPE_CHECKING:
     from callrec.jobs.handoff import TapeHandOff
     from callrec.jobs.sweep import Sweeper
 
 log = logging.getLogger("callrec.runner")
+# what binding a socket fails with (a file system error names its file, these do not)
+BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 def raise_file_limit() -> int:
@@ -89,7 +95,18 @@ async def serve_recorder(
         )
     else:
         recorder = Recorder(cfg, on_tape_closed=mixer.submit if mixer is not None else None)
-    await recorder.start()
+    try:
+        await recorder.start()
+    except OSError as exc:
+        await recorder.stop()
+        if handoff is not None:
+            await loop.run_in_executor(None, handoff.drain)  # tapes recovered at the start reach the service
+            handoff.pipeline.ctx.close()
+        if exc.filename is not None or exc.errno not in BIND_ERRORS:
+            raise
+        # the SIP address is taken (or not ours): say which, and stop; trying again would not help
+        host, port = cfg.listen_host, cfg.listen_port
+        raise cannot_listen(host, port, _failed_protocol(host, port), exc) from exc
     if sweeper is not None:
         sweeper.start()
     stop = asyncio.Event()
@@ -119,12 +136,28 @@ def _service_handoff(service: ServiceConfig) -> tuple[TapeHandOff, Sweeper]:
     return TapeHandOff(built.pipeline), Sweeper(built.pipeline, tapes=True, queue=False)
 
 
+def _failed_protocol(host: str, port: int) -> str:
+    """Which of SIP's sockets could not be bound: UDP is bound first, so if UDP binds now, TCP failed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return "udp"
+    return "tcp"
+
+
 def run(cfg: RecorderConfig, *, mix: bool, ready: str = "", service: ServiceConfig | None = None) -> None:
-    """Run the recorder on uvloop (stock asyncio's datagram path is several times slower)."""
-    raise_file_limit()
+    """Own the data folder and run the recorder on uvloop (stock asyncio's datagram path is several times
+    slower). Raises ``StartRefused`` (``FolderInUse``, ``CannotListen``) when it cannot start."""
+    lock = DataLock.acquire(cfg.data_dir, "callrec record")
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
-        asyncio.run(serve_recorder(cfg, mix=mix, ready=ready, service=service))
-        return
-    uvloop.run(serve_recorder(cfg, mix=mix, ready=ready, service=service))
+        raise_file_limit()
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps odd platforms working
+            asyncio.run(serve_recorder(cfg, mix=mix, ready=ready, service=service))
+            return
+        uvloop.run(serve_recorder(cfg, mix=mix, ready=ready, service=service))
+    finally:
+        lock.release()
