@@ -21,8 +21,8 @@ from callrec.service.ownership import DataLock
 from callrec.service.sanity import cannot_listen
 
 if TYPE_CHECKING:
-    from callrec.jobs.handoff import TapeHandOff
-    from callrec.jobs.sweep import Sweeper
+    from callrec.service.handoff import TapeHandOff
+    from callrec.service.outbox import TapeOutbox
 
 log = logging.getLogger("callrec.runner")
 # what binding a socket fails with (a file system error names its file, these do not)
@@ -88,7 +88,7 @@ async def serve_recorder(
     mixer = TapeMixer(cfg.recordings_dir) if mix else None
     if mixer is not None:
         mixer.start()
-    handoff, sweeper = _service_handoff(service) if service is not None else (None, None)
+    handoff, outbox = _service_handoff(service) if service is not None else (None, None)
     if handoff is not None:
         recorder = Recorder(
             cfg, on_tape_closed=handoff.closed, on_tape_opened=handoff.opened, on_tape_discarded=handoff.discarded
@@ -107,8 +107,8 @@ async def serve_recorder(
         # the SIP address is taken (or not ours): say which, and stop; trying again would not help
         host, port = cfg.listen_host, cfg.listen_port
         raise cannot_listen(host, port, _failed_protocol(host, port), exc) from exc
-    if sweeper is not None:
-        sweeper.start()
+    if outbox is not None:
+        outbox.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -120,20 +120,20 @@ async def serve_recorder(
     await recorder.stop()
     if mixer is not None:
         await mixer.stop()
-    if sweeper is not None and handoff is not None:
-        sweeper.stop()
+    if outbox is not None and handoff is not None:
+        outbox.stop()
         # tapes closed by the shutdown reach the service before the process ends
         await loop.run_in_executor(None, handoff.drain)
         handoff.pipeline.ctx.close()
 
 
-def _service_handoff(service: ServiceConfig) -> tuple[TapeHandOff, Sweeper]:
-    from callrec.jobs.handoff import TapeHandOff
-    from callrec.jobs.sweep import Sweeper
+def _service_handoff(service: ServiceConfig) -> tuple[TapeHandOff, TapeOutbox]:
     from callrec.jobs.worker import build
+    from callrec.service.handoff import TapeHandOff
+    from callrec.service.outbox import TapeOutbox
 
     built = build(service)
-    return TapeHandOff(built.pipeline), Sweeper(built.pipeline, tapes=True, queue=False)
+    return TapeHandOff(built.pipeline), TapeOutbox(built.pipeline)
 
 
 def _failed_protocol(host: str, port: int) -> str:

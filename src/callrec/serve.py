@@ -270,6 +270,7 @@ def _serve(
     rec: RecorderConfig, service: ServiceConfig, http: socket.socket, lock: DataLock, *, record: bool, work: bool
 ) -> None:
     from callrec.jobs.worker import build
+    from callrec.service.outbox import TapeOutbox
 
     built = build(service)
     # children must find the same secret key without racing to create it
@@ -279,11 +280,15 @@ def _serve(
         print(f"callrec serve: admin API key (shown once, keep it): {new_key}", flush=True)
     supervisor = Supervisor(children_for(rec, service, record=record, work=work, lock=lock))
     supervisor.start()
+    # uploads this host accepted while storage was down, and tapes any earlier run left, reach storage
+    outbox = TapeOutbox(built.pipeline)
+    outbox.start()
     try:
         supervisor.wait_ready(30)
         if not supervisor.failed.is_set():
             _run_api(built, supervisor, http, rec, service, record=record)
     finally:
+        outbox.stop()
         supervisor.stop()
         built.close()
     if supervisor.failed.is_set():

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callrec.config import ConfigError
-from callrec.jobs import schedule as schedule_module
+from callrec.service import schedule as schedule_module
 from callrec.service.schedule import (
     FakeClock,
     OffsetClock,

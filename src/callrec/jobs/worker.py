@@ -100,8 +100,10 @@ def run_sweeper(config: ServiceConfig, parent: int | None = None) -> None:
     service = build(config, migrate=False)
     sweeper = Sweeper(service.pipeline)
     while os.getppid() == parent:
+        wait = config.sweep_interval_s
         try:
-            sweeper.run_once(time.monotonic())
-        except Exception:  # noqa: BLE001 - a database hiccup must not end the sweeping
-            log.exception("sweep failed; trying again")
-        time.sleep(config.sweep_interval_s)
+            # sooner while the queue refuses messages: what waits is dispatched as soon as it is back
+            wait = sweeper.run_once(time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the sweeping
+            log.warning("sweep failed (%s); trying again in %.0f s", exc, wait)
+        time.sleep(wait)
