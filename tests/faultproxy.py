@@ -1,7 +1,8 @@
-"""A TCP proxy on 127.0.0.1 that can break the connection to a server on demand, for fault tests.
+"""A TCP proxy (on 127.0.0.1 unless told another address) that can break the connection to a server on
+demand, for fault tests.
 
-Modes, switchable while clients are connected (a switch drops every open connection, so a pooled
-keep-alive connection cannot slip past the new mode):
+Modes (``proxy.mode = ...`` or ``set_mode``), switchable while clients are connected (a switch drops every
+open connection, so a pooled keep-alive connection cannot slip past the new mode):
 
 - ``"pass"``: forward both ways;
 - ``"refuse"``: the listening socket is closed, so clients get "connection refused";
@@ -31,10 +32,26 @@ ACCEPT_POLL_S = 0.02
 
 
 class FaultProxy:
-    """Listens on ``HOST:port`` (a free port by default) and forwards to ``target_host:target_port``."""
+    """Listens on ``host:port`` (127.0.0.1 and a free port by default) and forwards to ``target_host:target_port``.
 
-    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+    ``host`` may be any local address, e.g. a bridge's, so that network namespaces on it reach the proxy.
+    With ``http=False`` the bytes are forwarded as they come, without following HTTP requests (for
+    PostgreSQL, Redis and other protocols; ``requests`` stays empty and nothing is corrupted).
+
+    By default, when one side closes, both connections are reset at once, which drops whatever the
+    proxy has sent but the other side has not read yet (a slow reader loses the end of a response).
+    ``graceful_close=True`` passes the close on instead (FIN after every byte) and keeps the other
+    direction open until it ends too; faults (modes, errors) still reset.
+    """
+
+    def __init__(
+        self, target_host: str, target_port: int, port: int = 0, host: str = HOST, *, http: bool = True,
+        graceful_close: bool = False,
+    ) -> None:  # fmt: skip
         self.target = (target_host, target_port)
+        self.host = host
+        self.http = http
+        self.graceful_close = graceful_close
         self.port = port
         self.corrupted = 0
         self.accepted = 0
@@ -49,11 +66,15 @@ class FaultProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def mode(self) -> str:
         return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self.set_mode(mode)
 
     def start(self) -> FaultProxy:
         with self._lock:
@@ -105,7 +126,7 @@ class FaultProxy:
     def _listen(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((HOST, self.port))
+        listener.bind((self.host, self.port))
         listener.listen(128)
         listener.setblocking(False)
         self.port = listener.getsockname()[1]
@@ -157,19 +178,42 @@ class FaultProxy:
         upstream.settimeout(None)
         with self._lock:
             self._sockets.add(upstream)
-        flipper = _PutBodyFlipper(self)
-        threading.Thread(target=self._pump, args=(conn, upstream, flipper), daemon=True).start()
-        self._pump(upstream, conn, None)
+        flipper = _PutBodyFlipper(self) if self.http else None
+        ended: list[socket.socket] = []  # the sources whose direction ended cleanly (graceful_close)
+        threading.Thread(target=self._pump, args=(conn, upstream, flipper, ended), daemon=True).start()
+        self._pump(upstream, conn, None, ended)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, flipper: _PutBodyFlipper | None) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, flipper: _PutBodyFlipper | None,
+        ended: list[socket.socket] | None = None,
+    ) -> None:  # fmt: skip
+        clean = False
         try:
             while data := src.recv(BUFFER_BYTES):
                 dst.sendall(flipper.feed(data) if flipper else data)
+            clean = self.graceful_close and ended is not None
+            if clean:
+                dst.shutdown(socket.SHUT_WR)  # the close goes on after every byte sent so far
         except OSError:
-            pass
+            clean = False
         finally:
-            self._forget(src)
-            self._forget(dst)
+            if clean and ended is not None and self._ended(ended, src):
+                self._close(src)
+                self._close(dst)
+            elif not clean:
+                self._forget(src)
+                self._forget(dst)
+
+    def _ended(self, ended: list[socket.socket], src: socket.socket) -> bool:
+        """Note that ``src``'s direction ended cleanly; True once both directions have."""
+        with self._lock:
+            ended.append(src)
+            return len(ended) == 2
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+        sock.close()
 
     def _forget(self, sock: socket.socket) -> None:
         with self._lock:
