@@ -507,8 +507,8 @@ class Burst:
 def run_burst(svc: Service, db: sqlite3.Connection, folders: list[Path], args: argparse.Namespace,
               workdir: Path) -> Burst:  # fmt: skip
     from callrec.config import ServiceConfig
-    from callrec.service.handoff import TapeHandOff
     from callrec.jobs.worker import build
+    from callrec.service.handoff import TapeHandOff
 
     assert svc.proc is not None
     config = ServiceConfig(data_dir=svc.data, workers=args.workers)
