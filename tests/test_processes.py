@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from callrec.service.ownership import DataLock
+from tests.multihost.rig import capture
 from tests.recorder_proc import free_udp_block
 from tests.serve_proc import ServeProcess, free_tcp_port
 
@@ -115,6 +116,41 @@ def test_sigkill_of_serve_takes_every_child_with_it_and_a_restart_gets_ready(tmp
         serve.__exit__(None, None, None)
     with ServeProcess(data) as again:
         assert again.api.get("/healthz").status_code == 200
+        assert again.stop() == 0, again.log()[-3000:]
+
+
+def test_recordings_in_flight_when_serve_is_killed_complete_once_after_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"CALLREC_LEASE_S": "2", "CALLREC_SWEEP_INTERVAL_S": "0.5", "CALLREC_REQUEUE_AFTER_S": "2"}
+    sent: list[str] = []
+    serve = ServeProcess(data, "--workers", "1", env=env)
+    try:
+        serve.start()
+        for n in range(4):
+            answer = serve.api.post("/api/v1/uploads", files={"file": ("c.pcap", capture(f"kill-{n}@test", 30.0))})
+            assert answer.status_code == 202, answer.text
+            sent += answer.json()["calls"]
+        assert serve.proc is not None
+        serve.proc.send_signal(signal.SIGKILL)  # some mixing, some queued: all in flight
+        serve.proc.wait(timeout=10)
+    finally:
+        serve.__exit__(None, None, None)
+    with ServeProcess(data, "--workers", "1", env=env) as again:
+
+        def settled() -> list[dict[str, object]] | None:
+            cards = [again.api.get(f"/api/v1/calls/{call_id}").json() for call_id in sent]
+            done = all(c["recording"] and c["recording"]["state"] == "completed" for c in cards)
+            return cards if done else None
+
+        cards = again.wait_for("every recording in flight to complete", settled, timeout=90)
+        assert all(len(c["recordings"]) == 1 for c in cards), "one recording per call"  # type: ignore[arg-type]
+        jobs = again.api.get("/api/v1/jobs", params={"limit": 200}).json()["items"]
+        for card in cards:
+            rec_id = card["recording"]["id"]  # type: ignore[index]
+            stored = [j for j in jobs if j["recording_id"] == rec_id and j["kind"] == "store" and j["state"] == "done"]
+            assert len(stored) == 1, (rec_id, [j for j in jobs if j["recording_id"] == rec_id])
+        objects = [f for f in (data / "storage").rglob("*.mp3")]
+        assert len(objects) == len(sent), objects
         assert again.stop() == 0, again.log()[-3000:]
 
 
