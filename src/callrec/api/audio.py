@@ -142,11 +142,7 @@ def converted(ctx: Context, rec: Recording, fmt: str) -> Path:
     """The recording converted to ``fmt``, from this host's cache or made now."""
 
     def build(folder: Path) -> Path:
-        storage = ctx.storage(rec.storage)
-        source = storage.local_path(rec.storage_key)
-        if source is None or not source.is_file():
-            source = folder / f"source.{rec.format}"
-            storage.download(rec.storage_key, source)
+        source = cache.stored_file(ctx, rec.storage, rec.storage_key, folder, rec.format)
         part = folder / f"out.{fmt}"
         bitrate = rec.options.get("bitrate", 16)
         transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else 16)

@@ -85,11 +85,7 @@ def _analysis(ctx: Context, row: Recording | Stitch) -> dict[str, Any]:
     made: dict[str, Any] = {}
 
     def build(folder: Path) -> Path:
-        storage = ctx.storage(row.storage)
-        source = storage.local_path(row.storage_key)
-        if source is None or not source.is_file():
-            source = folder / f"source.{row.format or 'audio'}"
-            storage.download(row.storage_key, source)
+        source = cache.stored_file(ctx, row.storage, row.storage_key, folder, row.format)
         found = analyze.analyze(source)
         made.update(version=VERSION, duration_s=found.duration_s,
                     peaks=[[list(p) for p in channel] for channel in found.peaks],

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 
@@ -230,6 +230,16 @@ def _unlink(path: Path) -> int:
     except FileNotFoundError:
         return 0  # another request or process removed it first
     return 1
+
+
+def stored_file(ctx: Context, spec: dict[str, Any], key: str, folder: Path, ext: str) -> Path:
+    """A stored object as a file to read: where it lies in a local storage, else downloaded into ``folder``."""
+    storage = ctx.storage(spec)
+    source = storage.local_path(key)
+    if source is None or not source.is_file():
+        source = folder / f"source.{ext or 'audio'}"
+        storage.download(key, source)
+    return source
 
 
 def of(ctx: Context) -> Cache:
