@@ -78,6 +78,23 @@ class ApiKey(Base):
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # what the key may do, space-separated (callrec.api.deps: admin, settings, read, upload)
+    scopes: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # where the key came from: "env" for the one CALLREC_ADMIN_KEY set (revoked when that changes),
+    # "first-start", "api" or "cli"
+    origin: Mapped[str] = mapped_column(String(16), default="", server_default="")
+
+
+class UiSession(Base):
+    """A web UI session: the cookie names its id; signing out ends it here, whatever the browser keeps."""
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
 
 
 class Call(Base):
