@@ -6,7 +6,6 @@ receiver checks a delivery is described in ``callrec.service.webhooks``.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -139,7 +138,7 @@ def _after(query: Select[WebhookDelivery], cursor: str) -> Select[WebhookDeliver
 def get_delivery(delivery_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         row = _find(s, principal, delivery_id)
-        body = json.loads(row.body)
+        body = webhooks.as_shown(row.body)
         return _json(row, domain_names(s).get(row.domain_id, "")) | {"log": list(row.log), "body": body}
 
 

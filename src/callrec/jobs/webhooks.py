@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -81,6 +81,8 @@ class Webhooks:
             return
         try:
             what = _what_to_send(held)
+            if not what.problem:  # the link's token is opened only now, for this POST (and signed with it)
+                what = replace(what, body=spec.as_sent(ctx, what.body))
             at = ctx.clock.now()
             if what.problem:
                 status, error, ms = None, what.problem, 0

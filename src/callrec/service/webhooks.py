@@ -1,6 +1,7 @@
 """Webhooks: each event becomes one delivery row per subscribed receiver, sent by a background job.
 
-A receiver gets ``POST <url>`` with the JSON body stored on the row and these headers:
+A receiver gets ``POST <url>`` with the JSON body stored on the row (a ``with_link`` link's URL is stored
+sealed with the service's key and opened only for the POST) and these headers:
 
 - ``Content-Type: application/json``
 - ``Callrec-Event``: ``recording.completed``, ``recording.failed`` or ``recording.deleted``
@@ -29,11 +30,12 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 
-from callrec.config import ServiceConfig
+from callrec.config import ConfigError, ServiceConfig
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Domain, Recording, WebhookDelivery
 from callrec.errors import ServiceError
+from callrec.secretbox import is_encrypted
 from callrec.service import leased, links
 from callrec.service.cards import call_card, recording_json
 from callrec.service.context import Context
@@ -131,4 +133,32 @@ def _link(s: Any, ctx: Context, rec: Recording, base: str) -> dict[str, Any] | N
     except ServiceError as exc:  # the event still goes out, without a link
         log.warning("no link for the webhook of %s: %s", rec.id, exc)
         return None
-    return {"url": links.url_for(base, token), "expires_at": made.expires_at}
+    # the token is stored sealed (only the sender opens it, just before the POST): the database and the
+    # delivery log never hold a working link
+    return {"id": made.id, "url": ctx.box.encrypt(links.url_for(base, token)), "expires_at": made.expires_at}
+
+
+HIDDEN_LINK = "(sent to the receiver only)"
+
+
+def as_sent(ctx: Context, body: str) -> str:
+    """The body a receiver gets: a stored body with its link's URL opened (the signature covers this)."""
+    data = json.loads(body)
+    link = data.get("link") if isinstance(data, dict) else None
+    if not isinstance(link, dict) or not isinstance(link.get("url"), str) or not is_encrypted(link["url"]):
+        return body  # no link, or a row from before links were sealed
+    try:
+        link["url"] = ctx.box.decrypt(link["url"])
+    except ConfigError:  # another service key: the event still goes out, without a link
+        log.warning("the link of delivery %s cannot be opened with this service's key; sent without it", data.get("id"))
+        data["link"] = None
+    return json.dumps(data, separators=(",", ":"))
+
+
+def as_shown(body: str) -> dict[str, Any]:
+    """A stored body as the deliveries API shows it: the link's URL (a bearer token) never appears."""
+    data: dict[str, Any] = json.loads(body)
+    link = data.get("link")
+    if isinstance(link, dict) and "url" in link:
+        data["link"] = link | {"url": HIDDEN_LINK}
+    return data

@@ -1,0 +1,64 @@
+"""Issue 12, secrets and edges, written as the attacks: a webhook's public link never rests in the
+database or the deliveries API in plain form, yet the receiver gets a working, signed one."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from callrec.api.app import create_app
+from callrec.db.schema import Link, WebhookDelivery
+from callrec.service import links
+from callrec.service.pipeline import Service
+from tests.service.backends import Backend
+from tests.service.conftest import drain
+from tests.service.test_webhooks import Receiver, _client, _hooks, _record
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    yield made
+    made.stop()
+
+
+def test_a_webhook_link_token_is_never_stored_or_shown_but_the_receiver_gets_a_working_one(
+    service: Service, backend: Backend, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _hooks(service, {"url": receiver.url, "with_link": True})
+    _record(service, backend)
+    (got,) = receiver.got
+    assert got.signed, "the signature covers the body as sent, link included"
+    sent = got.json["link"]
+    token = urlsplit(sent["url"]).path.removeprefix("/r/")
+    assert len(token) == 43
+    with service.ctx.sessions() as s:
+        (row,) = s.scalars(select(WebhookDelivery))
+        stored = [str(getattr(row, c.key)) for c in WebhookDelivery.__table__.columns]
+        (link,) = s.scalars(select(Link))
+    assert not any(token in value for value in stored), "the token rests in webhook_deliveries"
+    assert link.token_hash == links.hash_token(token) and sent["id"] == link.id
+    assert token not in caplog.text
+    client, mine, _ = _client(service)
+    with client:
+        listed = client.get("/api/v1/webhooks/deliveries", headers=mine)
+        shown = client.get(f"/api/v1/webhooks/deliveries/{row.id}", headers=mine)
+        assert shown.status_code == 200 and token not in shown.text and token not in listed.text
+        assert shown.json()["body"]["link"] == sent | {"url": "(sent to the receiver only)"}
+    with TestClient(create_app(service)) as public:
+        assert public.get(f"/r/{token}").status_code == 200
+        assert public.get(f"/r/{token}/audio").status_code == 200
+    # a redelivery sends the same working link again, signed anew
+    client, mine, _ = _client(service)
+    with client:
+        assert client.post(f"/api/v1/webhooks/deliveries/{row.id}/redeliver", headers=mine).status_code == 202
+    drain(service)
+    first, second = receiver.got
+    assert second.signed and second.json == first.json and json.loads(second.body)["link"]["url"] == sent["url"]
