@@ -193,6 +193,9 @@ class ServiceConfig:
     public_url: str = ""
     # this host's cache of converted audio and picture analyses (data_dir/cache) is kept under this size
     cache_max_bytes: int = 1024 * 1024 * 1024
+    # destinations a tenant's webhooks and S3 endpoint may reach although the egress policy refuses them by
+    # default (loopback, private, link-local, metadata, ...): CIDRs and host names (callrec.service.egress)
+    egress_allow: tuple[str, ...] = ()
 
     @property
     def db_url(self) -> str:
@@ -236,4 +239,9 @@ def service_config_from_env(env: Mapping[str, str] | None = None) -> ServiceConf
     cfg.cache_max_bytes = _int(env, "CALLREC_CACHE_MAX_MB", cfg.cache_max_bytes // (1024 * 1024)) * 1024 * 1024
     if cfg.cache_max_bytes < 0:
         raise ConfigError("CALLREC_CACHE_MAX_MB must not be negative")
+    if "CALLREC_EGRESS_ALLOW" in env:
+        from callrec.service.egress import Policy
+
+        cfg.egress_allow = tuple(p.strip() for p in env["CALLREC_EGRESS_ALLOW"].split(",") if p.strip())
+        Policy.parse(cfg.egress_allow)  # a ConfigError naming the variable when an entry is unusable
     return cfg

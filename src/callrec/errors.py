@@ -44,3 +44,8 @@ class Transient(CallrecError):
 
 class Permanent(CallrecError):
     """A failure no retry can mend (the job cannot be carried out at all): failed at once."""
+
+
+class EgressRefused(StorageError, Permanent):
+    """An outbound request a tenant aimed (a webhook, an S3 endpoint) would reach a destination the egress
+    policy refuses (loopback, private, link-local, metadata, ...): nothing was sent, and no retry is made."""

@@ -459,12 +459,10 @@ class Rig:
         return env
 
     def operator_env(self) -> dict[str, str]:
-        """What the operator sets so the hosts may use this rig's S3 (on a private address).
-
-        Empty today; when the S3 endpoint guard (no tenant endpoint on a private address) lands with an
-        operator allow-list variable, it goes here: e.g. ``{"CALLREC_...": self.subnet}``.
-        """
-        return {}
+        """What the operator sets so the hosts may use this rig's S3 (on a private address): the egress
+        allow-list admits the rig's subnet (webhook receivers and tenant S3 endpoints are refused there
+        by default)."""
+        return {"CALLREC_EGRESS_ALLOW": self.subnet}
 
     def storage_settings(self) -> dict[str, object]:
         assert self.s3 is not None

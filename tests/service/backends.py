@@ -18,6 +18,7 @@ from callrec.config import ServiceConfig
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+LOOPBACK_ALLOW = ("127.0.0.0/8", "::1")  # CALLREC_EGRESS_ALLOW for tests whose receivers run on this host
 
 
 def reachable(host: str, port: int) -> bool:
@@ -90,7 +91,8 @@ class Backend:
 
 
 def service_config(data: Path, **changes: object) -> ServiceConfig:
-    cfg = ServiceConfig(data_dir=data, secret_key="", workers=1)
+    # the receivers and the S3 server of these tests are on loopback: allow-listed as an operator would
+    cfg = ServiceConfig(data_dir=data, secret_key="", workers=1, egress_allow=LOOPBACK_ALLOW)
     cfg.lease_s, cfg.sweep_interval_s, cfg.requeue_after_s = 3.0, 0.5, 2.0
     cfg.backoff_base_s, cfg.backoff_max_s = 0.2, 2.0
     for key, value in changes.items():

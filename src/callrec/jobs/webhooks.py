@@ -18,11 +18,12 @@ import httpx
 from callrec.config import ConfigError
 from callrec.db import queries
 from callrec.db.schema import Domain, WebhookDelivery
-from callrec.errors import CallrecError, Permanent
+from callrec.errors import CallrecError, EgressRefused, Permanent
 from callrec.secretbox import is_encrypted
-from callrec.service import leased
+from callrec.service import egress, leased
 from callrec.service import webhooks as spec
 from callrec.service.context import Context
+from callrec.service.egress import Policy
 from callrec.service.leased import LeaseLost
 from callrec.service.pipeline import Pipeline
 from callrec.service.webhooks import (
@@ -84,10 +85,11 @@ class Webhooks:
             if not what.problem:  # the link's token is opened only now, for this POST (and signed with it)
                 what = replace(what, body=spec.as_sent(ctx, what.body))
             at = ctx.clock.now()
+            refused = False
             if what.problem:
                 status, error, ms = None, what.problem, 0
             else:
-                status, error, ms = _post(what, int(at.timestamp()), delivery_id)
+                status, error, ms, refused = _post(what, int(at.timestamp()), delivery_id, ctx.egress)
             entry = {"at": at.isoformat(), "status": status, "error": error, "ms": ms}
             if not error:
                 with held.fenced() as s:
@@ -97,7 +99,7 @@ class Webhooks:
                     row.state, row.delivered_at, row.next_attempt_at = DELIVERED, ctx.clock.now(), None
                     row.lease_until, row.last_error, row.updated_at = None, "", ctx.clock.now()
                 return
-            problem = Permanent(error) if what.problem else _Refused(error)
+            problem = Permanent(error) if what.problem or refused else _Refused(error)
 
             def logged(s: Any, claim: leased.Claim, final: bool, reason: str, next_at: datetime | None) -> None:
                 row = s.get(WebhookDelivery, delivery_id)
@@ -146,8 +148,11 @@ def _what_to_send(held: leased.Claim) -> _Claim:
         return _Claim(row.url, row.body, row.event, secret, problem)
 
 
-def _post(claim: _Claim, timestamp: int, delivery_id: str) -> tuple[int | None, str, int]:
-    """One POST: (status or None, error or "", milliseconds)."""
+def _post(claim: _Claim, timestamp: int, delivery_id: str, rules: Policy) -> tuple[int | None, str, int, bool]:
+    """One POST: (status or None, error or "", milliseconds, refused by the egress policy).
+
+    The connection is made through the egress policy (``service.egress``): a receiver on a refused
+    address gets nothing, and the attempt fails for good saying why, with no answer body in the log."""
     headers = {
         "Content-Type": "application/json", "User-Agent": USER_AGENT, "Callrec-Event": claim.event,
         "Callrec-Delivery": delivery_id, "Callrec-Timestamp": str(timestamp),
@@ -155,18 +160,22 @@ def _post(claim: _Claim, timestamp: int, delivery_id: str) -> tuple[int | None, 
     }  # fmt: skip
     started = time.monotonic()
     status: int | None = None
+    refused = False
     try:
         with (
-            httpx.Client(timeout=spec.TIMEOUT_S, follow_redirects=False) as client,
+            httpx.Client(timeout=spec.TIMEOUT_S, follow_redirects=False, transport=egress.transport(rules),
+                         trust_env=False) as client,
             client.stream("POST", claim.url, content=claim.body.encode("utf-8"), headers=headers) as answer,
         ):
             status = answer.status_code
             error = "" if 200 <= status < 300 else f"the receiver answered {status}{_excerpt(answer)}"
+    except EgressRefused as exc:
+        error, refused = f"not sent: {exc}", True
     except httpx.TimeoutException:
         error = f"no answer within {spec.TIMEOUT_S:g} s"
     except Exception as exc:  # noqa: BLE001 - whatever stops the request is this attempt's error
         error = f"the request failed: {exc}" if str(exc) else f"the request failed: {type(exc).__name__}"
-    return status, error, round((time.monotonic() - started) * 1000)
+    return status, error, round((time.monotonic() - started) * 1000), refused
 
 
 def _excerpt(answer: httpx.Response, limit: int = 200) -> str:

@@ -18,6 +18,8 @@ from callrec.db.engine import make_engine, migrate, session_factory
 from callrec.secretbox import SecretBox, load_or_create_key
 from callrec.service.clock import DatabaseClock
 from callrec.service.domain_settings import StorageSettings
+from callrec.service.egress import Policy
+from callrec.service.egress import policy as egress_policy
 from callrec.service.schedule import Clock, SystemClock, clock_from_env
 from callrec.storage.base import Storage
 from callrec.storage.local import LocalStorage
@@ -61,6 +63,11 @@ class Context:
         so a tape on this host's disk is one every worker can read."""
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def egress(self) -> Policy:
+        """Where outbound requests a tenant aims (webhooks, S3 endpoints) may go (``CALLREC_EGRESS_ALLOW``)."""
+        return egress_policy(self.config.egress_allow)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -99,5 +106,6 @@ class Context:
                 access_key_id=spec.get("access_key_id", ""),
                 secret_access_key=secret,
                 addressing_style=spec.get("addressing_style", "auto"),
+                egress=self.egress,
             )
         )

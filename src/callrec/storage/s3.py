@@ -12,6 +12,7 @@ import builtins
 import hashlib
 import io
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -20,16 +21,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, get_args
 
 import boto3
 import botocore.exceptions as bx
+from botocore.awsrequest import AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection, AWSHTTPSConnectionPool
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-from callrec.errors import StorageError
+from callrec.errors import EgressRefused, StorageError
 from callrec.storage import base
 from callrec.storage.base import ObjectInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+    from callrec.service.egress import Policy
 
 AddressingStyle = Literal["auto", "virtual", "path"]
 SINGLE_PUT_MAX_BYTES = 64 * 1024 * 1024
@@ -52,6 +57,8 @@ class S3Config:
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 30.0
     max_attempts: int = 2  # attempts in all, the first included
+    # where the endpoint may be (a tenant's endpoint goes through the service's egress policy); None: anywhere
+    egress: Policy | None = field(default=None, repr=False, compare=False)
 
 
 class S3Storage:
@@ -91,6 +98,19 @@ class S3Storage:
         except (BotoCoreError, ValueError) as exc:
             raise StorageError(f"S3 bucket '{config.bucket}' settings are not usable: {exc}") from exc
         self.endpoint = self._client.meta.endpoint_url
+        if config.egress is not None:
+            self._guard(config.egress)
+
+    def _guard(self, rules: Policy) -> None:
+        """Every connection to the endpoint goes through ``rules``: its addresses are resolved and checked
+        when the connection is made (a name that changes what it resolves to is caught), and the connection
+        is made to the checked address. Refused now already when the endpoint is known to be refused."""
+        try:
+            rules.check_url(self.endpoint)
+        except EgressRefused as exc:
+            raise EgressRefused(f"S3 bucket '{self.config.bucket}' at {self.endpoint} is not used: {exc}") from exc
+        http = cast(Any, self._client)._endpoint.http_session  # noqa: SLF001 - botocore has no public hook
+        http._pool_classes_by_scheme.update(_guarded_pools(rules))  # noqa: SLF001 - shared with its managers
 
     def __repr__(self) -> str:
         return f"S3Storage(bucket={self.config.bucket!r}, endpoint={self.endpoint!r}, prefix={self.prefix!r})"
@@ -249,6 +269,11 @@ class S3Storage:
         try:
             yield
         except (BotoCoreError, ClientError) as exc:
+            refused = exc.kwargs.get("error") if isinstance(exc, BotoCoreError) else None
+            if isinstance(refused, EgressRefused):  # a connection the egress policy would not make
+                raise EgressRefused(
+                    f"S3 bucket '{self.config.bucket}' at {self.endpoint} is not used: {refused}"
+                ) from exc
             raise StorageError(self._describe(action, exc)) from exc
 
     def _describe(self, action: str, exc: BotoCoreError | ClientError) -> str:
@@ -278,6 +303,36 @@ class S3Storage:
             found = re.search(r"\[Errno -?\d+\] ([^'\"()]+)", repr(exc.kwargs.get("error", "")))
             return found.group(1).strip().lower() if found else "cannot connect"
         return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _guarded_pools(rules: Policy) -> dict[str, type]:
+    """botocore's HTTP and HTTPS connection pools with each new connection made through ``rules``."""
+
+    def new_conn(conn: Any) -> socket.socket:
+        try:
+            sock = rules.connect(conn._dns_host, conn.port, _seconds(conn.timeout), conn.source_address)  # noqa: SLF001
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+        except socket.gaierror as exc:
+            raise NameResolutionError(conn.host, conn, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+        return sock
+
+    http = type("GuardedHTTPConnection", (AWSHTTPConnection,), {"_new_conn": new_conn})
+    https = type("GuardedHTTPSConnection", (AWSHTTPSConnection,), {"_new_conn": new_conn})
+    return {
+        "http": type("GuardedHTTPConnectionPool", (AWSHTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("GuardedHTTPSConnectionPool", (AWSHTTPSConnectionPool,), {"ConnectionCls": https}),
+    }
+
+
+def _seconds(timeout: object) -> float | None:
+    return float(timeout) if isinstance(timeout, int | float) else None
 
 
 def _code(exc: ClientError) -> str:
