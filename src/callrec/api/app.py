@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from callrec.api import calls, domains, interactions, jobs, links, ops, picture, recordings, ui, uploads, webhooks
+from callrec.api.link_pages import PUBLIC_HEADERS
 from callrec.config import ConfigError
 from callrec.errors import CallrecError, ServiceError, StorageError
 from callrec.service import cache
@@ -82,6 +83,7 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
         app.add_exception_handler(queue_error, _failure)
     # the last one added is the outermost of the app's own: it sees what every other layer let through
     app.add_middleware(_LastResort)
+    app.add_middleware(_EdgeHeaders)  # outermost: even a last-resort 500 carries them
     return app
 
 
@@ -173,6 +175,40 @@ async def _failure(request: Request, exc: Exception) -> JSONResponse:
     log.error("%s %s: internal error %s", request.method, request.url.path, error_id,
               exc_info=(type(exc), exc, exc.__traceback__))  # fmt: skip
     return JSONResponse({"detail": "internal error", "error_id": error_id}, status_code=500)
+
+
+class _EdgeHeaders:
+    """Headers every answer carries unless the route set its own: never framed by another site, never
+    sniffed; a public link's answers (``/r/...``) also carry ``link_pages.PUBLIC_HEADERS`` (no-store,
+    no-referrer, noindex), whatever produced them, a 500 included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        wanted = dict(_EVERY_ANSWER)
+        if path.startswith("/r/"):
+            wanted |= PUBLIC_HEADERS
+        elif path == "/ui" or path.startswith("/ui/"):
+            wanted["Content-Security-Policy"] = "frame-ancestors 'none'"
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in wanted.items()
+                            if k.lower().encode("latin-1") not in present]  # fmt: skip
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+_EVERY_ANSWER = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 
 
 class _LastResort:

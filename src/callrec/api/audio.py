@@ -28,7 +28,8 @@ from callrec.service.context import Context
 
 MEDIA_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 CHUNK_BYTES = 64 * 1024
-_SINGLE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# at most 18 digits a side (below 2**63): a longer number is no file's offset, so the Range is ignored
+_SINGLE_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 Reader = Callable[[int, int], Iterator[bytes]]
 
 

@@ -1,7 +1,10 @@
 """What a public link opens, without an API key: ``/r/{token}`` (a page), its audio and its picture.
 
 Every answer carries ``no-store``, ``no-referrer`` and ``noindex``: the token is the only secret, so it
-must not linger in caches, leak to other sites in a Referer, or land in a search engine. A browser
+must not linger in caches, leak to other sites in a Referer, or land in a search engine. No page may be
+framed by another site (``X-Frame-Options: DENY``, ``frame-ancestors 'none'``) and nothing is sniffed
+(``nosniff``); the app adds these to every ``/r/`` answer, errors included. Each route answers ``HEAD``
+too, which is never counted as a use. A browser
 (``Accept: text/html``) gets an HTML error page, anything else the API's JSON ``{"detail"}``; an
 unknown or revoked link is 404 and an expired one 410, decided after the same hash and lookup.
 """
@@ -31,7 +34,12 @@ from callrec.service.context import Context
 from callrec.service.pipeline import Service
 
 public_router = APIRouter(tags=["public links"])
-PUBLIC_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
+PUBLIC_HEADERS = {
+    "Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex",
+    "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}  # fmt: skip
+GET_HEAD = ["GET", "HEAD"]
 # how soon a client should ask again for a stitch that is still being made
 RETRY_AFTER_S = 5
 ROLES = {"caller": "Caller", "callee": "Callee", "participant": "Participant"}
@@ -190,10 +198,11 @@ def page_facts(opened: Opened) -> dict[str, Any]:
 # --- the routes -------------------------------------------------------------------------------------
 
 
-@public_router.get("/r/{token}", response_class=HTMLResponse, summary="The page a public link opens")
+@public_router.api_route("/r/{token}", methods=GET_HEAD, response_class=HTMLResponse,
+                         summary="The page a public link opens")  # fmt: skip
 def link_page(token: str, request: Request, service: ServiceDep) -> Response:
     def work() -> Response:
-        opened = open_link(service, token, count=True)
+        opened = open_link(service, token, count=True if request.method == "GET" else None)
         if opened.kind == links.INTERACTION:
             # the stitch follows its calls: this makes it, or makes it again, when it does not match them
             opened.stitch = _ask_for_stitch(service, opened)
@@ -204,15 +213,15 @@ def link_page(token: str, request: Request, service: ServiceDep) -> Response:
     return _answer(request, work)
 
 
-@public_router.get("/r/{token}/audio", response_class=Response,
-                   summary="A public link's audio (Range supported); download=1 for an attachment")  # fmt: skip
+@public_router.api_route("/r/{token}/audio", methods=GET_HEAD, response_class=Response,
+                         summary="A public link's audio (Range supported); download=1 for an attachment")  # fmt: skip
 def link_audio(token: str, request: Request, service: ServiceDep, download: str = "") -> Response:
     range_header = request.headers.get("range")
     # a play or a download starting; the player's further ranges (seeking) are not new uses
     starting = not range_header or range_header.replace(" ", "").startswith("bytes=0-")
 
     def work() -> Response:
-        opened = open_link(service, token, count=starting, audio=True)
+        opened = open_link(service, token, count=starting if request.method == "GET" else None, audio=True)
         response = _audio(service.ctx, opened, range_header)
         if response.status_code in (200, 206):
             attach = opened.download_only or download.lower() in ("1", "true", "yes")
@@ -224,7 +233,8 @@ def link_audio(token: str, request: Request, service: ServiceDep, download: str 
     return _answer(request, work)
 
 
-@public_router.get("/r/{token}/picture", summary="The picture of a public link's conversation (JSON)")
+@public_router.api_route("/r/{token}/picture", methods=GET_HEAD,
+                         summary="The picture of a public link's conversation (JSON)")  # fmt: skip
 def link_picture(token: str, request: Request, service: ServiceDep) -> Response:
     def work() -> Response:
         # drawn beside the player: not a use of its own, and no write

@@ -1,0 +1,65 @@
+"""Issue 12, edges of the public pages and the UI, written as the attacks (SQLite and PostgreSQL): an
+absurd Range, framing and sniffing, HEAD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import Api, Mixed
+from tests.api.test_links import HTML, full, make_link  # noqa: F401 - full is a fixture
+
+API = "/api/v1"
+DIGITS = "9" * 5000
+
+
+def _edge_headers(answer: Any) -> None:
+    assert answer.headers.get("x-frame-options") == "DENY", answer.headers
+    assert "frame-ancestors 'none'" in answer.headers.get("content-security-policy", ""), answer.headers
+    assert answer.headers.get("x-content-type-options") == "nosniff", answer.headers
+
+
+def _private(answer: Any) -> None:
+    assert answer.headers.get("cache-control") == "no-store", answer.headers
+    assert answer.headers.get("referrer-policy") == "no-referrer", answer.headers
+    assert answer.headers.get("x-robots-tag") == "noindex", answer.headers
+
+
+@pytest.mark.parametrize("header", [f"bytes={DIGITS}-", f"bytes=0-{DIGITS}", f"bytes=-{DIGITS}", f"bytes={DIGITS}-{DIGITS}"])
+def test_an_absurd_range_is_ignored_or_416_never_500(api: Api, mixed: Mixed, full: bytes, header: str) -> None:  # noqa: F811
+    _, token = make_link(api, mixed.tenant, mixed.recording_id)
+    answer = api.client.get(f"/r/{token}/audio", headers={"Range": header})
+    assert answer.status_code in (200, 416), (answer.status_code, answer.text[:200])
+    if answer.status_code == 200:
+        assert answer.content == full
+    _private(answer)
+    _edge_headers(answer)
+    keyed = api.client.get(f"{API}/recordings/{mixed.recording_id}/audio", headers=mixed.tenant.headers | {"Range": header})
+    assert keyed.status_code in (200, 416, 422), keyed.status_code
+
+
+def test_public_pages_cannot_be_framed_or_sniffed_and_answer_head(api: Api, mixed: Mixed) -> None:
+    made, token = make_link(api, mixed.tenant, mixed.recording_id)
+    for path in (f"/r/{token}", f"/r/{token}/audio", f"/r/{token}/picture", "/r/not-a-token", "/r/not-a-token/audio"):
+        for accept in ({}, HTML):
+            got = api.client.get(path, headers=accept)
+            assert got.status_code in (200, 404), (path, got.status_code)
+            _edge_headers(got)
+            _private(got)
+            head = api.client.head(path, headers=accept)
+            assert head.status_code == got.status_code, (path, head.status_code)
+            assert head.content == b""
+            _edge_headers(head)
+            _private(head)
+    seen = api.client.get(f"{API}/links/{made['id']}", headers=mixed.tenant.headers).json()
+    assert seen["uses"] == 4, "two GETs of the page and two plays; a HEAD is not a use"
+
+
+def test_the_ui_cannot_be_framed_or_sniffed(api: Api) -> None:
+    for path in ("/ui/signin", "/ui/calls", "/ui", "/static/ui.js", "/ui/nothing-here"):
+        answer = api.client.get(path, follow_redirects=False)
+        assert answer.headers.get("x-frame-options") == "DENY", (path, answer.headers)
+        assert answer.headers.get("x-content-type-options") == "nosniff", (path, answer.headers)
+        if not path.startswith("/static"):
+            assert "frame-ancestors 'none'" in answer.headers.get("content-security-policy", ""), path
