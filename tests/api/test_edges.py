@@ -3,11 +3,16 @@ absurd Range, framing and sniffing, HEAD."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.api.conftest import Api, Mixed
+from callrec.api.app import create_app
+from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, bearer, make_service
 from tests.api.test_links import HTML, full, make_link  # noqa: F401 - full is a fixture
 
 API = "/api/v1"
@@ -26,7 +31,9 @@ def _private(answer: Any) -> None:
     assert answer.headers.get("x-robots-tag") == "noindex", answer.headers
 
 
-@pytest.mark.parametrize("header", [f"bytes={DIGITS}-", f"bytes=0-{DIGITS}", f"bytes=-{DIGITS}", f"bytes={DIGITS}-{DIGITS}"])
+@pytest.mark.parametrize(
+    "header", [f"bytes={DIGITS}-", f"bytes=0-{DIGITS}", f"bytes=-{DIGITS}", f"bytes={DIGITS}-{DIGITS}"]
+)
 def test_an_absurd_range_is_ignored_or_416_never_500(api: Api, mixed: Mixed, full: bytes, header: str) -> None:  # noqa: F811
     _, token = make_link(api, mixed.tenant, mixed.recording_id)
     answer = api.client.get(f"/r/{token}/audio", headers={"Range": header})
@@ -35,7 +42,9 @@ def test_an_absurd_range_is_ignored_or_416_never_500(api: Api, mixed: Mixed, ful
         assert answer.content == full
     _private(answer)
     _edge_headers(answer)
-    keyed = api.client.get(f"{API}/recordings/{mixed.recording_id}/audio", headers=mixed.tenant.headers | {"Range": header})
+    keyed = api.client.get(
+        f"{API}/recordings/{mixed.recording_id}/audio", headers=mixed.tenant.headers | {"Range": header}
+    )
     assert keyed.status_code in (200, 416, 422), keyed.status_code
 
 
@@ -63,3 +72,41 @@ def test_the_ui_cannot_be_framed_or_sniffed(api: Api) -> None:
         assert answer.headers.get("x-content-type-options") == "nosniff", (path, answer.headers)
         if not path.startswith("/static"):
             assert "frame-ancestors 'none'" in answer.headers.get("content-security-policy", ""), path
+
+
+def test_the_data_folder_and_everything_in_it_is_private(database_url: str, captures: Captures, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    old = data / "storage" / "from-an-older-version.mp3"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"audio")
+    for path, mode in ((data, 0o755), (old.parent, 0o755), (old, 0o644)):
+        path.chmod(mode)
+    before = os.umask(0o022)  # what a shell usually leaves
+    try:
+        sqlite = database_url.startswith("sqlite")
+        service = make_service(data, f"sqlite:///{data / 'callrec.db'}" if sqlite else database_url)
+        try:
+            with TestClient(create_app(service)) as client:
+                api = Api(client, service, bearer(ADMIN_KEY))
+                owner = api.tenant()
+                (call_id,) = api.upload(owner.headers, captures.one)
+                assert api.card(owner.headers, call_id)["recording"]["state"] == "completed"
+        finally:
+            service.close()
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    loose = {}
+    names = set()
+    for root, dirs, files in os.walk(data):
+        for name in (*dirs, *files):
+            path = Path(root) / name
+            names.add(path.relative_to(data).parts[0])
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            if mode & 0o077:
+                loose[str(path.relative_to(data))] = oct(mode)
+    assert loose == {}, "readable by others"
+    # the recording, the upload's staging and the mixer's work (a tape passes through and is removed)
+    assert {"storage", "uploads", "work"} <= names, names
+    if sqlite:
+        assert "callrec.db" in names

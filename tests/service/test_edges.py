@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import stat
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from callrec.service import links
 from callrec.service.pipeline import Service
 from tests.service.backends import Backend
 from tests.service.conftest import drain
+from tests.service.tapes import make_tape
 from tests.service.test_webhooks import Receiver, _client, _hooks, _record
 
 
@@ -62,3 +64,18 @@ def test_a_webhook_link_token_is_never_stored_or_shown_but_the_receiver_gets_a_w
     drain(service)
     first, second = receiver.got
     assert second.signed and second.json == first.json and json.loads(second.body)["link"]["url"] == sent["url"]
+
+
+def test_tapes_and_recordings_the_service_writes_are_private(service: Service, backend: Backend) -> None:
+    data = backend.config.data_dir
+    made = make_tape(data / "tapes", seconds=1.0)
+    written = [made.folder, *made.folder.rglob("*")]
+    assert len(written) > 2
+    loose = {str(p.relative_to(data)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written if p.stat().st_mode & 0o077}
+    assert loose == {}, "a tape readable by others"
+    service.pipeline.tape_closed(made.folder)
+    drain(service)
+    everything = [data, *data.rglob("*")]
+    loose = {str(p): oct(stat.S_IMODE(p.lstat().st_mode)) for p in everything if p.lstat().st_mode & 0o077}
+    assert loose == {}, "readable by others"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700

@@ -35,7 +35,7 @@ def write_info(folder: str | os.PathLike[str], info: CallInfo) -> None:
     """Replace ``call.json`` atomically, so a crash never leaves half a file."""
     folder = Path(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".call.", suffix=".json")
-    os.fchmod(fd, 0o644)  # mkstemp makes it private; tapes are read by the mixer and the service
+    os.fchmod(fd, 0o600)  # private like the rest of the data folder (the mixer and the service run as its user)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(info.to_json(), f, indent=2, sort_keys=True)
         f.flush()

@@ -20,6 +20,7 @@ from callrec.service.clock import DatabaseClock
 from callrec.service.domain_settings import StorageSettings
 from callrec.service.egress import Policy
 from callrec.service.egress import policy as egress_policy
+from callrec.service.private import make_private
 from callrec.service.schedule import Clock, SystemClock, clock_from_env
 from callrec.storage.base import Storage
 from callrec.storage.local import LocalStorage
@@ -41,7 +42,7 @@ class Context:
     @classmethod
     def open(cls, config: ServiceConfig, *, clock: Clock | None = None, run_migrations: bool = True) -> Context:
         """Connect to the database (migrating it to the newest schema) and load the secret key."""
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(config.data_dir)  # umask 0o077 from here on: the database, tapes, recordings are 0600
         engine = make_engine(config.db_url)
         if run_migrations:
             migrate(engine)

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from callrec.service.private import make_private
 from callrec.service.sanity import StartRefused
 
 LOCK_FILE = "callrec.lock"
@@ -55,7 +56,7 @@ class DataLock:
     def acquire(cls, data_dir: Path, command: str) -> DataLock:
         """Own ``data_dir`` as ``command`` (e.g. ``callrec serve``), or share the lock handed down by the
         parent that owns it; raises ``FolderInUse`` naming the live owner."""
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private(data_dir)  # every process that writes there starts here: all it makes is 0600
         path = data_dir.resolve() / LOCK_FILE
         handed = _handed_down(path)
         if handed is not None:
