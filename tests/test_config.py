@@ -44,7 +44,8 @@ def test_allow_list_matches_addresses_and_v4_mapped_ones() -> None:
     assert cfg.allowed("10.1.2.3") and cfg.allowed("192.168.1.5") and cfg.allowed("::1")
     assert cfg.allowed("::ffff:10.9.9.9")
     assert not cfg.allowed("192.168.1.6") and not cfg.allowed("not-an-ip")
-    assert RecorderConfig().allowed("203.0.113.9"), "an empty allow list admits everyone"
+    assert not RecorderConfig().allowed("203.0.113.9"), "with nothing configured only loopback may record"
+    assert RecorderConfig().allowed("127.0.0.1") and RecorderConfig().allowed("::1")
     with pytest.raises(ConfigError, match="'10.0.0.0/33' is not an address or CIDR network"):
         parse_networks(["10.0.0.0/33"])
 

@@ -7,7 +7,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from callrec.errors import CallrecError
 from callrec.media.encode import MP3_BITRATES_KBPS
+
+if TYPE_CHECKING:
+    from callrec.config import RecorderConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="callrec: call recording for cloud telephony"
@@ -134,8 +137,28 @@ def record_command(
     rtp_ports: Annotated[str, typer.Option("--rtp-ports", help="RTP port range FIRST-LAST")] = "30000-39999",
     data: Annotated[Path, typer.Option("--data", help="Data folder; tapes go to DATA/tapes")] = Path("data"),
     allow: Annotated[
-        list[str] | None, typer.Option("--allow", help="SRC address or CIDR allowed to record (repeatable)")
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            help="SRC address or CIDR trusted for every domain (repeatable); with no --allow nor"
+            " --allow-domain only loopback SRCs may record; 0.0.0.0/0 opens it to all",
+        ),
     ] = None,
+    allow_domain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-domain",
+            help="DOMAIN=CIDR[,CIDR...]: SRCs that record into DOMAIN only (repeatable)",
+        ),
+    ] = None,
+    max_sessions_per_source: Annotated[
+        int,
+        typer.Option(
+            "--max-sessions-per-source",
+            help="Sessions one SRC address may hold at once; more get 503 (0: an eighth of the RTP port pairs,"
+            " at least 16)",
+        ),
+    ] = 0,
     media_address: Annotated[
         str, typer.Option("--media-address", help="Address given to SRCs for RTP (default: the one they reach)")
     ] = "",
@@ -158,6 +181,7 @@ def record_command(
 
     from callrec.config import (
         DEFAULT_SIP_PORT,
+        parse_domain_networks,
         parse_hostport,
         parse_networks,
         parse_port_range,
@@ -180,12 +204,16 @@ def record_command(
         cfg.data_dir = data
         if allow:
             cfg.allow = parse_networks(allow)
+        if allow_domain:
+            cfg.allow_domains = parse_domain_networks(allow_domain)
+        if max_sessions_per_source < 0:
+            _fail("--max-sessions-per-source must not be negative (0: the default)")
+        cfg.max_sessions_per_source = max_sessions_per_source or cfg.max_sessions_per_source
         cfg.media_address = media_address or cfg.media_address
         cfg.idle_timeout_s = idle_timeout
         cfg.max_sessions = max_sessions
         cfg.mix_on_close = mix
-        if not cfg.allow:
-            print("callrec: warning: no --allow given: any address may open recording sessions", file=sys.stderr)
+        _trust_warnings(cfg)
         ready = (
             f"callrec record: listening on {{host}}:{{port}} (udp, tcp), rtp ports {cfg.rtp_first}-{cfg.rtp_last},"
             f" tapes under {cfg.tapes_dir}"
@@ -206,6 +234,16 @@ def record_command(
         _fail(f"cannot start the recorder: {exc.strerror or exc}")
 
 
+def _trust_warnings(cfg: RecorderConfig) -> None:
+    if cfg.opened_to_all():
+        print("callrec: warning: --allow admits every address: any host may open recording sessions", file=sys.stderr)
+    elif not cfg.allow and not cfg.allow_domains:
+        print(
+            "callrec: warning: no --allow nor --allow-domain: only loopback SRCs may record, others get 403",
+            file=sys.stderr,
+        )
+
+
 def _logging(level: str) -> None:
     import logging
 
@@ -223,8 +261,28 @@ def serve_command(
     listen: Annotated[str, typer.Option("--listen", help="SIP address, UDP and TCP")] = "0.0.0.0:5060",
     rtp_ports: Annotated[str, typer.Option("--rtp-ports", help="RTP port range FIRST-LAST")] = "30000-39999",
     allow: Annotated[
-        list[str] | None, typer.Option("--allow", help="SRC address or CIDR allowed to record (repeatable)")
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            help="SRC address or CIDR trusted for every domain (repeatable); with no --allow nor"
+            " --allow-domain only loopback SRCs may record; 0.0.0.0/0 opens it to all",
+        ),
     ] = None,
+    allow_domain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-domain",
+            help="DOMAIN=CIDR[,CIDR...]: SRCs that record into DOMAIN only (repeatable)",
+        ),
+    ] = None,
+    max_sessions_per_source: Annotated[
+        int,
+        typer.Option(
+            "--max-sessions-per-source",
+            help="Sessions one SRC address may hold at once; more get 503 (0: an eighth of the RTP port pairs,"
+            " at least 16)",
+        ),
+    ] = 0,
     workers: Annotated[int | None, typer.Option("--workers", help="Mixing processes (default: CPU count)")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Run the SIPREC recorder")] = True,
     work: Annotated[bool, typer.Option("--work/--no-work", help="Run the background workers")] = True,
@@ -233,6 +291,7 @@ def serve_command(
     """Run the whole system on one machine: recorder, background workers and HTTP API, until SIGTERM."""
     from callrec.config import (
         DEFAULT_SIP_PORT,
+        parse_domain_networks,
         parse_hostport,
         parse_networks,
         parse_port_range,
@@ -254,6 +313,11 @@ def serve_command(
         rec.rtp_first, rec.rtp_last = parse_port_range(rtp_ports)
         if allow:
             rec.allow = parse_networks(allow)
+        if allow_domain:
+            rec.allow_domains = parse_domain_networks(allow_domain)
+        if max_sessions_per_source < 0:
+            _fail("--max-sessions-per-source must not be negative (0: the default)")
+        rec.max_sessions_per_source = max_sessions_per_source or rec.max_sessions_per_source
         if workers is not None:
             if workers < 1:
                 _fail("--workers must be at least 1")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from callrec.errors import CallrecError
 DEFAULT_SIP_PORT = 5060
 DEFAULT_RTP_PORTS = (30000, 39999)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# a domain's name as the service accepts it (callrec.api.schemas.DOMAIN_NAME)
+_DOMAIN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+# with no --allow / --allow-domain configured, only these may open sessions
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# a source holds at most this many sessions unless the per-source limit or the range says more
+MIN_SESSIONS_PER_SOURCE = 16
 
 
 class ConfigError(CallrecError):
@@ -28,8 +35,13 @@ class RecorderConfig:
     rtp_first: int = DEFAULT_RTP_PORTS[0]
     rtp_last: int = DEFAULT_RTP_PORTS[1]
     data_dir: Path = Path("data")
-    # SRC addresses allowed to open sessions; empty means any
+    # SRC addresses trusted for every domain (the domain header or metadata is honoured from them)
     allow: list[IPNetwork] = field(default_factory=list)
+    # SRC addresses trusted for one domain each: their calls are filed into it, and only into it
+    allow_domains: dict[str, list[IPNetwork]] = field(default_factory=dict)
+    # sessions one SRC address may hold at once (it also holds at most twice as many RTP port pairs);
+    # 0: an eighth of the range's port pairs, at least MIN_SESSIONS_PER_SOURCE
+    max_sessions_per_source: int = 0
     # the address put in SDP answers; by default the one the SRC reached us on
     media_address: str = ""
     max_sessions: int = 5000
@@ -54,16 +66,58 @@ class RecorderConfig:
         return self.data_dir / "recordings"
 
     def allowed(self, address: str) -> bool:
-        """Whether an SRC at ``address`` may open sessions."""
-        if not self.allow:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.split("%")[0])
-        except ValueError:
+        """Whether an SRC at ``address`` may open sessions at all (for some domain)."""
+        ip = source_ip(address)
+        if ip is None:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == net.version and ip in net for net in self.allow)
+        if not self.allow and not self.allow_domains:
+            return _within(ip, LOOPBACK)
+        return _within(ip, self.allow) or any(_within(ip, nets) for nets in self.allow_domains.values())
+
+    def domain_for(self, address: str, asked: str) -> str | None:
+        """The domain a session from ``address`` is filed into when it names ``asked`` (header or metadata;
+        "" when it names none), or None when that source may not record into it (403).
+
+        A source in ``allow`` (or, with nothing configured, a loopback one) may name any domain, "default"
+        when it names none. A source listed only under ``allow_domains`` may name only its own domains;
+        naming none files the call into its domain when it has exactly one.
+        """
+        ip = source_ip(address)
+        if ip is None:
+            return None
+        if _within(ip, self.allow) or (not self.allow and not self.allow_domains and _within(ip, LOOPBACK)):
+            return asked or "default"
+        mine = [name for name, nets in self.allow_domains.items() if _within(ip, nets)]
+        if asked:
+            return asked if asked in mine else None
+        return mine[0] if len(mine) == 1 else None
+
+    def per_source_limit(self) -> int:
+        """Sessions one SRC address may hold at once."""
+        if self.max_sessions_per_source > 0:
+            return self.max_sessions_per_source
+        pairs = max(0, (self.rtp_last - (self.rtp_first + (self.rtp_first & 1)) + 1) // 2)
+        return max(MIN_SESSIONS_PER_SOURCE, pairs // 8)
+
+    def opened_to_all(self) -> bool:
+        """Whether a configured network admits every address (``--allow 0.0.0.0/0``)."""
+        nets = [*self.allow, *(n for nets in self.allow_domains.values() for n in nets)]
+        return any(net.prefixlen == 0 for net in nets)
+
+
+def source_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An SRC's address as one value per host: IPv4-mapped IPv6 as IPv4, no zone; None if not an address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _within(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Iterable[IPNetwork]) -> bool:
+    return any(ip.version == net.version and ip in net for net in nets)
 
 
 def parse_hostport(text: str, default_port: int, what: str) -> tuple[str, int]:
@@ -115,6 +169,28 @@ def parse_networks(items: list[str], what: str = "--allow") -> list[IPNetwork]:
     return out
 
 
+def parse_domain_networks(items: list[str], what: str = "--allow-domain") -> dict[str, list[IPNetwork]]:
+    """``DOMAIN=CIDR[,CIDR...]`` items, several per item when separated by ``;``; a domain named twice
+    gets the networks of both."""
+    out: dict[str, list[IPNetwork]] = {}
+    for item in items:
+        for part in item.split(";"):
+            if not part.strip():
+                continue
+            name, sep, networks = part.partition("=")
+            name = name.strip()
+            if not sep or not _DOMAIN_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{what}: {part.strip()!r} is not DOMAIN=CIDR[,CIDR...] with a domain name of lowercase"
+                    " letters, digits, '.', '_' and '-'"
+                )
+            nets = parse_networks([networks], what)
+            if not nets:
+                raise ConfigError(f"{what}: {part.strip()!r} names no address or network")
+            out.setdefault(name, []).extend(nets)
+    return out
+
+
 def recorder_config_from_env(env: Mapping[str, str] | None = None) -> RecorderConfig:
     """A ``RecorderConfig`` with the ``CALLREC_*`` variables of ``env`` (default: the process's) applied."""
     env = os.environ if env is None else env
@@ -128,8 +204,13 @@ def recorder_config_from_env(env: Mapping[str, str] | None = None) -> RecorderCo
         cfg.rtp_first, cfg.rtp_last = parse_port_range(env["CALLREC_RTP_PORTS"], "CALLREC_RTP_PORTS")
     if "CALLREC_ALLOW" in env:
         cfg.allow = parse_networks([env["CALLREC_ALLOW"]], "CALLREC_ALLOW")
+    if "CALLREC_ALLOW_DOMAINS" in env:
+        cfg.allow_domains = parse_domain_networks([env["CALLREC_ALLOW_DOMAINS"]], "CALLREC_ALLOW_DOMAINS")
     cfg.media_address = env.get("CALLREC_MEDIA_ADDRESS", cfg.media_address)
     cfg.max_sessions = _int(env, "CALLREC_MAX_SESSIONS", cfg.max_sessions)
+    cfg.max_sessions_per_source = _int(env, "CALLREC_MAX_SESSIONS_PER_SOURCE", cfg.max_sessions_per_source)
+    if cfg.max_sessions_per_source < 0:
+        raise ConfigError("CALLREC_MAX_SESSIONS_PER_SOURCE must not be negative (0: the default)")
     cfg.min_free_bytes = _int(env, "CALLREC_MIN_FREE_MB", cfg.min_free_bytes // (1024 * 1024)) * 1024 * 1024
     cfg.idle_timeout_s = _float(env, "CALLREC_IDLE_TIMEOUT_S", cfg.idle_timeout_s)
     caller = env.get("CALLREC_SIPREC_CALLER", cfg.caller)

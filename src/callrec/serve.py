@@ -213,6 +213,10 @@ def children_for(
         ]  # fmt: skip
         for net in rec.allow:
             argv += ["--allow", str(net)]
+        for name, nets in rec.allow_domains.items():
+            argv += ["--allow-domain", f"{name}={','.join(map(str, nets))}"]
+        if rec.max_sessions_per_source:
+            argv += ["--max-sessions-per-source", str(rec.max_sessions_per_source)]
         if rec.media_address:
             argv += ["--media-address", rec.media_address]
         children.append(Child("recorder", argv, env, pass_fds))

@@ -194,14 +194,15 @@ def info_of(folder: Path) -> CallInfo:
 class SipClient:
     """One SIP endpoint on 127.0.0.1 talking to ``server`` over UDP or TCP."""
 
-    def __init__(self, server: tuple[str, int], transport: str = "udp") -> None:
+    def __init__(self, server: tuple[str, int], transport: str = "udp", *, local_host: str = HOST) -> None:
+        """``local_host``: the address the client sends from (another loopback one plays another SRC)."""
         self.server = server
         self.transport = transport.upper()
         if self.transport == "UDP":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind((HOST, 0))
+            self.sock.bind((local_host, 0))
         else:
-            self.sock = socket.create_connection(server, timeout=5)
+            self.sock = socket.create_connection(server, timeout=5, source_address=(local_host, 0))
         self.local: tuple[str, int] = self.sock.getsockname()[:2]
         self._framer = StreamFramer()
         self._queue: list[bytes] = []

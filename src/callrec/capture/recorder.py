@@ -40,7 +40,7 @@ from callrec.capture.sip import SipMessage, make_response
 from callrec.capture.siprec import RecordingMetadata
 from callrec.capture.sipvalidate import salvage_request, validate_request
 from callrec.capture.transactions import T1_S, T2_S, ServerTransactions
-from callrec.config import RecorderConfig
+from callrec.config import RecorderConfig, source_ip
 from callrec.errors import CallrecError, ParseError
 from callrec.models import CallInfo, Party, Stream
 
@@ -54,6 +54,10 @@ DISK_CHECK_S = 2.0
 RETRY_AFTER_S = 30
 TRYING_AFTER_S = 0.1
 STOP_WAIT_S = 5.0
+
+
+class SourceShareTaken(PortsExhausted):
+    """The SRC already holds its share of the RTP port pairs (twice its session limit)."""
 
 
 @dataclass(slots=True)
@@ -104,6 +108,8 @@ class Recorder:
         self._stopping = False
         self._disk_checked = 0.0
         self._local_ip: dict[str, str] = {}
+        # the Call-IDs of the sessions each SRC address holds (the per-source limit)
+        self._by_source: dict[str, set[str]] = {}
         self.address: tuple[str, int] = ("", 0)
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -265,7 +271,24 @@ class Recorder:
         if msg.call_id in self.sessions:
             self._respond(msg, origin, 482, "Loop Detected: Call-ID already in a session", to_tag=_new_tag())
             return
-        refusal = self._refusal()
+        metadata = _metadata(msg)
+        source = _source_key(origin.remote[0])
+        asked = self._asked_domain(msg, metadata)
+        domain = self.cfg.domain_for(origin.remote[0], asked)
+        if domain is None:
+            self.stats.sessions_rejected += 1
+            log.warning(
+                "INVITE %s from %s refused: not allowed to record into domain %r",
+                msg.call_id, source, asked or "(none named)",
+            )  # fmt: skip
+            reason = (
+                "Forbidden: source not allowed for this domain"
+                if asked
+                else "Forbidden: source serves several domains and the INVITE names none"
+            )
+            self._respond(msg, origin, 403, reason, to_tag=_new_tag())
+            return
+        refusal = self._refusal() or self._source_refusal(source)
         if refusal is not None:
             self.stats.sessions_rejected += 1
             self._respond(msg, origin, 503, refusal, to_tag=_new_tag(), headers=[("retry-after", str(RETRY_AFTER_S))])
@@ -284,7 +307,6 @@ class Recorder:
                 msg, origin, 488, "Not Acceptable Here: no recordable RTP/AVP audio stream", to_tag=_new_tag()
             )
             return
-        metadata = _metadata(msg)
         now = time.time()
         call_id = msg.call_id
         info = CallInfo(call_ids=[call_id], source="siprec", started_at=now)
@@ -301,23 +323,27 @@ class Recorder:
         )
         session.origin = origin
         session.advertised = self._advertised(origin)
+        session.source = source
         info.parties = parties_from(msg, metadata, self.cfg)
-        self._label_call(session, msg)
+        self._label_call(session, msg, domain)
         try:
             self._apply_offer(session, sdp, origin)
-        except PortsExhausted:
+        except PortsExhausted as exc:
             self._release_ports(session)
             self.stats.sessions_rejected += 1
             self._respond(
                 msg,
                 origin,
                 503,
-                "Service Unavailable: no free RTP ports",
+                "Service Unavailable: this source holds its share of the RTP ports"
+                if isinstance(exc, SourceShareTaken)
+                else "Service Unavailable: no free RTP ports",
                 to_tag=session.local_tag,
                 headers=[("retry-after", str(RETRY_AFTER_S))],
             )
             return
         self.sessions[call_id] = session
+        self._by_source.setdefault(source, set()).add(call_id)
         self.stats.sessions_total += 1
         loop = asyncio.get_running_loop()
         # 100 Trying only when the answer is slow (RFC 3261 section 17.2.1: not needed within 200 ms)
@@ -510,6 +536,7 @@ class Recorder:
             if not recordable(offer):
                 continue  # a stream removed (port 0) keeps its port until the session ends
             if not line.port:
+                self._check_source_share(session)
                 line.port = self._bind_port()
             if line.stream is None:
                 party = party_of(index, line.label, session, self.cfg)
@@ -552,6 +579,11 @@ class Recorder:
         self._release_ports(session)
         session.closed = True
         self.sessions.pop(session.call_id, None)
+        held = self._by_source.get(session.source)
+        if held is not None:
+            held.discard(session.call_id)
+            if not held:
+                del self._by_source[session.source]
 
     def _close(self, session: RecordingSession, reason: str, *, discard: bool = False) -> None:
         """End a session: keep what is still queued in its sockets, release its ports, close its tape."""
@@ -622,6 +654,21 @@ class Recorder:
             return "Service Unavailable: low disk space"
         return None
 
+    def _source_refusal(self, source: str) -> str | None:
+        """Why this SRC address may not open another session now (503), or None."""
+        if len(self._by_source.get(source, ())) >= self.cfg.per_source_limit():
+            return "Service Unavailable: session limit for this source reached"
+        return None
+
+    def _check_source_share(self, session: RecordingSession) -> None:
+        """Refuse another RTP port pair to a session whose SRC holds twice its session limit in pairs (a
+        source offering many streams per session must not take every port either)."""
+        held = sum(len(s.ports()) for c in self._by_source.get(session.source, ()) if (s := self.sessions.get(c)))
+        if session.call_id not in self._by_source.get(session.source, ()):
+            held += len(session.ports())  # a session being set up is not counted yet
+        if held >= 2 * self.cfg.per_source_limit():
+            raise SourceShareTaken(f"source {session.source} holds {held} RTP port pairs, its share")
+
     def _advertised(self, origin: Origin) -> str:
         """The address put in SDP answers and on tapes: configured, the listening one, or the route's."""
         if self.cfg.media_address:
@@ -641,16 +688,22 @@ class Recorder:
             self._local_ip[peer] = found
         return found
 
-    def _label_call(self, session: RecordingSession, msg: SipMessage) -> None:
-        """Domain and interaction id: from the configured SIP headers, else the metadata's extension data."""
-        info, ext = session.info, session.metadata.extensions if session.metadata else {}
+    def _asked_domain(self, msg: SipMessage, metadata: RecordingMetadata | None) -> str:
+        """The domain an INVITE names: the configured SIP header, else the metadata's extension data."""
+        ext = metadata.extensions if metadata else {}
         domain = msg.header(self.cfg.domain_header) or next((ext[k] for k in self.cfg.domain_keys if ext.get(k)), "")
+        return domain.strip()
+
+    def _label_call(self, session: RecordingSession, msg: SipMessage, domain: str) -> None:
+        """Domain (as the trust policy allowed it) and interaction id: from the configured SIP header, else
+        the metadata's extension data."""
+        info, ext = session.info, session.metadata.extensions if session.metadata else {}
         interaction = msg.header(self.cfg.interaction_header) or next(
             (ext[k] for k in self.cfg.interaction_keys if ext.get(k)), ""
         )
         if not interaction and session.metadata is not None:
             interaction = session.metadata.group_id
-        info.domain = domain.strip() or "default"
+        info.domain = domain
         info.interaction_id = interaction.strip()
 
     def _send_bye(self, session: RecordingSession) -> None:
@@ -691,6 +744,12 @@ class Recorder:
                     log.warning("session %s idle for %.0f s: closing it", session.call_id, self.cfg.idle_timeout_s)
                     self._send_bye(session)
                     self._close(session, "idle")
+
+
+def _source_key(address: str) -> str:
+    """One key per SRC host, whatever the port or IPv4-mapped spelling."""
+    ip = source_ip(address)
+    return str(ip) if ip is not None else address
 
 
 def _new_tag() -> str:

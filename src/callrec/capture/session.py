@@ -56,6 +56,8 @@ class RecordingSession:
     # how to reach the SRC (for a BYE of our own) and the address our answer gave it
     origin: Origin | None = None
     advertised: str = ""
+    # the SRC's address (one per host), for the per-source session limit
+    source: str = ""
 
     def ports(self) -> list[int]:
         return [line.port for line in self.lines if line.port]
