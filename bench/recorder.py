@@ -1273,8 +1273,10 @@ def main() -> None:
     ap.add_argument("--hold-s", type=float, default=20.0, help="steady state measured, seconds (default 20)")
     ap.add_argument("--rate", type=float, default=200.0, help="new calls (and BYEs) per second (default 200)")
     ap.add_argument("--settle-s", type=float, default=1.0, help="wait after the last answer before measuring")
+    # every call comes from this one SRC: the per-source limit (a quarter of the ports) is lifted
     ap.add_argument("--recorder-cmd", default="{callrec} record --listen {listen} --rtp-ports {rtp_ports} "
-                    "--data {data}", help="the recorder to load ('stand-in': this script's own answerer)")
+                    "--data {data} --max-sessions-per-source 5000",
+                    help="the recorder to load ('stand-in': this script's own answerer)")
     ap.add_argument("--sip-port", type=int, default=11060, help="the recorder's SIP port (default 11060)")
     ap.add_argument("--rtp-ports", default="12000-21999", help="the recorder's RTP ports (default 12000-21999)")
     ap.add_argument("--cpu-gen", type=int, default=0, help="core of the generator (default 0)")
