@@ -40,7 +40,8 @@ RESTART_DELAY_S = 1.0
 
 
 def bootstrap(ctx: Context) -> str | None:
-    """Make sure the ``default`` domain and an admin key exist; returns a new admin key to print once."""
+    """Make sure the ``default`` domain and an admin key exist; returns a new admin key to print once.
+    A new ``CALLREC_ADMIN_KEY`` revokes the key the previous value set (``queries.ensure_admin_key``)."""
     now = ctx.clock.now()
     with transaction(ctx.sessions) as s:
         queries.ensure_domain(s, queries.DEFAULT_DOMAIN, now)
@@ -257,7 +258,9 @@ class _Server(uvicorn.Server):
 
 def serve(rec: RecorderConfig, service: ServiceConfig, *, record: bool = True, work: bool = True) -> None:
     """Run until SIGTERM or SIGINT. Raises ``StartRefused`` when the data folder is in use, the HTTP
-    address is taken, or a child cannot run (``ChildFailed``): the children are stopped by then."""
+    address is taken, or a child cannot run (``ChildFailed``): the children are stopped by then. A weak
+    ``CALLREC_ADMIN_KEY`` is refused (``ConfigError``) before anything starts."""
+    queries.check_admin_key(service.admin_key)
     lock = DataLock.acquire(service.data_dir, "callrec serve")
     try:
         http = listen_http(service.http_host, service.http_port)

@@ -113,7 +113,8 @@ def test_a_new_key_is_shown_once_and_works(api: Api, tenant: Tenant) -> None:
     made = api.client.post(f"{DOMAINS}/{tenant.name}/keys", headers=api.admin, json={"name": "crm"})
     assert made.status_code == 201
     body = made.json()
-    assert set(body) == {"id", "key", "domain", "created_at"} and body["domain"] == tenant.name
+    assert set(body) == {"id", "key", "domain", "scopes", "created_at"} and body["domain"] == tenant.name
+    assert body["scopes"] == ["read", "settings", "upload"]  # by default every domain scope, as before scopes
     assert api.client.get(f"{DOMAINS}/{tenant.name}", headers=bearer(body["key"])).status_code == 200
     listed = api.client.get(f"{DOMAINS}/{tenant.name}/keys", headers=api.admin).json()["items"]
     assert {k["id"] for k in listed} >= {body["id"]}
@@ -130,11 +131,17 @@ def test_creating_a_key_needs_no_body_but_checks_the_one_given(api: Api, tenant:
     assert missing.status_code == 404 and detail(missing) == "no domain named 'nowhere'"
 
 
-def test_only_admin_keys_handle_keys(api: Api, tenant: Tenant) -> None:
+def test_only_admin_keys_and_settings_keys_handle_keys(api: Api, tenant: Tenant) -> None:
+    reader = api.client.post(f"{DOMAINS}/{tenant.name}/keys", headers=api.admin, json={"scopes": ["read"]}).json()
     for method, path in (("POST", "keys"), ("GET", "keys"), ("DELETE", "keys/0123456789abcdef")):
-        answer = api.client.request(method, f"{DOMAINS}/{tenant.name}/{path}", headers=tenant.headers)
+        answer = api.client.request(method, f"{DOMAINS}/{tenant.name}/{path}", headers=bearer(reader["key"]))
         assert answer.status_code == 403, (method, path)
-        assert detail(answer) == "this needs an admin key"
+        assert detail(answer) == "this key lacks the 'settings' scope this needs"
+    # the domain's own key (every domain scope by default) manages its domain's keys, never an admin key
+    assert api.client.get(f"{DOMAINS}/{tenant.name}/keys", headers=tenant.headers).status_code == 200
+    admin = api.client.post(f"{DOMAINS}/{tenant.name}/keys", headers=tenant.headers, json={"scopes": ["admin"]})
+    assert admin.status_code == 422
+    assert api.client.get("/api/v1/admin/keys", headers=tenant.headers).status_code == 403
 
 
 def test_a_revoked_key_is_401(api: Api, tenant: Tenant, other: Tenant) -> None:

@@ -27,7 +27,20 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from callrec.api import calls, domains, interactions, jobs, links, ops, picture, recordings, ui, uploads, webhooks
+from callrec.api import (
+    admin_keys,
+    calls,
+    domains,
+    interactions,
+    jobs,
+    links,
+    ops,
+    picture,
+    recordings,
+    ui,
+    uploads,
+    webhooks,
+)
 from callrec.api.link_pages import PUBLIC_HEADERS
 from callrec.config import ConfigError
 from callrec.errors import CallrecError, ServiceError, StorageError
@@ -65,7 +78,7 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
     )
     app.state.service = service
     app.state.max_upload_bytes = max_upload_bytes
-    for module in (domains, calls, recordings, picture, uploads, jobs, interactions, links, webhooks):
+    for module in (domains, admin_keys, calls, recordings, picture, uploads, jobs, interactions, links, webhooks):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(links.public_router)
     app.include_router(ui.router)

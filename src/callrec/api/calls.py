@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from callrec.api.deps import (
     Principal,
-    PrincipalDep,
+    ReadDep,
     ServiceDep,
+    SettingsDep,
     base_url,
     decode_cursor,
     domain_names,
@@ -60,7 +61,7 @@ def find_call(s: Session, principal: Principal, call_id: str) -> Call:
 def search_calls(
     request: Request,
     service: ServiceDep,
-    principal: PrincipalDep,
+    principal: ReadDep,
     since: Annotated[str | None, Query(max_length=64, description="ISO 8601 with a zone, or epoch seconds")] = None,
     until: Annotated[str | None, Query(max_length=64, description="ISO 8601 with a zone, or epoch seconds")] = None,
     number: Annotated[str | None, Query(max_length=100, pattern=PRINTABLE, description="a prefix ends in *")] = None,
@@ -119,13 +120,13 @@ def _after(query: Select[Call], cursor: str) -> Select[Call]:
 
 
 @router.get("/calls/{call_id}", response_model=CallCard, summary="The call card")
-def get_call(call_id: str, request: Request, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_call(call_id: str, request: Request, service: ServiceDep, principal: ReadDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         return _cards(s, [find_call(s, principal, call_id)], base_url(request), service.ctx.clock.now())[0]
 
 
 @router.put("/calls/{call_id}/retention", response_model=RetentionOut, summary="Override how long a call is kept")
-def put_retention(call_id: str, body: RetentionIn, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def put_retention(call_id: str, body: RetentionIn, service: ServiceDep, principal: SettingsDep) -> dict[str, Any]:
     ctx = service.ctx
     with transaction(ctx.sessions) as s:
         call = find_call(s, principal, call_id)
@@ -137,7 +138,7 @@ def put_retention(call_id: str, body: RetentionIn, service: ServiceDep, principa
 
 
 @router.put("/calls/{call_id}/tags", summary="Replace a call's tags")
-def put_tags(call_id: str, body: TagsIn, service: ServiceDep, principal: PrincipalDep) -> dict[str, list[str]]:
+def put_tags(call_id: str, body: TagsIn, service: ServiceDep, principal: SettingsDep) -> dict[str, list[str]]:
     ctx = service.ctx
     tags = list(dict.fromkeys(body.tags))
     with transaction(ctx.sessions) as s:
@@ -151,7 +152,7 @@ def put_tags(call_id: str, body: TagsIn, service: ServiceDep, principal: Princip
 @router.post("/calls/{call_id}/remix", status_code=202, response_model=RecordingOut,
              summary="Mix the call again, with other output settings")  # fmt: skip
 def remix(
-    call_id: str, request: Request, service: ServiceDep, principal: PrincipalDep, body: RemixIn | None = None
+    call_id: str, request: Request, service: ServiceDep, principal: SettingsDep, body: RemixIn | None = None
 ) -> dict[str, Any]:
     ctx = service.ctx
     asked = body or RemixIn()
@@ -186,7 +187,7 @@ def remix(
 
 @router.get("/interactions/{interaction_id}", response_model=InteractionOut, summary="The calls of an interaction")
 def get_interaction(
-    interaction_id: str, request: Request, service: ServiceDep, principal: PrincipalDep
+    interaction_id: str, request: Request, service: ServiceDep, principal: ReadDep
 ) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         rows: list[Call] = []

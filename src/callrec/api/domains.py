@@ -6,13 +6,14 @@ and changes its own settings. A storage secret is encrypted before it is stored 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from callrec.api.deps import AdminDep, PrincipalDep, ServiceDep, is_id, scope, visible_domain
+from callrec.api.deps import AdminDep, Principal, ServiceDep, SettingsDep, ViewDep, is_id, scope, visible_domain
 from callrec.api.schemas import DomainIn, DomainList, DomainOut, KeyCreated, KeyIn, KeyList
 from callrec.config import ConfigError
 from callrec.db import queries
@@ -34,9 +35,24 @@ def _domain_json(domain: Domain, settings: DomainSettings) -> dict[str, Any]:
     return {"name": domain.name, "settings": settings.public_json(), "created_at": domain.created_at}
 
 
-def _key_json(key: ApiKey, domain: str) -> dict[str, Any]:
-    return {"id": key.id, "name": key.name, "domain": domain, "created_at": key.created_at,
-            "last_used_at": key.last_used_at, "revoked_at": key.revoked_at}  # fmt: skip
+def key_json(key: ApiKey, domain: str | None) -> dict[str, Any]:
+    return {"id": key.id, "name": key.name, "domain": domain, "scopes": sorted(queries.key_scopes(key)),
+            "origin": key.origin, "created_at": key.created_at, "last_used_at": key.last_used_at,
+            "revoked_at": key.revoked_at}  # fmt: skip
+
+
+def _grantable(principal: Principal, asked: Sequence[str] | None) -> tuple[str, ...]:
+    """The scopes a new domain key gets: those asked for (default: every domain scope), never the admin
+    scope and never one the creating key lacks (422 naming it)."""
+    chosen = tuple(queries.DOMAIN_SCOPES if asked is None else dict.fromkeys(asked))
+    if queries.ADMIN in chosen:
+        raise ServiceError("a domain's key cannot have the 'admin' scope; admin keys are made at /admin/keys", 422)
+    if not chosen:
+        raise ServiceError("a key needs at least one scope: settings, read or upload", 422)
+    missing = [s for s in chosen if not principal.has(s)]
+    if missing:
+        raise ServiceError(f"a key cannot grant scopes it lacks: {', '.join(missing)}", 403)
+    return chosen
 
 
 def _seal(ctx: Context, settings: DomainSettings) -> DomainSettings:
@@ -95,41 +111,46 @@ def create_domain(body: DomainIn, service: ServiceDep, _admin: AdminDep) -> dict
 
 
 @router.get("/domains", response_model=DomainList, summary="The domains this key may see")
-def list_domains(service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def list_domains(service: ServiceDep, principal: ViewDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         rows = s.scalars(scope(select(Domain), principal, Domain.id).order_by(Domain.name)).all()
         return {"items": [_domain_json(d, queries.load_settings(s, d)) for d in rows]}
 
 
 @router.get("/domains/{name}", response_model=DomainOut, summary="One domain")
-def get_domain(name: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_domain(name: str, service: ServiceDep, principal: ViewDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         domain = visible_domain(s, principal, name)
         return _domain_json(domain, queries.load_settings(s, domain))
 
 
-@router.post("/domains/{name}/keys", status_code=201, response_model=KeyCreated, summary="A new key (admin)")
+@router.post("/domains/{name}/keys", status_code=201, response_model=KeyCreated,
+             summary="A new key, shown once (admin, or the domain's key with the settings scope)")  # fmt: skip
 def create_key(
-    name: str, service: ServiceDep, admin: AdminDep, body: Annotated[KeyIn | None, Body()] = None
+    name: str, service: ServiceDep, admin: SettingsDep, body: Annotated[KeyIn | None, Body()] = None
 ) -> dict[str, Any]:
     ctx = service.ctx
     with transaction(ctx.sessions) as s:
         domain = visible_domain(s, admin, name)
-        key, secret = queries.create_key(s, domain.id, ctx.clock.now(), name=body.name if body else "")
+        scopes = _grantable(admin, body.scopes if body else None)
+        key, secret = queries.create_key(s, domain.id, ctx.clock.now(), name=body.name if body else "", scopes=scopes)
         s.flush()
-        return {"id": key.id, "key": secret, "domain": domain.name, "created_at": key.created_at}
+        return {"id": key.id, "key": secret, "domain": domain.name, "scopes": sorted(queries.key_scopes(key)),
+                "created_at": key.created_at}  # fmt: skip
 
 
-@router.get("/domains/{name}/keys", response_model=KeyList, summary="A domain's keys, without secrets (admin)")
-def list_keys(name: str, service: ServiceDep, admin: AdminDep) -> dict[str, Any]:
+@router.get("/domains/{name}/keys", response_model=KeyList,
+            summary="A domain's keys, without secrets (admin, or its key with the settings scope)")  # fmt: skip
+def list_keys(name: str, service: ServiceDep, admin: SettingsDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         domain = visible_domain(s, admin, name)
         rows = s.scalars(select(ApiKey).where(ApiKey.domain_id == domain.id).order_by(ApiKey.created_at, ApiKey.id))
-        return {"items": [_key_json(k, domain.name) for k in rows]}
+        return {"items": [key_json(k, domain.name) for k in rows]}
 
 
-@router.delete("/domains/{name}/keys/{key_id}", status_code=204, summary="Revoke a key (admin)")
-def revoke_key(name: str, key_id: str, service: ServiceDep, admin: AdminDep) -> Response:
+@router.delete("/domains/{name}/keys/{key_id}", status_code=204,
+               summary="Revoke a key (admin, or the domain's key with the settings scope)")  # fmt: skip
+def revoke_key(name: str, key_id: str, service: ServiceDep, admin: SettingsDep) -> Response:
     ctx = service.ctx
     with transaction(ctx.sessions) as s:
         domain = visible_domain(s, admin, name)
@@ -142,14 +163,14 @@ def revoke_key(name: str, key_id: str, service: ServiceDep, admin: AdminDep) -> 
     return Response(status_code=204)
 
 
-@router.get("/domains/{name}/settings", summary="A domain's settings (its own key, or admin)")
-def get_settings(name: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+@router.get("/domains/{name}/settings", summary="A domain's settings (its key with read or settings, or admin)")
+def get_settings(name: str, service: ServiceDep, principal: ViewDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         return queries.load_settings(s, visible_domain(s, principal, name)).public_json()
 
 
-@router.put("/domains/{name}/settings", summary="Change some of a domain's settings (its own key, or admin)")
-def put_settings(name: str, update: SettingsUpdate, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+@router.put("/domains/{name}/settings", summary="Change some of a domain's settings (its key with settings, or admin)")
+def put_settings(name: str, update: SettingsUpdate, service: ServiceDep, principal: SettingsDep) -> dict[str, Any]:
     ctx = service.ctx
     _check_text(update, "")
     with transaction(ctx.sessions) as s:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from callrec.api.audio import CHUNK_BYTES, MEDIA_TYPES, ranged_response
-from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, visible_domain
+from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, visible_domain
 from callrec.api.schemas import PRINTABLE
 from callrec.db.schema import COMPLETED, DELETED, Call, Stitch
 from callrec.errors import ServiceError
@@ -100,7 +100,7 @@ def ask_stitch(service: Any, principal: Principal, interaction_id: str, domain: 
             responses={202: {"model": StitchOut, "description": "being made"}},
             summary="The interaction's stitched recording (asked for if there is none)")  # fmt: skip
 def get_stitched(
-    interaction_id: str, request: Request, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
+    interaction_id: str, request: Request, service: ServiceDep, principal: ReadDep, domain: DomainName = None
 ) -> JSONResponse:
     row = ask_stitch(service, principal, interaction_id, domain, force=False)
     return _out(service.ctx, row, base_url(request))
@@ -109,7 +109,7 @@ def get_stitched(
 @router.post("/interactions/{interaction_id}/stitched", status_code=202, response_model=StitchOut,
              summary="Make the interaction's stitched recording again")  # fmt: skip
 def remake_stitched(
-    interaction_id: str, request: Request, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
+    interaction_id: str, request: Request, service: ServiceDep, principal: ReadDep, domain: DomainName = None
 ) -> JSONResponse:
     row = ask_stitch(service, principal, interaction_id, domain, force=True)
     return _out(service.ctx, row, base_url(request))
@@ -122,7 +122,7 @@ def remake_stitched(
 def get_stitched_audio(
     interaction_id: str,
     service: ServiceDep,
-    principal: PrincipalDep,
+    principal: ReadDep,
     domain: DomainName = None,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from callrec.api.deps import (
     Principal,
-    PrincipalDep,
+    ReadDep,
     ServiceDep,
     decode_cursor,
     domain_names,
@@ -46,7 +46,7 @@ def _job_json(job: Job, names: dict[int, str]) -> dict[str, Any]:
 @router.get("/jobs", response_model=JobPage, summary="Jobs, newest first")
 def list_jobs(
     service: ServiceDep,
-    principal: PrincipalDep,
+    principal: ReadDep,
     state: Literal["running", "done", "retrying", "failed"] | None = None,
     recording_id: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -77,7 +77,7 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="One job")
 def get_job(
-    job_id: Annotated[int, Path(ge=1, le=MAX_JOB_ID)], service: ServiceDep, principal: PrincipalDep
+    job_id: Annotated[int, Path(ge=1, le=MAX_JOB_ID)], service: ServiceDep, principal: ReadDep
 ) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         return _job_json(_find(s, job_id, principal), domain_names(s))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, find_owned, scope
+from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, find_owned, scope
 from callrec.api.link_pages import public_router
 from callrec.api.recordings import find_recording
 from callrec.api.schemas import LinkOut
@@ -83,7 +83,7 @@ def _created(s: Session, request: Request, link: Link, token: str) -> dict[str, 
 @router.post("/recordings/{recording_id}/links", status_code=201, response_model=LinkCreated,
              summary="A public link to a completed recording")  # fmt: skip
 def create_recording_link(
-    recording_id: str, request: Request, service: ServiceDep, principal: PrincipalDep, body: LinkIn | None = None
+    recording_id: str, request: Request, service: ServiceDep, principal: ReadDep, body: LinkIn | None = None
 ) -> dict[str, Any]:
     asked = body or LinkIn()
     with transaction(service.ctx.sessions) as s:
@@ -101,7 +101,7 @@ def create_interaction_link(
     interaction_id: str,
     request: Request,
     service: ServiceDep,
-    principal: PrincipalDep,
+    principal: ReadDep,
     body: LinkIn | None = None,
     domain: DomainName = None,
 ) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def create_interaction_link(
 
 
 @router.get("/recordings/{recording_id}/links", response_model=LinkList, summary="A recording's links, newest first")
-def list_recording_links(recording_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def list_recording_links(recording_id: str, service: ServiceDep, principal: ReadDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         rec = find_recording(s, principal, recording_id)
         rows = links.for_target(s, rec.domain_id, links.RECORDING, rec.id)
@@ -130,7 +130,7 @@ def list_recording_links(recording_id: str, service: ServiceDep, principal: Prin
 @router.get("/interactions/{interaction_id}/links", response_model=LinkList,
             summary="An interaction's links, newest first")  # fmt: skip
 def list_interaction_links(
-    interaction_id: str, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
+    interaction_id: str, service: ServiceDep, principal: ReadDep, domain: DomainName = None
 ) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         domain_id = interaction_domain(s, principal, interaction_id, domain)
@@ -140,13 +140,13 @@ def list_interaction_links(
 
 
 @router.get("/links/{link_id}", response_model=LinkOut, summary="A link (never its token)")
-def get_link(link_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_link(link_id: str, service: ServiceDep, principal: ReadDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         return link_json(_find_link(s, principal, link_id), service.ctx.clock.now())
 
 
 @router.delete("/links/{link_id}", status_code=204, response_class=Response, summary="Revoke a link")
-def revoke_link(link_id: str, service: ServiceDep, principal: PrincipalDep) -> Response:
+def revoke_link(link_id: str, service: ServiceDep, principal: ReadDep) -> Response:
     with transaction(service.ctx.sessions) as s:
         links.revoke(s, service.ctx, _find_link(s, principal, link_id))
     return Response(status_code=204)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from callrec.api import interactions
 from callrec.api.audio import check_completed
-from callrec.api.deps import PrincipalDep, ServiceDep
+from callrec.api.deps import ReadDep, ServiceDep
 from callrec.api.interactions import DomainName
 from callrec.api.recordings import find_recording
 from callrec.db.schema import COMPLETED, DELETED, Call, Party, Recording, Stitch
@@ -265,7 +265,7 @@ router = APIRouter(tags=["recordings"])
 
 @router.get("/recordings/{recording_id}/picture", response_model=Picture,
             summary="The picture of a completed recording: waveforms, who spoke when, silences, overlaps")  # fmt: skip
-def get_recording_picture(recording_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_recording_picture(recording_id: str, service: ServiceDep, principal: ReadDep) -> dict[str, Any]:
     ctx = service.ctx
     with ctx.sessions() as s:
         rec = find_recording(s, principal, recording_id)
@@ -277,7 +277,7 @@ def get_recording_picture(recording_id: str, service: ServiceDep, principal: Pri
             responses={409: {"description": "the stitched recording is not made yet (Retry-After)"}},
             summary="The picture of an interaction's stitched recording (asked for if there is none)")  # fmt: skip
 def get_interaction_picture(
-    interaction_id: str, service: ServiceDep, principal: PrincipalDep, domain: DomainName = None
+    interaction_id: str, service: ServiceDep, principal: ReadDep, domain: DomainName = None
 ) -> Response:
     # like the stitched audio, asking for the picture asks for the stitch
     row = interactions.ask_stitch(service, principal, interaction_id, domain, force=False)

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from callrec.api import audio
-from callrec.api.deps import Principal, PrincipalDep, ServiceDep, base_url, find_owned
+from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, find_owned
 from callrec.api.schemas import RecordingOut
 from callrec.db.schema import COMPLETED, DELETED, Recording
 from callrec.errors import ServiceError
@@ -32,7 +32,7 @@ def find_recording(s: Session, principal: Principal, recording_id: str) -> Recor
 
 
 @router.get("/recordings/{recording_id}", response_model=RecordingOut, summary="A recording and its state")
-def get_recording(recording_id: str, request: Request, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_recording(recording_id: str, request: Request, service: ServiceDep, principal: ReadDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         return recording_json(find_recording(s, principal, recording_id), base_url(request))
 
@@ -42,7 +42,7 @@ def get_recording(recording_id: str, request: Request, service: ServiceDep, prin
 def get_audio(
     recording_id: str,
     service: ServiceDep,
-    principal: PrincipalDep,
+    principal: ReadDep,
     format: Literal["mp3", "wav"] | None = None,
     range_header: Annotated[str | None, Header(alias="Range", max_length=200)] = None,
 ) -> Response:

@@ -34,7 +34,19 @@ class DomainIn(_In):
     settings: dict[str, Any] | None = Field(default=None, description="settings that differ from the defaults")
 
 
+Scope = Literal["admin", "settings", "read", "upload"]
+
+
 class KeyIn(_In):
+    name: str = Field(default="", max_length=200, pattern=PRINTABLE, description="what the key is for")
+    scopes: list[Scope] | None = Field(
+        default=None, max_length=4,
+        description="what the key may do: settings, read, upload (default: all three); never more than the "
+        "creating key may do",
+    )  # fmt: skip
+
+
+class AdminKeyIn(_In):
     name: str = Field(default="", max_length=200, pattern=PRINTABLE, description="what the key is for")
 
 
@@ -73,14 +85,17 @@ class DomainList(BaseModel):
 class KeyCreated(BaseModel):
     id: str
     key: str = Field(description="the secret, shown this once")
-    domain: str
+    domain: str | None = Field(description="the key's domain; null for an admin key")
+    scopes: list[str]
     created_at: datetime
 
 
 class KeyOut(BaseModel):
     id: str
     name: str
-    domain: str
+    domain: str | None = Field(description="the key's domain; null for an admin key")
+    scopes: list[str]
+    origin: str = Field(description="env (set by CALLREC_ADMIN_KEY), first-start, api, cli, or empty")
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None

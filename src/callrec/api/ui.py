@@ -21,7 +21,7 @@ from callrec.api import interactions as interactions_api
 from callrec.api import links as links_api
 from callrec.api import picture as picture_api
 from callrec.api import recordings as recordings_api
-from callrec.api.deps import Principal, ServiceDep, get_ctx
+from callrec.api.deps import Principal, ServiceDep, get_ctx, principal_of, source_address, throttle
 from callrec.api.ui_auth import check_change, check_origin, sign_in, sign_out, viewer
 from callrec.api.ui_pages import call_view, calls_view, interaction_view, remember_new_link, render, safe_back
 from callrec.db import queries
@@ -75,15 +75,28 @@ def signin(
 ) -> Response:
     check_origin(request)
     ctx = get_ctx(request)
+    guard, source = throttle(request), source_address(request)
+    wait = guard.retry_after(source)
+    if wait:
+        answer = render(request, "signin.html", None, status=429, next=safe_back(next),
+                        error=f"Too many wrong keys from this address; try again in {wait} s.")  # fmt: skip
+        answer.headers["Retry-After"] = str(wait)
+        return answer
     secret = key.strip()
     found = None
+    may_read = False
     if secret and len(secret) <= 200 and secret.isascii():
         with ctx.sessions() as s:
             row = queries.key_by_secret(s, secret)
-            found = row.id if row is not None else None
+            if row is not None:
+                found, may_read = row.id, principal_of(row).has(queries.READ)
     if found is None:
+        guard.failed(source)
         return render(request, "signin.html", None, status=401, next=safe_back(next),
                       error="That API key is not valid (unknown or revoked).")  # fmt: skip
+    if not may_read:
+        return render(request, "signin.html", None, status=403, next=safe_back(next),
+                      error="That API key lacks the 'read' scope the web UI needs.")  # fmt: skip
     response = RedirectResponse(safe_back(next), status_code=303)
     sign_in(request, response, found)
     return response
@@ -94,7 +107,7 @@ def signout(request: Request, csrf: Csrf = None) -> Response:
     if viewer(request) is not None:
         check_change(request, csrf)
     response = RedirectResponse("/ui/signin", status_code=303)
-    sign_out(response)
+    sign_out(request, response)
     return response
 
 

@@ -1,8 +1,10 @@
 """Who is using the web UI: a session cookie made at sign-in with an API key, and CSRF protection.
 
-The cookie never holds the key: it names the key's id and an expiry, signed with HMAC-SHA256 under a
-key derived from the service's secret key, so any node of the service can check it and nobody can
-forge one. Every request looks the key up again, so revoking the key ends its sessions at once. The
+The cookie never holds the key: it names a session (a row of ``ui_sessions``, which names the key) and
+an expiry, signed with HMAC-SHA256 under a key derived from the service's secret key, so any node of the
+service can check it and nobody can forge one. Every request looks the session and its key up again, so
+signing out (which ends the session's row) or revoking the key ends the session at once, whatever the
+browser keeps. Only a key with the ``read`` scope can sign in: everything the UI does is reading. The
 cookie is HttpOnly and SameSite=Strict (and Secure whenever the UI is reached over HTTPS); requests
 that change something must also carry a token derived from the session and, when the browser says
 where the request comes from (Origin), come from this site.
@@ -13,13 +15,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from fastapi import Request, Response
+from sqlalchemy import delete
 
-from callrec.api.deps import LAST_USED_EVERY, Principal, get_ctx
+from callrec.api.deps import LAST_USED_EVERY, Principal, get_ctx, principal_of
+from callrec.db import queries
 from callrec.db.engine import transaction
-from callrec.db.schema import ApiKey
+from callrec.db.schema import ApiKey, UiSession
 from callrec.errors import ServiceError
 from callrec.service.context import Context
 
@@ -36,32 +42,53 @@ def _sign(ctx: Context, purpose: str, text: str) -> str:
 
 
 def session_value(ctx: Context, key_id: str) -> str:
-    """A cookie value naming ``key_id``, valid for ``SESSION_S`` from now."""
-    expires = int(ctx.clock.now().timestamp()) + SESSION_S
-    body = f"{key_id}.{expires}"
+    """A new session of ``key_id``, valid for ``SESSION_S`` from now: its cookie value."""
+    now = ctx.clock.now()
+    expires = int(now.timestamp()) + SESSION_S
+    session_id = secrets.token_hex(16)
+    with transaction(ctx.sessions) as s:
+        s.execute(delete(UiSession).where(UiSession.expires_at < now))  # the ended ones go at some point
+        s.add(UiSession(id=session_id, key_id=key_id, created_at=now, expires_at=now + timedelta(seconds=SESSION_S)))
+    body = f"{session_id}.{expires}"
     return f"{body}.{_sign(ctx, 'ui-session', body)}"
 
 
-def viewer(request: Request) -> Principal | None:
-    """The signed-in key behind the request's cookie, or None (no cookie, forged, expired or revoked)."""
+def _session_id(request: Request) -> str | None:
+    """The session the request's cookie names, if the cookie is ours and not expired."""
     value = request.cookies.get(COOKIE, "")
     parts = value.split(".")
     if len(parts) != 3 or len(value) > 200:
         return None
-    key_id, expires, mac = parts
+    session_id, expires, mac = parts
     ctx = get_ctx(request)
-    if not hmac.compare_digest(mac, _sign(ctx, "ui-session", f"{key_id}.{expires}")):
+    if not hmac.compare_digest(mac, _sign(ctx, "ui-session", f"{session_id}.{expires}")):
         return None
+    if not expires.isdigit() or int(expires) <= ctx.clock.now().timestamp():
+        return None
+    return session_id
+
+
+def viewer(request: Request) -> Principal | None:
+    """The signed-in key behind the request's cookie, or None (no cookie, forged, expired, signed out,
+    its key revoked, or a key that cannot read)."""
+    session_id = _session_id(request)
+    if session_id is None:
+        return None
+    ctx = get_ctx(request)
     now = ctx.clock.now()
-    if not expires.isdigit() or int(expires) <= now.timestamp():
-        return None
     with transaction(ctx.sessions) as s:
-        key = s.get(ApiKey, key_id)
+        session = s.get(UiSession, session_id)
+        if session is None or session.ended_at is not None or session.expires_at <= now:
+            return None
+        key = s.get(ApiKey, session.key_id)
         if key is None or key.revoked_at is not None:
+            return None
+        principal = principal_of(key)
+        if not principal.has(queries.READ):
             return None
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_EVERY:
             key.last_used_at = now
-        return Principal(key.id, key.domain_id)
+        return principal
 
 
 def csrf_token(request: Request) -> str:
@@ -108,6 +135,14 @@ def sign_in(request: Request, response: Response, key_id: str) -> None:
     )  # fmt: skip
 
 
-def sign_out(response: Response) -> None:
+def sign_out(request: Request, response: Response) -> None:
+    """End the request's session here (the old cookie is then worth nothing) and tell the browser to drop it."""
+    session_id = _session_id(request)
+    if session_id is not None:
+        ctx = get_ctx(request)
+        with transaction(ctx.sessions) as s:
+            session = s.get(UiSession, session_id)
+            if session is not None and session.ended_at is None:
+                session.ended_at = ctx.clock.now()
     response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
 

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from callrec.api import idempotency
-from callrec.api.deps import Principal, PrincipalDep, ServiceDep
+from callrec.api.deps import Principal, ServiceDep, UploadDep
 from callrec.api.schemas import DOMAIN_NAME, UploadOut
 from callrec.capture import tape
 from callrec.capture.scan import calls_in_capture
@@ -195,7 +195,7 @@ class _CutShort(Exception):
              responses=UPLOAD_RESPONSES,
              summary="Upload a capture, or a tape (media.pcap and call.json)")  # fmt: skip
 async def upload(
-    request: Request, service: ServiceDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
+    request: Request, service: ServiceDep, principal: UploadDep, idempotency_key: IdempotencyKey = None
 ) -> Any:
     key = idempotency.parse_key(idempotency_key)
     limit: int = request.app.state.max_upload_bytes

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from callrec.api.deps import (
     Principal,
-    PrincipalDep,
+    ReadDep,
     ServiceDep,
+    SettingsDep,
     decode_cursor,
     domain_names,
     encode_cursor,
@@ -90,7 +91,7 @@ def _find(s: Session, principal: Principal, delivery_id: str) -> WebhookDelivery
 @router.get("/webhooks/deliveries", response_model=DeliveryPage, summary="Webhook deliveries, newest first")
 def list_deliveries(
     service: ServiceDep,
-    principal: PrincipalDep,
+    principal: ReadDep,
     state: State | None = None,
     event: Event | None = None,
     recording_id: Annotated[str | None, Query(pattern=HEX_ID, description="a recording's id")] = None,
@@ -135,7 +136,7 @@ def _after(query: Select[WebhookDelivery], cursor: str) -> Select[WebhookDeliver
 
 @router.get("/webhooks/deliveries/{delivery_id}", response_model=DeliveryDetail,
             summary="One delivery: the body sent and every attempt")  # fmt: skip
-def get_delivery(delivery_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def get_delivery(delivery_id: str, service: ServiceDep, principal: ReadDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         row = _find(s, principal, delivery_id)
         body = webhooks.as_shown(row.body)
@@ -144,7 +145,7 @@ def get_delivery(delivery_id: str, service: ServiceDep, principal: PrincipalDep)
 
 @router.post("/webhooks/deliveries/{delivery_id}/redeliver", status_code=202, response_model=Accepted,
              summary="Send a delivery again: the same body, a fresh timestamp and signature")  # fmt: skip
-def redeliver(delivery_id: str, service: ServiceDep, principal: PrincipalDep) -> dict[str, Any]:
+def redeliver(delivery_id: str, service: ServiceDep, principal: SettingsDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         _find(s, principal, delivery_id)
     webhooks.redeliver(service.ctx, service.queue, delivery_id)

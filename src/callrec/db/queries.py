@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from callrec.config import ConfigError
 from callrec.db.schema import ApiKey, Call, Domain, Party, RetentionRuleRow, StreamRow
 from callrec.models import CallInfo
 from callrec.service.domain_settings import DomainSettings
@@ -95,12 +96,36 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, domain_id: int | None, now: datetime, name: str = "") -> tuple[ApiKey, str]:
-    """A new key; the secret is returned once and only its hash is stored."""
+# what a key may do (README "Tenancy"): admin keys (no domain) everything; a domain's key what its scopes say
+ADMIN, SETTINGS, READ, UPLOAD = "admin", "settings", "read", "upload"
+DOMAIN_SCOPES = (SETTINGS, READ, UPLOAD)
+SCOPES = (ADMIN, *DOMAIN_SCOPES)
+# CALLREC_ADMIN_KEY must be at least this long, with at least this many different characters
+ADMIN_KEY_MIN_LEN = 24
+ADMIN_KEY_MIN_DISTINCT = 10
+# where a key came from: the env one is revoked when CALLREC_ADMIN_KEY changes
+FROM_ENV, FROM_FIRST_START = "env", "first-start"
+
+
+def create_key(
+    session: Session, domain_id: int | None, now: datetime, name: str = "", *,
+    scopes: tuple[str, ...] | None = None, origin: str = "api",
+) -> tuple[ApiKey, str]:  # fmt: skip
+    """A new key; the secret is returned once and only its hash is stored. Admin keys (no domain) have the
+    admin scope; a domain's key by default every domain scope."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(id=secrets.token_hex(8), domain_id=domain_id, name=name, key_hash=hash_key(secret), created_at=now)
+    if domain_id is None:
+        chosen: tuple[str, ...] = (ADMIN,)
+    else:
+        chosen = tuple(s for s in DOMAIN_SCOPES if s in (DOMAIN_SCOPES if scopes is None else scopes))
+    row = ApiKey(id=secrets.token_hex(8), domain_id=domain_id, name=name, key_hash=hash_key(secret), created_at=now,
+                 scopes=" ".join(chosen), origin=origin)  # fmt: skip
     session.add(row)
     return row, secret
+
+
+def key_scopes(key: ApiKey) -> frozenset[str]:
+    return frozenset((key.scopes or "").split())
 
 
 def key_by_secret(session: Session, secret: str) -> ApiKey | None:
@@ -108,18 +133,48 @@ def key_by_secret(session: Session, secret: str) -> ApiKey | None:
     return None if row is None or row.revoked_at is not None else row
 
 
+def check_admin_key(value: str) -> None:
+    """Refuse a CALLREC_ADMIN_KEY anyone could guess (one line, at start)."""
+    if not value:
+        return
+    if len(value) > 200 or not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+        raise ConfigError("CALLREC_ADMIN_KEY must be at most 200 printable ASCII characters without spaces")
+    if len(value) < ADMIN_KEY_MIN_LEN or len(set(value)) < ADMIN_KEY_MIN_DISTINCT:
+        raise ConfigError(
+            f"CALLREC_ADMIN_KEY is too weak: use at least {ADMIN_KEY_MIN_LEN} random characters "
+            f"(at least {ADMIN_KEY_MIN_DISTINCT} different ones), e.g. from `openssl rand -hex 32`"
+        )
+
+
 def ensure_admin_key(session: Session, configured: str, now: datetime) -> str | None:
-    """Make sure an admin key exists: the configured one, else a new one (returned once to be printed)."""
+    """Make sure an admin key exists; returns a new one to be printed once, or None.
+
+    ``configured`` (CALLREC_ADMIN_KEY) is a bootstrap: its key is stored like any other, marked as coming
+    from the environment, and the key an earlier value set is revoked. A weak value, a value naming a
+    domain's key or a key revoked since is refused (``ConfigError``). Without a value, a new admin key is
+    made only when no live admin key exists (the first start, or every admin key revoked)."""
+    check_admin_key(configured)
     if configured:
-        if session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(configured))) is None:
-            session.add(
-                ApiKey(id=secrets.token_hex(8), domain_id=None, name="CALLREC_ADMIN_KEY",
-                       key_hash=hash_key(configured), created_at=now)
-            )  # fmt: skip
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(configured)))
+        if row is not None and row.domain_id is not None:
+            raise ConfigError("CALLREC_ADMIN_KEY is a domain's key; choose a new value")
+        if row is not None and row.revoked_at is not None:
+            raise ConfigError("CALLREC_ADMIN_KEY names an admin key that was revoked; choose a new value")
+        if row is None:
+            row = ApiKey(id=secrets.token_hex(8), domain_id=None, name="CALLREC_ADMIN_KEY",
+                         key_hash=hash_key(configured), created_at=now, scopes=ADMIN, origin=FROM_ENV)  # fmt: skip
+            session.add(row)
+        row.origin = FROM_ENV
+        earlier = select(ApiKey).where(
+            ApiKey.origin == FROM_ENV, ApiKey.id != row.id, ApiKey.revoked_at.is_(None), ApiKey.domain_id.is_(None)
+        )
+        for old in session.scalars(earlier):
+            old.revoked_at = now
         return None
-    if session.scalar(select(ApiKey.id).where(ApiKey.domain_id.is_(None)).limit(1)) is not None:
+    live = select(ApiKey.id).where(ApiKey.domain_id.is_(None), ApiKey.revoked_at.is_(None)).limit(1)
+    if session.scalar(live) is not None:
         return None
-    _, secret = create_key(session, None, now, name="first admin key")
+    _, secret = create_key(session, None, now, name="first admin key", origin=FROM_FIRST_START)
     return secret
 
 
