@@ -21,6 +21,7 @@ from callrec.db.engine import transaction
 from callrec.db.schema import ApiKey, Domain
 from callrec.errors import ServiceError
 from callrec.secretbox import is_encrypted
+from callrec.service import egress
 from callrec.service.context import Context
 from callrec.service.domain_settings import DomainSettings, merge_settings
 from callrec.service.retention import refresh_expiry
@@ -95,6 +96,7 @@ def create_domain(body: DomainIn, service: ServiceDep, _admin: AdminDep) -> dict
     ctx = service.ctx
     _check_text(body.settings or {}, "settings")
     settings = _seal(ctx, merge_settings(DomainSettings(), body.settings or {}))
+    egress.check_settings(ctx.egress, None, settings)
     exists = ServiceError(f"a domain named {body.name!r} exists already", 409)
     try:
         with transaction(ctx.sessions) as s:
@@ -177,6 +179,7 @@ def put_settings(name: str, update: SettingsUpdate, service: ServiceDep, princip
         domain = visible_domain(s, principal, name)
         current = queries.load_settings(s, domain)
         settings = _seal(ctx, merge_settings(current, update))
+        egress.check_settings(ctx.egress, current, settings)
         queries.store_settings(s, domain, settings)
         domain_id, retention_changed = domain.id, current.retention != settings.retention
     if retention_changed:

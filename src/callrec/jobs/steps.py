@@ -9,18 +9,18 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from callrec import offline
 from callrec.capture import tape
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, STORING, Call, Domain, Job, Recording
-from callrec.errors import CallrecError, OutputError, StorageError, Transient
+from callrec.errors import CallrecError, EgressRefused, OutputError, Permanent, StorageError, Transient
 from callrec.jobs.retention import delete_tape
 from callrec.service import leased
 from callrec.service.context import Context
@@ -32,6 +32,9 @@ from callrec.storage import keys
 from callrec.storage.base import file_md5
 
 log = logging.getLogger("callrec.worker")
+# a domain's own S3 that keeps failing (down, refusing, unreachable) is given up on after this long: the
+# recording fails with the reason (POST /calls/{id}/remix starts it again); an egress refusal at once
+TENANT_STORAGE_PATIENCE_S = 6 * 3600.0
 
 
 def run(pipeline: Pipeline, recording_id: str) -> None:
@@ -145,7 +148,7 @@ def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
     try:
         stored = ctx.storage(out_spec).put_file(key, out)
     except StorageError as exc:
-        raise Transient(f"storing the recording failed: {exc}") from exc
+        raise _storage_failed(out_spec, f"storing the recording failed: {exc}", exc) from exc
     if stored.md5 != md5:
         raise Transient(f"storage kept a different file for {key} (md5 {stored.md5}, sent {md5})")
     with held.fenced() as s:
@@ -193,7 +196,7 @@ def _mix(
             except StorageError as exc:
                 if _disk_full(exc):
                     raise Transient(f"disk full while fetching the tape: {exc}") from exc
-                raise Transient(f"fetching the tape failed: {exc}") from exc
+                raise _storage_failed(tape_spec, f"fetching the tape failed: {exc}", exc) from exc
             except OSError as exc:
                 raise _os_error("fetching the tape", exc) from exc
         mix_opts = offline.MixOptions(
@@ -240,8 +243,43 @@ def _os_error(doing: str, exc: OSError) -> CallrecError:
     return CallrecError(f"{doing} failed: {exc.strerror or exc}")
 
 
+class TenantStorageDown(Transient):
+    """A domain's own S3 storage failed: retried like any storage outage, until it has failed for
+    ``TENANT_STORAGE_PATIENCE_S`` (then the recording fails, saying why)."""
+
+
+def _storage_failed(spec: dict[str, Any], message: str, exc: StorageError) -> CallrecError:
+    """What a storage failure makes of the attempt: an egress refusal fails it at once; a domain's S3 is
+    retried with bounded patience; the service's own storage is retried without limit."""
+    if isinstance(exc, EgressRefused):
+        return EgressRefused(message)
+    if spec.get("kind") == "s3":
+        return TenantStorageDown(message)
+    return Transient(message)
+
+
+def _patience(held: leased.Claim, exc: TenantStorageDown) -> CallrecError:
+    """``exc``, or a ``Permanent`` error once this recording's storage attempts have been failing for
+    longer than ``TENANT_STORAGE_PATIENCE_S`` (its jobs "retrying" since then)."""
+    ctx = held.ctx
+    with ctx.sessions() as s:
+        first, count = s.execute(select(func.min(Job.started_at), func.count()).where(
+            Job.recording_id == held.id, Job.state == "retrying")).one()  # fmt: skip
+    now = ctx.clock.now()
+    if first is None or (now - _aware(first)).total_seconds() < TENANT_STORAGE_PATIENCE_S:
+        return exc
+    hours = TENANT_STORAGE_PATIENCE_S / 3600
+    return Permanent(f"{exc} (gave up: the domain's S3 storage kept failing for {hours:g} h, {count + 1} attempts)")
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def _failed(pipeline: Pipeline, held: leased.Claim, exc: BaseException) -> None:
     """Back in the queue with back-off, or failed when the attempts are used up (never for a Transient)."""
+    if isinstance(exc, TenantStorageDown):
+        exc = _patience(held, exc)
     try:
         final, reason, _ = held.retry_or_fail(exc, pipeline.queue.put, also=_jobs_settled)
     except LeaseLost as lost:

@@ -26,13 +26,16 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
 
 from callrec.config import ConfigError
-from callrec.errors import EgressRefused
+from callrec.errors import EgressRefused, ServiceError
+
+if TYPE_CHECKING:
+    from callrec.service.domain_settings import DomainSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -248,6 +251,27 @@ def _getaddrinfo(name: str, port: int, timeout: float | None) -> Sequence[Any]:
         return future.result(timeout)
     except FutureTimeout as exc:
         raise OSError(f"{name} did not resolve within {timeout:g} s") from exc
+
+
+def check_settings(rules: Policy, before: DomainSettings | None, after: DomainSettings) -> None:
+    """Settings time: a ``ServiceError`` (422) naming the field and the reason when a webhook URL or the S3
+    endpoint that ``after`` adds or changes aims at a refused destination (what was stored before is checked
+    again when it is used)."""
+    known = {w.url for w in before.webhooks} if before is not None else set()
+    for number, hook in enumerate(after.webhooks):
+        if hook.url not in known:
+            _check_field(rules, f"webhooks[{number}].url", hook.url)
+    endpoint = after.storage.endpoint_url if after.storage.kind == "s3" else None
+    old = before.storage.endpoint_url if before is not None and before.storage.kind == "s3" else None
+    if endpoint and endpoint != old:
+        _check_field(rules, "storage.endpoint_url", endpoint)
+
+
+def _check_field(rules: Policy, field: str, url: str) -> None:
+    try:
+        rules.check_url(url)
+    except EgressRefused as exc:
+        raise ServiceError(f"{field} is refused: {exc}", 422) from exc
 
 
 @lru_cache(maxsize=16)

@@ -98,17 +98,19 @@ class S3Storage:
         except (BotoCoreError, ValueError) as exc:
             raise StorageError(f"S3 bucket '{config.bucket}' settings are not usable: {exc}") from exc
         self.endpoint = self._client.meta.endpoint_url
+        self._refused: EgressRefused | None = None
         if config.egress is not None:
             self._guard(config.egress)
 
     def _guard(self, rules: Policy) -> None:
         """Every connection to the endpoint goes through ``rules``: its addresses are resolved and checked
         when the connection is made (a name that changes what it resolves to is caught), and the connection
-        is made to the checked address. Refused now already when the endpoint is known to be refused."""
+        is made to the checked address. An endpoint known to be refused now is refused by every operation
+        before any connection is tried."""
         try:
             rules.check_url(self.endpoint)
-        except EgressRefused as exc:
-            raise EgressRefused(f"S3 bucket '{self.config.bucket}' at {self.endpoint} is not used: {exc}") from exc
+        except EgressRefused as exc:  # said by every operation (building a client is no operation)
+            self._refused = EgressRefused(f"S3 bucket '{self.config.bucket}' at {self.endpoint} is not used: {exc}")
         http = cast(Any, self._client)._endpoint.http_session  # noqa: SLF001 - botocore has no public hook
         http._pool_classes_by_scheme.update(_guarded_pools(rules))  # noqa: SLF001 - shared with its managers
 
@@ -266,6 +268,8 @@ class S3Storage:
     @contextmanager
     def _boundary(self, action: str) -> Iterator[None]:
         """Translate boto3's errors into one-line ``StorageError``s naming the bucket and the endpoint."""
+        if self._refused is not None:
+            raise self._refused
         try:
             yield
         except (BotoCoreError, ClientError) as exc:
