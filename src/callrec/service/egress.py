@@ -242,15 +242,17 @@ _resolver_lock = threading.Lock()
 
 
 def _getaddrinfo(name: str, port: int, timeout: float | None) -> Sequence[Any]:
-    """``getaddrinfo`` for TCP, given up after ``timeout`` seconds (``OSError``)."""
-    if timeout is None:
-        return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-    with _resolver_lock:
-        future = _resolver.submit(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM)
+    """``getaddrinfo`` for TCP, given up after ``timeout`` seconds; ``OSError`` for whatever fails."""
     try:
+        if timeout is None:
+            return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        with _resolver_lock:
+            future = _resolver.submit(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM)
         return future.result(timeout)
     except FutureTimeout as exc:
         raise OSError(f"{name} did not resolve within {timeout:g} s") from exc
+    except (UnicodeError, ValueError, OverflowError) as exc:  # not a name or port the resolver can take
+        raise OSError(f"{name[:100]!r} cannot be resolved: {exc}") from exc
 
 
 def check_settings(rules: Policy, before: DomainSettings | None, after: DomainSettings) -> None:
