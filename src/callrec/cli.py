@@ -368,6 +368,15 @@ def version_command() -> None:
     print(__version__)
 
 
+def _add_keys() -> None:
+    from callrec.keys_cli import keys_app
+
+    app.add_typer(keys_app, name="keys")
+
+
+_add_keys()
+
+
 def main() -> None:
     """Entry point of the ``callrec`` script."""
     app()

@@ -7,6 +7,7 @@ after signing out, and unlimited key guessing. SQLite and PostgreSQL (``tests/ap
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from callrec import cli
 from callrec.api import deps
 from callrec.api.app import create_app
 from callrec.config import ConfigError
@@ -120,6 +123,23 @@ def test_admin_keys_are_listed_made_once_and_revoked(api: Api) -> None:
     assert next(k for k in listed if k["id"] == body["id"])["revoked_at"] is not None
     missing = api.client.delete(f"{ADMIN_KEYS}/0123456789abcdef", headers=api.admin)
     assert missing.status_code == 404
+
+
+def test_a_lost_admin_key_is_recovered_on_the_database_host(api: Api, database_url: str, tmp_path: Path) -> None:
+    """``callrec keys create --admin`` needs no key, only the database; ``revoke`` ends a key at once."""
+    env = {"CALLREC_DATABASE_URL": database_url, "CALLREC_DATA": str(tmp_path)}
+    made = CliRunner().invoke(cli.app, ["keys", "create", "--admin", "--name", "recovered"], env=env)
+    assert made.exit_code == 0, made.output
+    secret = made.stdout.strip().splitlines()[-1]
+    assert secret.startswith("cr_")
+    assert api.client.get(ADMIN_KEYS, headers=bearer(secret)).status_code == 200
+    listed = CliRunner().invoke(cli.app, ["keys", "list", "--admin", "--json"], env=env)
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    mine = next(r for r in rows if r["name"] == "recovered")
+    assert mine["origin"] == "cli" and mine["scopes"] == ["admin"] and secret not in listed.stdout
+    gone = CliRunner().invoke(cli.app, ["keys", "revoke", mine["id"]], env=env)
+    assert gone.exit_code == 0, gone.output
+    assert api.client.get(ADMIN_KEYS, headers=bearer(secret)).status_code == 401
 
 
 def test_a_domain_key_cannot_touch_admin_keys(api: Api, tenant: Tenant) -> None:
