@@ -4,16 +4,22 @@ absurd Range, framing and sniffing, HEAD."""
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from callrec.api.app import create_app
 from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, bearer, make_service
-from tests.api.test_links import HTML, full, make_link  # noqa: F401 - full is a fixture
+from tests.api.test_links import HTML, clock_moved, full, make_link  # noqa: F401 - full is a fixture
 
 API = "/api/v1"
 DIGITS = "9" * 5000
@@ -110,3 +116,54 @@ def test_the_data_folder_and_everything_in_it_is_private(database_url: str, capt
     assert {"storage", "uploads", "work"} <= names, names
     if sqlite:
         assert "callrec.db" in names
+
+
+@contextmanager
+def disk_full(api: Api) -> Iterator[None]:
+    """Every INSERT, UPDATE and DELETE fails as a full disk makes it fail (SQLite's and PostgreSQL's error)."""
+    engine = api.service.ctx.engine
+
+    def refuse(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            if engine.dialect.name == "sqlite":
+                raise sqlite3.OperationalError("database or disk is full")
+            raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+
+    event.listen(engine, "before_cursor_execute", refuse)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse)
+
+
+def test_a_full_disk_keeps_keyed_reads_working_and_healthz_says_degraded(
+    api: Api,
+    mixed: Mixed,
+    full: bytes,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = mixed.tenant.headers
+    reads = [
+        f"{API}/calls",
+        f"{API}/calls/{mixed.call_id}",
+        f"{API}/recordings/{mixed.recording_id}",
+        f"{API}/recordings/{mixed.recording_id}/links",
+        f"{API}/webhooks/deliveries",
+    ]
+    assert api.client.get("/healthz").json()["status"] == "ok"
+    # a minute and more later: each key's "last used" is due to be written at its next request
+    with clock_moved(api, 3600), disk_full(api):
+        for path in reads:
+            answer = api.client.get(path, headers=headers)
+            assert answer.status_code == 200, (path, answer.status_code, answer.text[:200])
+        audio = api.client.get(f"{API}/recordings/{mixed.recording_id}/audio", headers=headers)
+        assert audio.status_code == 200 and audio.content == full
+        assert api.client.get(f"{API}/domains", headers=api.admin).status_code == 200
+        # a change cannot be made, and says so
+        made = api.client.post(f"{API}/recordings/{mixed.recording_id}/links", headers=headers, json={})
+        assert made.status_code == 503, made.text
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10 * 1024**2))
+    health = api.client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "degraded", health.text
+    assert "10 MB free" in health.json()["disk"] and health.json()["detail"] == health.json()["disk"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import stat
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
+from huey import SqliteHuey
 from sqlalchemy import select
 
 from callrec.api.app import create_app
@@ -79,3 +82,38 @@ def test_tapes_and_recordings_the_service_writes_are_private(service: Service, b
     loose = {str(p): oct(stat.S_IMODE(p.lstat().st_mode)) for p in everything if p.lstat().st_mode & 0o077}
     assert loose == {}, "readable by others"
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
+def test_a_worker_whose_queue_cannot_be_read_logs_it_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from callrec.service import disk  # new with the fix: before it, every poll logged a traceback
+
+    # as run_worker builds it: SqliteHuey in the data folder, idle polls every 50 ms at most
+    huey = SqliteHuey("callrec", filename=str(tmp_path / "queue.db"), results=False)
+    consumer = huey.create_consumer(workers=1, worker_type="thread", initial_delay=0.001, max_delay=0.001)
+    once = disk.quiet_repeats()
+    now = [1000.0]
+    once.repeats.clock = lambda: now[0]
+
+    def full() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(huey, "dequeue", full)
+    worker = consumer.worker_threads[0][0]
+    caplog.set_level(logging.INFO)
+    try:
+        for _ in range(200):  # ten seconds of polls at 50 ms
+            worker.loop()
+            now[0] += 0.05
+        logged = [r.getMessage() for r in caplog.records if "Error reading from queue" in r.getMessage()]
+        assert logged == ["Error reading from queue"], f"{len(logged)} tracebacks in 10 s"
+        now[0] += 60
+        worker.loop()
+        logged = [r.getMessage() for r in caplog.records if "Error reading from queue" in r.getMessage()]
+        assert logged[1:] == ["Error reading from queue (199 more like it in the last minute)"]
+    finally:
+        for name in list(logging.Logger.manager.loggerDict):
+            if name.startswith("huey.consumer"):
+                logging.getLogger(name).removeFilter(once)
+        logging.getLogger("huey.consumer").removeFilter(once)

@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any, Protocol, TypeVar, TypeVarTuple
 
 from fastapi import Depends, HTTPException, Request
@@ -25,9 +26,10 @@ from sqlalchemy import Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from callrec.db import queries
-from callrec.db.engine import transaction
+from callrec.db.engine import after_commit, transaction
 from callrec.db.schema import ApiKey, Domain
 from callrec.errors import ServiceError
+from callrec.service import disk
 from callrec.service.context import Context
 from callrec.service.pipeline import Service
 
@@ -99,7 +101,8 @@ def get_principal(
             guard.failed(source)
             raise unauthorized("the API key is not valid")
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_EVERY:
-            key.last_used_at = now
+            # on its own after this transaction, best effort: a full disk must not fail a read
+            after_commit(s, partial(disk.note_key_use, ctx, key.id, now))
         return principal_of(key)
 
 

@@ -1,5 +1,8 @@
 """Operations: ``/healthz`` and Prometheus ``/metrics`` (no key needed).
 
+``/healthz`` answers 503 ``error`` when the database or the queue cannot be reached, and 200 ``degraded``
+(``disk`` and ``detail`` saying why) when the data folder's disk is nearly full: reads keep working.
+
 Metric values are read from the database (and the queue) when Prometheus scrapes, so every API node
 reports the same figures and nothing has to be counted in memory.
 
@@ -25,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from callrec.db.schema import COMPLETED, RECORDING, STATES, Domain, Job, Recording
+from callrec.service import disk
 from callrec.service.pipeline import Service
 
 log = logging.getLogger("callrec.api")
@@ -96,7 +100,8 @@ def make_router(service: Service) -> APIRouter:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ServiceCollector(service))
 
-    @router.get("/healthz", summary="Whether the database and the queue answer (and what a shared setup lacks)")
+    @router.get("/healthz", summary="Whether the database and the queue answer, whether the disk is short of "
+                "space (degraded), and what a shared setup lacks")  # fmt: skip
     def healthz() -> Any:
         database, warnings = _check_database(service)
         parts = {"database": database, "queue": _check_queue(service)}
@@ -107,6 +112,9 @@ def make_router(service: Service) -> APIRouter:
         if failing:
             body["detail"] = failing[0]
             return JSONResponse(body, status_code=503)
+        short = disk.low_space(service.ctx.config.data_dir)
+        if short is not None:  # 200: reads still work, so a balancer keeps sending them
+            body |= {"status": "degraded", "disk": short, "detail": short}
         return body
 
     @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)")

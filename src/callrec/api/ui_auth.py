@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from functools import partial
 from urllib.parse import urlsplit
 
 from fastapi import Request, Response
@@ -24,9 +25,10 @@ from sqlalchemy import delete
 
 from callrec.api.deps import LAST_USED_EVERY, Principal, get_ctx, principal_of
 from callrec.db import queries
-from callrec.db.engine import transaction
+from callrec.db.engine import after_commit, transaction
 from callrec.db.schema import ApiKey, UiSession
 from callrec.errors import ServiceError
+from callrec.service import disk
 from callrec.service.context import Context
 
 COOKIE = "callrec_session"
@@ -87,7 +89,8 @@ def viewer(request: Request) -> Principal | None:
         if not principal.has(queries.READ):
             return None
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_EVERY:
-            key.last_used_at = now
+            # on its own after this transaction, best effort: a full disk must not fail a read
+            after_commit(s, partial(disk.note_key_use, ctx, key.id, now))
         return principal
 
 

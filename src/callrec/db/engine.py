@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,20 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work is committed at the end of the block, or rolled back on an error."""
+    """A session whose work is committed at the end of the block, or rolled back on an error; then what
+    ``after_commit`` asked for runs, once the session and its connection are given back."""
     with factory() as session, session.begin():
         yield session
+    for then in session.info.pop(_AFTER_COMMIT, ()):
+        then()
+
+
+_AFTER_COMMIT = "callrec.after_commit"
+
+
+def after_commit(session: Session, then: Callable[[], None]) -> None:
+    """Run ``then`` after ``session``'s ``transaction`` block has committed (not at all if it fails)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(then)
 
 
 def migrate(engine: Engine) -> None:

@@ -15,6 +15,7 @@ from callrec.config import ServiceConfig
 from callrec.jobs import steps, stitch, webhooks
 from callrec.jobs.sweep import Sweeper
 from callrec.service.context import Context
+from callrec.service.disk import quiet_repeats
 from callrec.service.pipeline import Hook, Pipeline, Service
 from callrec.service.queue import JobQueue, make_huey
 from callrec.service.schedule import Clock
@@ -76,6 +77,8 @@ def run_worker(config: ServiceConfig, *, workers: int | None = None, sweep: bool
             # up to 0.5 s with Huey's default-like back-off (RedisHuey blocks on the queue anyway)
             backoff=1.2, max_delay=0.05, check_worker_health=True, health_check_interval=1,
         )  # fmt: skip
+        # a queue that cannot be read (SqliteHuey on a full disk) fails every poll: logged once a minute
+        quiet_repeats()
         print(f"callrec worker: {workers or config.workers} mixing processes on {config.queue_url or 'sqlite'}",
               file=sys.stderr, flush=True)  # fmt: skip
         try:
