@@ -893,7 +893,7 @@ def assert_settled(rig: Rig, expected: dict[str, str], *, timeout: float, watch:
         watch.sample()
         problems = watch.problems([str(r.id) for r in rows])
         assert not problems, "\n".join(problems)
-    objects = rig.s3_objects("recordings/")
+    objects = {key: size for key, size in rig.s3_objects("d/").items() if "/recordings/" in key}
     out: dict[str, Settled] = {}
     for call_id, (row,) in per_call.items():
         assert row.id and row.storage_key and row.bytes, row

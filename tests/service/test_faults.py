@@ -95,7 +95,7 @@ def test_a_worker_killed_mid_mix_is_retried_and_one_recording_exists(
         jobs = list(s.scalars(select(Job).where(Job.recording_id == rec.id).order_by(Job.id)))
     assert jobs[0].state == "failed" and "lease ran out" in jobs[0].error, [(j.kind, j.state) for j in jobs]
     assert [j.state for j in jobs[1:]] == ["done", "done"]
-    keys = list(service.ctx.storage(rec.storage).list("recordings/"))
+    keys = list(service.ctx.storage(rec.storage).list(f"d/{rec.domain_id}/recordings/"))
     assert keys == [rec.storage_key]
     assert not list((backend.config.work_dir).glob("mix-*")), "the killed attempt's scratch must be cleared"
 

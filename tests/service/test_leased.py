@@ -79,7 +79,7 @@ def test_a_worker_frozen_in_the_middle_of_a_mix_discards_its_result(
     rec = _row(service, rec_id)
     assert seen == ["frozen"]
     assert rec.state == COMPLETED and rec.attempts == 2 and rec.reason == ""
-    keys = list(service.ctx.storage(rec.storage).list("recordings/"))
+    keys = list(service.ctx.storage(rec.storage).list(f"d/{rec.domain_id}/recordings/"))
     assert keys == [rec.storage_key], "one object per recording"
 
 

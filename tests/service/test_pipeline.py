@@ -67,7 +67,7 @@ def test_running_a_job_twice_makes_one_recording(service: Service, backend: Back
         rec = s.get(Recording, rec_id)
         assert rec is not None and rec.state == COMPLETED and rec.attempts == 1
     storage = service.ctx.storage(rec.storage)
-    assert [k for k in storage.list("recordings/")] == [rec.storage_key]
+    assert [k for k in storage.list(f"d/{rec.domain_id}/recordings/")] == [rec.storage_key]
 
 
 def test_ingesting_a_tape_twice_finds_the_same_call(service: Service, backend: Backend) -> None:

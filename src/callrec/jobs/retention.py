@@ -15,6 +15,7 @@ from callrec.db.schema import COMPLETED, DELETED, FAILED, Audit, Call, Domain, R
 from callrec.errors import StorageError
 from callrec.service.context import Context
 from callrec.service.retention import RetentionPolicy, expires_at, facts_of
+from callrec.storage import keys
 
 log = logging.getLogger("callrec.service.retention")
 BATCH = 500
@@ -97,8 +98,9 @@ def delete_tape(ctx: Context, call_id: str, why: str) -> bool:
     if key:
         storage = ctx.storage(spec)
         try:
-            for name in storage.list(key + "/"):
-                storage.delete(name)
+            # only the files the tape put there (store_tape), never whatever else lies under its key
+            for name in keys.TAPE_FILES:
+                storage.delete(f"{key}/{name}")
         except StorageError as exc:
             log.warning("cannot delete tape %s yet: %s", key, exc)
             return False

@@ -115,8 +115,8 @@ def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
         # a capture may hold other calls beside this one: mix only this one
         opts["sip_call_id"] = call.sip_call_id
         template = settings.storage.recording_template or keys.DEFAULT_RECORDING_TEMPLATE
-        key = rec.storage_key or keys.render_key(
-            template, when=call.started_at, domain=domain.name, call_id=call.sip_call_id or call.id,
+        key = rec.storage_key or keys.domain_key(
+            domain.id, template, when=call.started_at, domain=domain.name, call_id=call.sip_call_id or call.id,
             recording_id=rec.id, interaction=call.interaction_id or "none",
             direction=call.direction or "unknown", tape=call.tape_ref, ext=opts.get("format", "mp3"),
         )  # fmt: skip

@@ -29,6 +29,7 @@ from callrec.service.stitches import (
     signature,
     waiting_reason,
 )
+from callrec.storage import keys
 from callrec.storage.base import file_md5
 
 log = logging.getLogger("callrec.stitch")
@@ -74,7 +75,7 @@ def _make(held: leased.Claim) -> None:
         spec = ctx.storage_spec(settings.storage)
         ident = hashlib_of(row.interaction_id)
         fmt, rate, bitrate, codec = settings.format, settings.rate, settings.bitrate, settings.codec
-        key = f"stitched/{domain.name}/{ident}/{stitch_id}-{sig[:12]}.{fmt}"
+        key = f"{keys.domain_prefix(domain.id)}stitched/{domain.name}/{ident}/{stitch_id}-{sig[:12]}.{fmt}"
     if not plan:
         _nothing_left(held, sig, old_key, old_spec, every_deleted)
         return

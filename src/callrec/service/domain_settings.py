@@ -38,21 +38,26 @@ class StorageSettings(BaseModel):
     recording_template: str = Field(default="", max_length=300)
     tape_template: str = Field(default="", max_length=300)
 
-    @model_validator(mode="after")
-    def _check(self) -> StorageSettings:
+    @field_validator("recording_template", "tape_template")
+    @classmethod
+    def _template(cls, value: str, info: ValidationInfo) -> str:
+        """A relative path of the fixed placeholders (no "..", no absolute path, no empty segment); the
+        key it renders always goes under the domain's own prefix (``keys.domain_key``), which it cannot name."""
         from callrec.storage import keys
 
+        if value:
+            try:
+                keys.validate_template(value, kind="recording" if info.field_name == "recording_template" else "tape")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> StorageSettings:
         if self.kind == "s3" and not self.bucket:
             raise ValueError("storage.bucket is required for S3 storage")
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ValueError("storage.endpoint_url must start with http:// or https://")
-        try:
-            if self.recording_template:
-                keys.validate_template(self.recording_template, kind="recording")
-            if self.tape_template:
-                keys.validate_template(self.tape_template, kind="tape")
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from exc
         return self
 
 

@@ -106,8 +106,8 @@ class Pipeline:
                 rec.reason = WAITING_FOR_TAPE
             call_id, stored = call.id, bool(call.tape_key)
             spec = self.ctx.storage_spec(settings.storage)
-            key = keys.render_key(
-                settings.storage.tape_template or keys.DEFAULT_TAPE_TEMPLATE,
+            key = keys.domain_key(
+                domain.id, settings.storage.tape_template or keys.DEFAULT_TAPE_TEMPLATE,
                 when=call.started_at, domain=domain.name, tape=folder.name, call_id=info.call_id or call.id,
                 recording_id=rec.id if rec is not None else "", interaction=info.interaction_id or "none",
                 direction=call.direction or "unknown", ext="pcap",

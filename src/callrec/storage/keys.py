@@ -2,6 +2,9 @@
 
 A template is a ``str.format`` string over a fixed set of fields. Field values are sanitised so that any
 call id a PBX sends still renders a valid key that stays inside the storage root or bucket prefix.
+
+Every key a domain's objects get starts with ``d/<domain id>/`` (``domain_key``), put in front of what the
+template renders and outside it: whatever a domain's templates say, its keys never meet another domain's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ UNIQUE_FIELDS = {"recording": ("recording_id", "call_id"), "tape": ("tape",)}
 # longer values are cut and given a hash suffix, so they stay unique and fit one path segment
 MAX_VALUE_CHARS = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
+# the first segment of every domain's keys (keys stored before it existed keep their old form)
+DOMAIN_PREFIX = "d/"
 _SAMPLE = {name: "x" for name in FIELDS} | {"yyyy": "2024", "mm": "01", "dd": "02", "hh": "03"}
 
 
@@ -34,11 +39,24 @@ def validate_template(template: str, kind: str = "recording") -> None:
     """Raise ``ConfigError`` unless ``template`` renders valid, unique keys for ``kind`` ("recording"/"tape")."""
     if kind not in KINDS:
         raise ConfigError(f"key template kind {kind!r} is not one of recording, tape")
+    _check_path(template, kind)
     fields = _fields(template, kind)
     needed = UNIQUE_FIELDS[kind]
     if not any(name in fields for name in needed):
         either = " or ".join("{" + name + "}" for name in needed)
         raise ConfigError(f"{kind} key template {template!r} must contain {either} so that keys are unique")
+
+
+def domain_prefix(domain_id: int) -> str:
+    """The prefix of every key a domain's objects get (``d/<domain id>/``); no template can choose it."""
+    if isinstance(domain_id, bool) or not isinstance(domain_id, int) or domain_id < 0:
+        raise TypeError(f"a domain id is a whole number ≥ 0, not {domain_id!r}")
+    return f"{DOMAIN_PREFIX}{domain_id}/"
+
+
+def domain_key(domain_id: int, template: str, *, when: datetime, **fields: str) -> str:
+    """``render_key`` under the domain's own prefix: the key a new object of the domain gets."""
+    return check_key(domain_prefix(domain_id) + render_key(template, when=when, **fields))
 
 
 def render_key(template: str, *, when: datetime, **fields: str) -> str:
@@ -73,6 +91,25 @@ def sanitise(value: object) -> str:
     # "." and ".." would be path steps; a leading "." is refused in keys
     stripped = text.lstrip(".")
     return "_" * (len(text) - len(stripped)) + stripped if text else "_"
+
+
+def _check_path(template: str, kind: str) -> None:
+    """``ConfigError`` for a template that is not a plain relative path: absolute, with "." or ".." steps,
+    empty segments, backslashes or control characters (said in words, before anything is rendered)."""
+    what = f"{kind} key template {template!r}"
+    if not isinstance(template, str) or not template.strip():
+        raise ConfigError(f"{kind} key template is empty")
+    if template.startswith("/"):
+        raise ConfigError(f"{what} must be relative (it starts with '/')")
+    if "\\" in template:
+        raise ConfigError(f"{what} must not contain a backslash")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in template):
+        raise ConfigError(f"{what} must not contain control characters")
+    segments = template.split("/")
+    if any(s in (".", "..") for s in segments):
+        raise ConfigError(f"{what} must not contain '.' or '..' path steps")
+    if any(not s for s in segments):
+        raise ConfigError(f"{what} must not have an empty path segment ('//' or a '/' at the end)")
 
 
 def _fields(template: str, kind: str) -> set[str]:
