@@ -31,6 +31,7 @@ from callrec.db.engine import transaction
 from callrec.service.context import Context
 from callrec.service.ownership import DataLock
 from callrec.service.sanity import EXIT_REFUSED, StartRefused, cannot_listen
+from callrec.service.webhooks import public_base
 
 if TYPE_CHECKING:
     from callrec.service.pipeline import Service
@@ -200,6 +201,8 @@ def children_for(
         env["CALLREC_DATABASE_URL"] = service.database_url
     if service.queue_url:
         env["CALLREC_QUEUE_URL"] = service.queue_url
+    # the worker writes links and URLs into webhooks: it must know where the API answers (--http or the URL)
+    env["CALLREC_PUBLIC_URL"] = public_base(service)
     pass_fds: tuple[int, ...] = ()
     if lock is not None:
         env.update(lock.child_env())

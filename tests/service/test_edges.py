@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,11 +18,12 @@ from huey import SqliteHuey
 from sqlalchemy import select
 
 from callrec.api.app import create_app
-from callrec.db.schema import Link, WebhookDelivery
-from callrec.service import links
+from callrec.db.schema import Link, Recording, WebhookDelivery
+from callrec.service import links, webhooks
 from callrec.service.pipeline import Service
+from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
-from tests.service.conftest import drain
+from tests.service.conftest import drain, set_settings
 from tests.service.tapes import make_tape
 from tests.service.test_webhooks import Receiver, _client, _hooks, _record
 
@@ -117,3 +119,58 @@ def test_a_worker_whose_queue_cannot_be_read_logs_it_once_a_minute(
             if name.startswith("huey.consumer"):
                 logging.getLogger(name).removeFilter(once)
         logging.getLogger("huey.consumer").removeFilter(once)
+
+
+def test_a_schedule_change_replans_recordings_waiting_for_the_old_window(
+    service: Service, backend: Backend, clock: FakeClock
+) -> None:
+    night = {"mode": "windows", "timezone": "UTC", "windows": [{"days": "*", "from": "22:00", "to": "06:00"}]}
+    set_settings(service, "default", {"schedule": night})
+    clock.set(datetime(2026, 11, 25, 9, 0, tzinfo=UTC))
+    waiting = [service.pipeline.tape_closed(make_tape(data_tapes(backend), seconds=1.0).folder) for _ in range(2)]
+    assert drain(service) == 0
+    assert {_rec(service, c).next_attempt_at for c in waiting} == {datetime(2026, 11, 25, 22, 0, tzinfo=UTC)}
+    client, mine, _ = _client(service)
+    with client:
+        # a later window: they wait for it, not for the old one
+        later = night | {"windows": [{"days": "*", "from": "23:30", "to": "23:59"}]}
+        put = client.put("/api/v1/domains/default/settings", headers=mine, json={"schedule": later})
+        assert put.status_code == 200, put.text
+        assert {_rec(service, c).next_attempt_at for c in waiting} == {datetime(2026, 11, 25, 23, 30, tzinfo=UTC)}
+        # immediate: mixed now, not at 23:30
+        put = client.put("/api/v1/domains/default/settings", headers=mine, json={"schedule": {"mode": "immediate"}})
+        assert put.status_code == 200, put.text
+    drain(service)
+    assert [_rec(service, c).state for c in waiting] == ["completed", "completed"]
+
+
+def data_tapes(backend: Backend) -> Path:
+    return backend.config.data_dir / "tapes"
+
+
+def _rec(service: Service, call_id: str) -> Recording:
+    with service.ctx.sessions() as s:
+        rec = s.scalar(select(Recording).where(Recording.call_id == call_id))
+        assert rec is not None
+        return rec
+
+
+@pytest.mark.parametrize(
+    ("http", "public", "expected"),
+    [
+        (("10.20.30.40", 9090), "", "http://10.20.30.40:9090"),
+        (("::1", 8443), "", "http://[::1]:8443"),
+        (("127.0.0.1", 8080), "https://rec.example.com/", "https://rec.example.com"),
+    ],
+)
+def test_the_worker_serve_starts_knows_where_the_api_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: tuple[str, int], public: str, expected: str
+) -> None:
+    from callrec.config import RecorderConfig, ServiceConfig, service_config_from_env
+    from callrec.serve import children_for
+
+    monkeypatch.delenv("CALLREC_PUBLIC_URL", raising=False)
+    config = ServiceConfig(data_dir=tmp_path, http_host=http[0], http_port=http[1], public_url=public)
+    (worker,) = children_for(RecorderConfig(), config, record=False, work=True)
+    # what the worker process makes of its environment, and so what its webhooks carry
+    assert webhooks.public_base(service_config_from_env(worker.env)) == expected

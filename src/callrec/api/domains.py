@@ -24,6 +24,7 @@ from callrec.secretbox import is_encrypted
 from callrec.service import egress
 from callrec.service.context import Context
 from callrec.service.domain_settings import DomainSettings, merge_settings
+from callrec.service.replan import replan_waiting
 from callrec.service.retention import refresh_expiry
 
 router = APIRouter(tags=["domains"])
@@ -182,6 +183,9 @@ def put_settings(name: str, update: SettingsUpdate, service: ServiceDep, princip
         egress.check_settings(ctx.egress, current, settings)
         queries.store_settings(s, domain, settings)
         domain_id, retention_changed = domain.id, current.retention != settings.retention
+        schedule_changed = current.schedule != settings.schedule
     if retention_changed:
         refresh_expiry(ctx, domain_id)
+    if schedule_changed:  # recordings waiting for the old window follow the new schedule
+        replan_waiting(service, domain_id)
     return settings.public_json()

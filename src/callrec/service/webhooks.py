@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -65,10 +66,13 @@ WEBHOOKS = leased.Work(
 
 
 def public_base(config: ServiceConfig) -> str:
-    """Where receivers reach the API: ``CALLREC_PUBLIC_URL``, else the HTTP address the service listens on."""
+    """Where receivers reach the API: ``CALLREC_PUBLIC_URL``, else the HTTP address the service listens on
+    (this host's name when that is every address). ``serve`` hands it to its worker as
+    ``CALLREC_PUBLIC_URL``; a worker started alone needs it set."""
     if config.public_url:
         return config.public_url.rstrip("/")
-    host = f"[{config.http_host}]" if ":" in config.http_host else config.http_host
+    host = config.http_host if config.http_host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{config.http_port}"
 
 
