@@ -64,12 +64,12 @@ def test_a_new_admin_key_in_the_environment_retires_the_old_one(api: Api, restor
     first, second = "first-" + os.urandom(16).hex(), "second-" + os.urandom(16).hex()
     ctx.config.admin_key = first
     assert bootstrap(ctx) is None
-    assert api.client.get(ADMIN_KEYS, headers=bearer(first)).status_code == 200
+    assert api.client.get(DOMAINS, headers=bearer(first)).status_code == 200
     # the operator rotates the key and restarts: the old one must stop working at once
     ctx.config.admin_key = second
     assert bootstrap(ctx) is None
     assert bootstrap(ctx) is None  # a second node starting with the same value changes nothing
-    old = api.client.get(ADMIN_KEYS, headers=bearer(first))
+    old = api.client.get(DOMAINS, headers=bearer(first))
     assert old.status_code == 401 and detail(old) == "the API key is not valid"
     assert api.client.post(DOMAINS, headers=bearer(first), json={"name": "evil-admin"}).status_code == 401
     listed = api.client.get(ADMIN_KEYS, headers=bearer(second))
@@ -123,6 +123,18 @@ def test_admin_keys_are_listed_made_once_and_revoked(api: Api) -> None:
     assert next(k for k in listed if k["id"] == body["id"])["revoked_at"] is not None
     missing = api.client.delete(f"{ADMIN_KEYS}/0123456789abcdef", headers=api.admin)
     assert missing.status_code == 404
+
+
+def test_the_last_live_admin_key_cannot_be_revoked_through_the_api(api: Api) -> None:
+    ctx = api.service.ctx
+    with transaction(ctx.sessions) as s:  # every admin key but the module's own is revoked
+        for row in s.scalars(select(ApiKey).where(ApiKey.domain_id.is_(None), ApiKey.revoked_at.is_(None))):
+            if row.key_hash != queries.hash_key(ADMIN_KEY):
+                row.revoked_at = ctx.clock.now()
+        own = s.scalars(select(ApiKey.id).where(ApiKey.key_hash == queries.hash_key(ADMIN_KEY))).one()
+    last = api.client.delete(f"{ADMIN_KEYS}/{own}", headers=api.admin)
+    assert last.status_code == 409 and "last live admin key" in detail(last)
+    assert api.client.get(ADMIN_KEYS, headers=api.admin).status_code == 200
 
 
 def test_a_lost_admin_key_is_recovered_on_the_database_host(api: Api, database_url: str, tmp_path: Path) -> None:
