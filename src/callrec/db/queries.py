@@ -161,9 +161,14 @@ def ensure_admin_key(session: Session, configured: str, now: datetime) -> str | 
         if row is not None and row.revoked_at is not None:
             raise ConfigError("CALLREC_ADMIN_KEY names an admin key that was revoked; choose a new value")
         if row is None:
-            row = ApiKey(id=secrets.token_hex(8), domain_id=None, name="CALLREC_ADMIN_KEY",
-                         key_hash=hash_key(configured), created_at=now, scopes=ADMIN, origin=FROM_ENV)  # fmt: skip
-            session.add(row)
+            try:
+                with session.begin_nested():
+                    row = ApiKey(id=secrets.token_hex(8), domain_id=None, name="CALLREC_ADMIN_KEY",
+                                 key_hash=hash_key(configured), created_at=now, scopes=ADMIN,
+                                 origin=FROM_ENV)  # fmt: skip
+                    session.add(row)
+            except IntegrityError:  # another node starting with the same value stored it at the same moment
+                row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(configured))).one()
         row.origin = FROM_ENV
         earlier = select(ApiKey).where(
             ApiKey.origin == FROM_ENV, ApiKey.id != row.id, ApiKey.revoked_at.is_(None), ApiKey.domain_id.is_(None)
