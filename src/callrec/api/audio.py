@@ -8,6 +8,7 @@ evicted, cleaned of deleted recordings) and served with Range like a stored one.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -25,12 +26,15 @@ from callrec.media.encode import MP3_BITRATES_KBPS, open_writer
 from callrec.offline import safe_name
 from callrec.service import cache
 from callrec.service.context import Context
+from callrec.storage import integrity
+from callrec.storage.base import Storage, file_md5
 
 MEDIA_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 CHUNK_BYTES = 64 * 1024
 # at most 18 digits a side (below 2**63): a longer number is no file's offset, so the Range is ignored
 _SINGLE_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 Reader = Callable[[int, int], Iterator[bytes]]
+log = logging.getLogger(__name__)
 
 
 class Unsatisfiable(CallrecError):
@@ -87,6 +91,7 @@ def recording_response(ctx: Context, rec: Recording, fmt: str | None, range_head
     fmt = fmt or rec.format
     if fmt == rec.format:
         storage, key = ctx.storage(rec.storage), rec.storage_key
+        verify_stored(storage, key, rec.bytes, rec.md5, f"recording {rec.id}")
         size = rec.bytes
         if size <= 0:
             found = storage.stat(key)
@@ -123,6 +128,15 @@ def _file_response(f: BinaryIO, range_header: str | None, media_type: str, filen
             f.close()
 
 
+def verify_stored(storage: Storage, key: str, size: int, md5: str, what: str) -> None:
+    """409 with the reason when the object under ``key`` is not what the row stored (its size and md5):
+    never someone else's audio, never a damaged file served as the recording."""
+    reason = integrity.mismatch(storage, key, size, md5)
+    if reason is not None:
+        log.error("%s is not served: %s (key %s)", what, reason, key)
+        raise ServiceError(f"the stored audio of {what} does not match it: {reason}; it is not served", 409)
+
+
 def check_completed(ctx: Context, rec: Recording) -> None:
     """410 or 409 for a recording that is not completed, whose cached copies are removed now (the routes
     check first; this is the cache's own guarantee that such a row's copy is never served)."""
@@ -144,6 +158,13 @@ def converted(ctx: Context, rec: Recording, fmt: str) -> Path:
 
     def build(folder: Path) -> Path:
         source = cache.stored_file(ctx, rec.storage, rec.storage_key, folder, rec.format)
+        size, md5 = file_md5(source)
+        if (rec.bytes > 0 and size != rec.bytes) or (rec.md5 and md5 != rec.md5):
+            reason = f"storage holds {size} bytes (md5 {md5}), the recording has {rec.bytes} (md5 {rec.md5})"
+            log.error("recording %s is not converted: %s (key %s)", rec.id, reason, rec.storage_key)
+            raise ServiceError(
+                f"the stored audio of recording {rec.id} does not match it: {reason}; it is not served", 409
+            )
         part = folder / f"out.{fmt}"
         bitrate = rec.options.get("bitrate", 16)
         transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else 16)

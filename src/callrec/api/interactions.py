@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from callrec.api.audio import CHUNK_BYTES, MEDIA_TYPES, ranged_response
+from callrec.api.audio import CHUNK_BYTES, MEDIA_TYPES, ranged_response, verify_stored
 from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, visible_domain
 from callrec.api.schemas import PRINTABLE
 from callrec.db.schema import COMPLETED, DELETED, Call, Stitch
@@ -139,6 +139,7 @@ def stitch_response(ctx: Context, stitch: Stitch, range_header: str | None) -> R
         headers = {"Retry-After": str(RETRY_AFTER_S)} if stitch.state in stitching.PENDING else {}
         return JSONResponse({"detail": detail}, status_code=409, headers=headers)
     storage, key = ctx.storage(stitch.storage), stitch.storage_key
+    verify_stored(storage, key, stitch.bytes, stitch.md5, f"stitched recording {stitch.id}")
     fmt = stitch.format if stitch.format in MEDIA_TYPES else "mp3"
 
     def read(start: int, end: int) -> Iterator[bytes]:
