@@ -4,6 +4,7 @@ absurd Range, framing and sniffing, HEAD."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sqlite3
 import stat
@@ -15,10 +16,11 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from callrec.api.app import create_app
-from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, bearer, make_service
+from callrec.db.schema import Call
+from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, bearer, detail, make_service
 from tests.api.test_links import HTML, clock_moved, full, make_link  # noqa: F401 - full is a fixture
 
 API = "/api/v1"
@@ -167,3 +169,37 @@ def test_a_full_disk_keeps_keyed_reads_working_and_healthz_says_degraded(
     health = api.client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "degraded", health.text
     assert "10 MB free" in health.json()["disk"] and health.json()["detail"] == health.json()["disk"]
+
+
+def test_an_admin_interaction_view_never_merges_domains_and_needs_the_domain(api: Api, captures: Captures) -> None:
+    first, second = api.tenant(), api.tenant()
+    ours = {first.name: api.upload(first.headers, captures.one), second.name: api.upload(second.headers, captures.one)}
+    shared = f"conv-{secrets.token_hex(4)}"
+    with api.service.ctx.sessions.begin() as s:
+        ids = [c for calls in ours.values() for c in calls]
+        s.execute(update(Call).where(Call.id.in_(ids)).values(interaction_id=shared))
+    several = "several domains have calls of this interaction; name one with ?domain="
+    for path in (f"{API}/interactions/{shared}", f"{API}/interactions/{shared}/stitched"):
+        merged = api.client.get(path, headers=api.admin)
+        assert merged.status_code == 400 and detail(merged) == several, (path, merged.status_code, merged.text[:300])
+    for name, calls in ours.items():
+        one = api.client.get(f"{API}/interactions/{shared}", headers=api.admin, params={"domain": name})
+        assert one.status_code == 200, one.text
+        assert [c["id"] for c in one.json()["calls"]] == calls and {c["domain"] for c in one.json()["calls"]} == {name}
+        stitched = api.client.get(f"{API}/interactions/{shared}/stitched", headers=api.admin, params={"domain": name})
+        assert stitched.status_code in (200, 202) and stitched.json()["calls"] == calls, stitched.text
+    # a domain's own key sees its own calls, with or without naming its domain, and never the other's
+    own = api.client.get(f"{API}/interactions/{shared}", headers=first.headers)
+    assert [c["id"] for c in own.json()["calls"]] == ours[first.name]
+    theirs = api.client.get(f"{API}/interactions/{shared}", headers=first.headers, params={"domain": second.name})
+    assert theirs.status_code == 404
+    # the web UI, signed in with the admin key
+    with TestClient(create_app(api.service)) as browser:
+        key = api.admin["Authorization"].removeprefix("Bearer ")
+        signed = browser.post("/ui/signin", data={"key": key}, headers={"Origin": "http://testserver"})
+        assert signed.status_code == 200, signed.status_code
+        page = browser.get(f"/ui/interactions/{shared}")
+        assert page.status_code == 400 and "name one with ?domain=" in page.text
+        page = browser.get(f"/ui/interactions/{shared}", params={"domain": first.name})
+        assert page.status_code == 200
+        assert ours[first.name][0] in page.text and ours[second.name][0] not in page.text

@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from callrec.api.audio import CHUNK_BYTES, MEDIA_TYPES, ranged_response, verify_stored
-from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, visible_domain
+from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, scope
 from callrec.api.schemas import PRINTABLE
-from callrec.db.schema import COMPLETED, DELETED, Call, Stitch
+from callrec.db.schema import COMPLETED, DELETED, Call, Domain, Stitch
 from callrec.errors import ServiceError
 from callrec.offline import safe_name
 from callrec.service import stitches as stitching
@@ -54,22 +54,27 @@ class StitchOut(BaseModel):
     audio_url: str
 
 
+def interaction_domain(s: Session, principal: Principal, interaction_id: str, domain: str | None) -> int:
+    """The domain whose calls carry ``interaction_id``: the key's own, or for an admin key the one
+    ``?domain=`` names. 404 when it has none; 400 when an admin key names none and several domains have
+    calls of this interaction id (their calls are never merged into one view)."""
+    missing = ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
+    if not interaction_id or "\x00" in interaction_id or len(interaction_id) > 300:
+        raise missing
+    query = scope(select(Call.domain_id), principal, Call.domain_id).where(Call.interaction_id == interaction_id)
+    if domain is not None:
+        query = query.where(Call.domain_id.in_(select(Domain.id).where(Domain.name == domain)))
+    found = sorted(set(s.scalars(query.distinct())))
+    if not found:
+        raise missing
+    if len(found) > 1:
+        raise ServiceError("several domains have calls of this interaction; name one with ?domain=", 400)
+    return found[0]
+
+
 def _domain_of(s: Session, principal: Principal, interaction_id: str, domain: str | None) -> int:
     """The domain whose interaction ``interaction_id`` the caller means; 404 when they may see none."""
-    if not interaction_id or "\x00" in interaction_id or len(interaction_id) > 300:
-        raise ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
-    if domain is not None:
-        domain_id = visible_domain(s, principal, domain).id
-    elif principal.domain_id is not None:
-        domain_id = principal.domain_id
-    else:
-        # an admin key without a domain: the domain of the interaction's first call
-        first = s.scalar(
-            select(Call.domain_id).where(Call.interaction_id == interaction_id).order_by(Call.started_at).limit(1)
-        )
-        if first is None:
-            raise ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
-        domain_id = first
+    domain_id = interaction_domain(s, principal, interaction_id, domain)
     if not stitching.members(s, domain_id, interaction_id):
         raise ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
     return domain_id

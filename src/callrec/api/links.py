@@ -9,15 +9,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, find_owned, scope
+from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, find_owned
+from callrec.api.interactions import interaction_domain
 from callrec.api.link_pages import public_router
 from callrec.api.recordings import find_recording
 from callrec.api.schemas import LinkOut
 from callrec.db.engine import transaction
-from callrec.db.schema import COMPLETED, DELETED, Call, Domain, Link
+from callrec.db.schema import COMPLETED, DELETED, Link
 from callrec.errors import ServiceError
 from callrec.service import links, stitches
 from callrec.service.cards import link_json
@@ -53,22 +53,6 @@ def _shareable_recording(s: Session, principal: Principal, recording_id: str) ->
     if rec.state != COMPLETED:
         raise ServiceError(f"the recording is {rec.state}; only a completed recording can be shared", 409)
     return rec.domain_id, rec.id
-
-
-def interaction_domain(s: Session, principal: Principal, interaction_id: str, domain: str | None) -> int:
-    """The domain whose calls carry ``interaction_id`` (the caller's); 404 when it has none."""
-    missing = ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
-    if not interaction_id or "\x00" in interaction_id or len(interaction_id) > 300:
-        raise missing
-    query = scope(select(Call.domain_id), principal, Call.domain_id).where(Call.interaction_id == interaction_id)
-    if domain is not None:
-        query = query.where(Call.domain_id.in_(select(Domain.id).where(Domain.name == domain)))
-    found = sorted(set(s.scalars(query.distinct())))
-    if not found:
-        raise missing
-    if len(found) > 1:
-        raise ServiceError("several domains have calls of this interaction; name one with ?domain=", 400)
-    return found[0]
 
 
 def _find_link(s: Session, principal: Principal, link_id: str) -> Link:

@@ -164,6 +164,7 @@ def _row(card: dict[str, Any]) -> dict[str, Any]:
         "id": card["id"], "started_at": card["started_at"], "duration_s": card["duration_s"],
         "direction": card["direction"] or "—", "caller": show(caller), "callee": show(callee), "others": others,
         "state": rec["state"] if rec else "—", "interaction_id": card["interaction_id"], "call_id": card["call_id"],
+        "domain": card["domain"],
     }  # fmt: skip
 
 
@@ -235,7 +236,7 @@ def interaction_view(
     error: str | None = None, status: int = 200,
 ) -> Response:  # fmt: skip
     try:
-        found = calls_api.get_interaction(interaction_id, request, service, principal)
+        found = calls_api.get_interaction(interaction_id, request, service, principal, domain)
     except ServiceError as exc:
         return error_page(request, principal, exc)
     stitched: dict[str, Any] | None = None
