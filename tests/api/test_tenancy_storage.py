@@ -172,3 +172,29 @@ def test_a_stored_object_that_is_not_the_rows_is_refused_on_read(api: Api, captu
     _replace(path, original)
     assert _audio(api, acme, rec.id) == original
     assert len(_audio(api, acme, rec.id, format="wav")) > 0
+
+
+def test_a_deletion_leaves_an_object_another_row_stored_under_the_same_key(
+    api: Api, captures: Captures, tmp_path: Path
+) -> None:
+    """Keys stored before the domain prefix keep their form, so two rows may still share one (an old
+    collision): retention deleting one row removes the object only if it is that row's own."""
+    acme, evil = api.tenant(), api.tenant()
+    (acme_call,) = api.upload(acme.headers, captures.one)
+    acme_rec = _recording(api, api.card(acme.headers, acme_call)["recording"]["id"])
+    acme_audio = _audio(api, acme, acme_rec.id)
+    assert _settings(api, evil, {"retention": {"days": 1}}).status_code == 200  # type: ignore[attr-defined]
+    other = synth.build(synth.Scenario(call_id="call-1@test", duration=4.0, seed=99))
+    (evil_call,) = api.upload(evil.headers, synth.write_pcap(tmp_path / "evil.pcap", other.datagrams))
+    evil_rec = _recording(api, api.card(evil.headers, evil_call)["recording"]["id"])
+    with api.service.ctx.sessions() as s:  # the row as an old collision left it: acme's key
+        row = s.get(Recording, evil_rec.id)
+        assert row is not None
+        row.storage_key = acme_rec.storage_key
+        s.commit()
+    api.service.ctx.storage(evil_rec.storage).delete(evil_rec.storage_key)
+
+    retention.sweep(api.service.ctx)
+    assert _recording(api, evil_rec.id).state == "deleted"
+    assert _recording(api, acme_rec.id).state == "completed"
+    assert _audio(api, acme, acme_rec.id) == acme_audio

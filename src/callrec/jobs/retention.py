@@ -15,7 +15,7 @@ from callrec.db.schema import COMPLETED, DELETED, FAILED, Audit, Call, Domain, R
 from callrec.errors import StorageError
 from callrec.service.context import Context
 from callrec.service.retention import RetentionPolicy, expires_at, facts_of
-from callrec.storage import keys
+from callrec.storage import integrity, keys
 
 log = logging.getLogger("callrec.service.retention")
 BATCH = 500
@@ -66,10 +66,18 @@ def delete_recording(ctx: Context, recording_id: str, why: str, actor: str) -> b
                     if fresh is not None:
                         fresh.expires_at = until
                 return False
-        key, spec, domain_id = rec.storage_key, dict(rec.storage), rec.domain_id
+        key, spec, domain_id, size, md5 = rec.storage_key, dict(rec.storage), rec.domain_id, rec.bytes, rec.md5
     if key:
         try:
-            ctx.storage(spec).delete(key)
+            storage = ctx.storage(spec)
+            found = storage.stat(key)
+            # only the object this row stored: one another writer put under the same key stays
+            theirs = found and integrity.differs(found.size, found.md5, size, md5)
+            if theirs:
+                log.warning("recording %s: the object under %s is not the one it stored (%s); left in place",
+                            recording_id, key, theirs)  # fmt: skip
+            elif found is not None:
+                storage.delete(key)
         except StorageError as exc:
             log.warning("cannot delete %s yet: %s", key, exc)
             return False

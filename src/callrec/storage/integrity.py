@@ -29,6 +29,11 @@ def mismatch(storage: Storage, key: str, size: int, md5: str) -> str | None:
     that cannot tell an object's MD5 is checked on size. A missing object raises ``StorageError``.
     """
     found_size, found_md5 = _facts(storage, key)
+    return differs(found_size, found_md5, size, md5)
+
+
+def differs(found_size: int, found_md5: str, size: int, md5: str) -> str | None:
+    """Why an object of ``found_size`` bytes with ``found_md5`` is not the row's (``size``, ``md5``), or None."""
     if size > 0 and found_size != size:
         return f"storage holds {found_size} bytes under its key, the recording has {size}"
     if md5 and found_md5 and found_md5 != md5.lower():
