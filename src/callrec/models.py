@@ -10,6 +10,13 @@ from callrec.errors import ParseError
 
 PARTY_ROLES = ("caller", "callee", "participant")
 SOURCES = ("siprec", "pcap", "upload")
+# what a call.json may hold (an uploaded one is refused past these, with the limit named): times are
+# seconds since 1970 up to the year 9999 (what a datetime holds); a call of a conference has few streams
+MAX_TIME_S = 253_402_300_799.0
+MAX_CALL_IDS = 64
+MAX_PARTIES = 256
+MAX_STREAMS = 512
+MAX_RTPMAP = 128
 
 
 @dataclass(slots=True)
@@ -104,8 +111,9 @@ class CallInfo:
                 for p in data.get("parties", [])
             ]
             call_ids = [str(c) for c in data["call_ids"]]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ParseError(f"call.json is not a valid tape description: {exc}") from exc
+        _check_sizes(call_ids, parties, streams)
         return cls(
             call_ids=call_ids,
             parties=parties,
@@ -122,5 +130,32 @@ class CallInfo:
         )
 
 
+def _check_sizes(call_ids: list[str], parties: list[Party], streams: list[Stream]) -> None:
+    """Refuse a call.json larger than any call (``ParseError`` naming the limit)."""
+    for what, items, limit in (("call_ids", call_ids, MAX_CALL_IDS), ("parties", parties, MAX_PARTIES),
+                               ("streams", streams, MAX_STREAMS)):  # fmt: skip
+        if len(items) > limit:
+            raise ParseError(f"call.json: more than {limit} {what}")
+    for s in streams:
+        if not 0 <= s.local_port <= 65535 or not 0 <= s.remote_port <= 65535:
+            raise ParseError("call.json: a stream port is not between 0 and 65535")
+        if len(s.rtpmap) > MAX_RTPMAP:
+            raise ParseError(f"call.json: a stream has more than {MAX_RTPMAP} payload types")
+        if any(not 0 <= pt <= 127 or not 0 < c.clock_rate <= 1_000_000 or not 0 < c.channels <= 64
+               for pt, c in s.rtpmap.items()):  # fmt: skip
+            raise ParseError("call.json: a payload type, clock rate or channel count is out of range")
+
+
 def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    """A time in call.json: null, or finite seconds since 1970 up to the year 9999."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ParseError("call.json: a time is not a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError) as exc:
+        raise ParseError("call.json: a time is not a number") from exc
+    if not 0.0 <= number <= MAX_TIME_S:  # NaN fails this too
+        raise ParseError(f"call.json: a time is not finite or not between 0 and {MAX_TIME_S:.0f} (the year 9999)")
+    return number

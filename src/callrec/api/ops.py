@@ -27,6 +27,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from callrec.capture import tape
 from callrec.db.schema import COMPLETED, RECORDING, STATES, Domain, Job, Recording
 from callrec.service import disk
 from callrec.service.pipeline import Service
@@ -57,10 +58,13 @@ class ServiceCollector(Collector):
             GaugeMetricFamily(
                 "callrec_mixing_speed_realtime", "seconds of audio mixed per second of mixing, over the last hour"
             ),
+            GaugeMetricFamily(
+                "callrec_tapes_quarantined", "unreadable tapes set aside in this host's DATA/quarantine folder"
+            ),
         ]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        recording, by_state, queued, failed, storage, speed = self._families()
+        recording, by_state, queued, failed, storage, speed, quarantined = self._families()
         ctx = self.service.ctx
         since = ctx.clock.now() - SPEED_WINDOW
         with ctx.sessions() as s:
@@ -84,7 +88,8 @@ class ServiceCollector(Collector):
         audio_s = sum(row.duration_s for row in mixed)
         mixing_s = sum((row.finished_at - row.started_at).total_seconds() for row in mixed)
         speed.add_metric([], audio_s / mixing_s if mixing_s > 0 else 0.0)
-        yield from (recording, by_state, queued, failed, storage, speed)
+        quarantined.add_metric([], tape.quarantined(ctx.config.data_dir))
+        yield from (recording, by_state, queued, failed, storage, speed, quarantined)
 
     def _pending(self) -> float:
         try:

@@ -68,7 +68,11 @@ class TapeRegistry:
             try:
                 recover_tape(folder)
             except (OSError, CallrecError) as exc:
-                log.error("could not recover tape %s: %s", folder, exc)
+                log.error("could not recover tape %s: %s", folder.name, exc)
+                # unreadable for good: set aside, so that it is not tried again at every start
+                if isinstance(exc, CallrecError) and folder.is_dir() and folder.is_relative_to(self.root.resolve()):
+                    tape.quarantine(folder, self.root.parent, "its call.json cannot be read")
+                    marker.unlink(missing_ok=True)
                 continue
             marker.unlink(missing_ok=True)
             recovered.append(folder)

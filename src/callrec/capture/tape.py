@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -11,8 +12,12 @@ from callrec.capture.pcap import PcapWriter, pack_addr
 from callrec.errors import ParseError
 from callrec.models import CallInfo
 
+log = logging.getLogger("callrec.tape")
+
 MEDIA_FILE = "media.pcap"
 META_FILE = "call.json"
+# under the data folder: tapes that cannot be read, moved out of the way of the outbox and recovery
+QUARANTINE_DIR = "quarantine"
 
 
 def is_tape(path: str | os.PathLike[str]) -> bool:
@@ -29,6 +34,33 @@ def read_info(folder: str | os.PathLike[str]) -> CallInfo:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParseError(f"{path}: call.json is not readable JSON") from exc
     return CallInfo.from_json(data)
+
+
+def quarantine(folder: Path, data_dir: Path, reason: str) -> Path | None:
+    """Move a tape that cannot be read to ``data_dir/quarantine/`` (logged once, here) so that the sweeps
+    that found it go on with the others; an operator can look at it there. None if it could not be moved."""
+    target_dir = data_dir / QUARANTINE_DIR
+    target = target_dir / folder.name
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while target.exists():
+            n += 1
+            target = target_dir / f"{folder.name}.{n}"
+        os.rename(folder, target)
+    except OSError as exc:
+        log.error("tape %s cannot be read (%s) nor moved aside: %s", folder.name, reason, exc.strerror or exc)
+        return None
+    log.error("tape %s cannot be read (%s): moved to %s/%s", folder.name, reason, QUARANTINE_DIR, target.name)
+    return target
+
+
+def quarantined(data_dir: Path) -> int:
+    """How many tapes lie in ``data_dir/quarantine/``."""
+    try:
+        return sum(1 for _ in (data_dir / QUARANTINE_DIR).iterdir())
+    except OSError:
+        return 0
 
 
 def write_info(folder: str | os.PathLike[str], info: CallInfo) -> None:

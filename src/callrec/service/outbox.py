@@ -5,6 +5,10 @@ and when storage is down the tape stays. The outbox then retries every pending t
 disk with back-off, until stored: after an outage, after a restart (the disk is the outbox's memory),
 and for tapes another process on the same data folder left. ``pipeline.store_tape`` locks each tape's
 folder, so a tape is never uploaded twice at once.
+
+A tape that cannot be read (its call.json is not JSON, or holds a time that is not finite or out of
+range, ...) is quarantined: moved to ``DATA/quarantine/``, logged once and counted in ``/metrics``
+(``callrec_tapes_quarantined``), and the outbox goes on with the others.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from callrec.errors import CallrecError
+from callrec.capture import tape
+from callrec.errors import CallrecError, ParseError
 from callrec.service.pipeline import Pipeline, pending_tapes
 
 log = logging.getLogger("callrec.outbox")
@@ -46,7 +51,10 @@ class TapeOutbox:
     def run_once(self, now_s: float | None = None) -> int:
         """Try every pending tape that is due; how many were delivered."""
         now_s = time.monotonic() if now_s is None else now_s
-        pending = pending_tapes(self._tapes)
+        bad: list[tuple[Path, str]] = []
+        pending = pending_tapes(self._tapes, bad=bad)
+        for folder, reason in bad:
+            tape.quarantine(folder, self._tapes.parent, reason)
         self._retry = {f: v for f, v in self._retry.items() if f in set(pending)}
         done = 0
         for folder in pending:
@@ -57,6 +65,9 @@ class TapeOutbox:
                 continue
             try:
                 self.pipeline.tape_closed(folder)
+            except ParseError as exc:  # it cannot be read: retrying will not help
+                if folder.is_dir():
+                    tape.quarantine(folder, self._tapes.parent, str(exc).removeprefix(f"{folder / tape.META_FILE}: "))
             except CallrecError as exc:
                 log.warning("tape %s: %s", folder.name, exc)
             except Exception as exc:  # noqa: BLE001 - the database is away: the tape waits on disk

@@ -256,10 +256,11 @@ def tape_lock(folder: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def pending_tapes(tapes_dir: Path, min_age_s: float = 2.0) -> list[Path]:
+def pending_tapes(tapes_dir: Path, min_age_s: float = 2.0, bad: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Closed tapes still on local disk: not yet in storage (after a storage outage or a restart).
 
-    Tapes closed in the last ``min_age_s`` are left to the hand-off that is surely busy with them.
+    Tapes closed in the last ``min_age_s`` are left to the hand-off that is surely busy with them. A tape
+    whose call.json cannot be read is added to ``bad`` with the reason (when given) and left out.
     """
     found: list[Path] = []
     if not tapes_dir.is_dir():
@@ -273,7 +274,9 @@ def pending_tapes(tapes_dir: Path, min_age_s: float = 2.0) -> list[Path]:
             continue
         try:
             info = tape.read_info(meta.parent)
-        except CallrecError:
+        except CallrecError as exc:
+            if bad is not None:
+                bad.append((meta.parent, str(exc).removeprefix(f"{meta}: ")))
             continue
         if info.closed_cleanly or info.interrupted:
             found.append(meta.parent)
