@@ -277,6 +277,8 @@ class ServiceConfig:
     # destinations a tenant's webhooks and S3 endpoint may reach although the egress policy refuses them by
     # default (loopback, private, link-local, metadata, ...): CIDRs and host names (callrec.service.egress)
     egress_allow: tuple[str, ...] = ()
+    # the most calls one upload may register (per domain and upload; more is refused with 413)
+    max_calls_per_upload: int = 200
 
     @property
     def db_url(self) -> str:
@@ -325,4 +327,7 @@ def service_config_from_env(env: Mapping[str, str] | None = None) -> ServiceConf
 
         cfg.egress_allow = tuple(p.strip() for p in env["CALLREC_EGRESS_ALLOW"].split(",") if p.strip())
         Policy.parse(cfg.egress_allow)  # a ConfigError naming the variable when an entry is unusable
+    cfg.max_calls_per_upload = _int(env, "CALLREC_MAX_CALLS_PER_UPLOAD", cfg.max_calls_per_upload)
+    if cfg.max_calls_per_upload < 1:
+        raise ConfigError("CALLREC_MAX_CALLS_PER_UPLOAD must be at least 1")
     return cfg

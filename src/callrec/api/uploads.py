@@ -39,7 +39,7 @@ from callrec.api import idempotency
 from callrec.api.deps import Principal, ServiceDep, UploadDep
 from callrec.api.schemas import DOMAIN_NAME, UploadOut
 from callrec.capture import tape
-from callrec.capture.scan import calls_in_capture
+from callrec.capture.scan import split_capture
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Call, Domain
@@ -298,8 +298,11 @@ async def _register(
 def _ingest(
     service: Service, principal: Principal, media: Path, fields: dict[str, bytes], name: Callable[[int], str] | None
 ) -> list[str]:
-    """Check the capture, find its calls, and hand each one to the pipeline as a closed tape.
+    """Check the capture, split it into its calls, and hand each one to the pipeline as a closed tape.
 
+    The capture is read once: each call's tape gets a ``media.pcap`` of its own packets only. Tapes are
+    written and registered in the upload's staging folder, out of the outbox's reach; one that storage did
+    not take at once moves into ``DATA/tapes`` only after it was registered (the outbox delivers it).
     ``name`` names each call's tape by its index (random names without it); a tape of that name already
     registered is not registered again. A failure once the first call is handed over raises ``_CutShort``.
     """
@@ -307,34 +310,54 @@ def _ingest(
         if f.read(4) not in PCAP_MAGICS:
             raise ServiceError("the file is not a pcap or pcapng capture", 400)
     domain = _domain(service, principal, fields.get("domain"))
-    infos = [_tape_info(fields["call"])] if "call" in fields else _calls(media)
     ctx = service.ctx
+    staged = media.parent / "tapes"
+    staged.mkdir(exist_ok=True)
+    if "call" in fields:
+        found = [(_tape_info(fields["call"]), media)]
+    else:
+        found = _calls(media, ctx.config.max_calls_per_upload)
     day = ctx.clock.now().strftime("%Y/%m/%d")
-    names = [name(i) if name is not None else f"upload-{secrets.token_hex(8)}" for i in range(len(infos))]
+    names = [name(i) if name is not None else f"upload-{secrets.token_hex(8)}" for i in range(len(found))]
     known = _registered(ctx, names) if name is not None else {}
     calls: list[str] = []
-    for tape_name, info in zip(names, map(_without_nul, infos), strict=True):
+    for tape_name, (info, call_media) in zip(names, found, strict=True):
         if tape_name in known:
             calls.append(known[tape_name])
             continue
-        info.domain, info.source, info.closed_cleanly, info.interrupted = domain, "upload", True, False
-        folder = ctx.config.data_dir / "tapes" / day / tape_name
+        folder = staged / tape_name
         handed = False
         try:
-            _write_tape(folder, media, info)
+            info = _without_nul(info)
+            info.domain, info.source, info.closed_cleanly, info.interrupted = domain, "upload", True, False
+            _write_tape(folder, call_media, info)
             handed = True
-            calls.append(service.pipeline.tape_closed(folder))
+            call_id = service.pipeline.tape_closed(folder)
+            _hand_to_outbox(ctx, call_id, folder, ctx.config.data_dir / "tapes" / day / tape_name)
+            calls.append(call_id)
         except Exception as exc:
             if not handed:
                 shutil.rmtree(folder, ignore_errors=True)
-            elif (found := _settle(ctx, folder)) is not None:
-                calls.append(found)
-            raise _CutShort(calls, len(infos), exc) from exc
+            elif (settled := _settle(ctx, folder)) is not None:
+                calls.append(settled)
+            raise _CutShort(calls, len(found), exc) from exc
     return calls
 
 
+def _hand_to_outbox(ctx: Context, call_id: str, folder: Path, dest: Path) -> None:
+    """A registered tape storage did not take yet: into ``DATA/tapes``, where the outbox delivers it."""
+    if not folder.is_dir():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(folder, dest)
+    with transaction(ctx.sessions) as s:
+        call = s.get(Call, call_id)
+        if call is not None and call.tape_local:
+            call.tape_local = str(dest.resolve())
+
+
 def _write_tape(folder: Path, media: Path, info: CallInfo) -> None:
-    """A closed tape in ``folder``: ``media.pcap`` the upload's file, ``call.json`` the call's ``info``.
+    """A closed tape in ``folder``: ``media.pcap`` the call's media, ``call.json`` the call's ``info``.
 
     The folder may be left from an attempt cut short; what it holds is then replaced by the same.
     """
@@ -391,9 +414,14 @@ def _domain(service: Service, principal: Principal, asked: bytes | None) -> str:
 
 def _tape_info(raw: bytes) -> CallInfo:
     try:
-        info = CallInfo.from_json(json.loads(raw))
-    except (ValueError, ParseError, RecursionError) as exc:
-        raise ServiceError("call: the call field is not a valid call.json", 400) from exc
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ServiceError("call: the call field is not a valid call.json: not JSON", 400) from exc
+    try:
+        info = CallInfo.from_json(data)
+    except (ParseError, RecursionError) as exc:
+        reason = str(exc).removeprefix("call.json: ") if isinstance(exc, ParseError) else "nested too deeply"
+        raise ServiceError(f"call: the call field is not a valid call.json: {reason}", 400) from exc
     return info
 
 
@@ -412,12 +440,18 @@ def _drop_nul(value: Any) -> Any:
     return value
 
 
-def _calls(media: Path) -> list[CallInfo]:
+def _calls(media: Path, limit: int) -> list[tuple[CallInfo, Path]]:
+    """The capture's calls, each with a file of its own packets (made in one pass over the capture)."""
+    parts = media.parent / "split"
+    parts.mkdir(exist_ok=True)
     try:
-        found = calls_in_capture(media)
+        found = split_capture(media, parts)
     except CaptureError as exc:
         reason = str(exc).removeprefix(f"{media}: ").replace(str(media.parent), "")  # never a server path
         raise ServiceError(f"the capture cannot be read: {reason}", 400) from exc
     if not found:
         raise ServiceError("no SIP call found in the capture", 422)
+    if len(found) > limit:
+        raise ServiceError(f"the capture holds {len(found)} calls, more than the limit of {limit} calls per "
+                           "upload: split it into smaller captures", 413)  # fmt: skip
     return found

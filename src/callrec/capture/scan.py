@@ -8,12 +8,15 @@ message (an uppercase method name, or ``SIP/2.0``) are parsed, so RTP costs next
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
 from callrec.capture.dialogs import Dialog, DialogTracker, looks_like_sip
 from callrec.capture.netparse import Datagram
 from callrec.capture.pcap import CaptureReader, UdpBlock
+from callrec.capture.pcapwriter import PcapWriter
 from callrec.capture.sip import StreamFramer
 from callrec.models import CallInfo
 
@@ -44,6 +47,103 @@ def calls_in_capture(path: str | os.PathLike[str]) -> list[CallInfo]:
     calls = [_finished(d) for d in tracker.dialogs.values() if not d.failed and d.info.streams]
     calls.sort(key=lambda info: info.started_at or 0.0)
     return calls
+
+
+# per-call media files kept open at once while splitting (the others are reopened to append)
+OPEN_WRITERS = 64
+
+
+class _Writers:
+    """One pcap per dialog under ``folder``, at most ``OPEN_WRITERS`` open at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.paths: dict[int, Path] = {}
+        self._open: OrderedDict[int, PcapWriter] = OrderedDict()
+
+    def write(self, dialog: Dialog, d: Datagram, payload: bytes) -> None:
+        key = id(dialog)
+        writer = self._open.get(key)
+        if writer is None:
+            path = self.paths.get(key)
+            if path is None:
+                path = self.paths[key] = self.folder / f"{len(self.paths)}.pcap"
+                writer = PcapWriter(path)
+            else:
+                writer = PcapWriter(path, append=True)
+            self._open[key] = writer
+            if len(self._open) > OPEN_WRITERS:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(key)
+        writer.write(d.ts, d.src, d.sport, d.dst, d.dport, payload)
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+def split_capture(path: str | os.PathLike[str], folder: Path) -> list[tuple[CallInfo, Path]]:
+    """``calls_in_capture`` and, in the same single pass, each call's own packets in a pcap of its own.
+
+    A call's file (under ``folder``) holds its SIP messages and the UDP sent to (or, for RTCP, next to)
+    an address its SDP gave at that moment — the same endpoint map ``DialogTracker`` keeps for the
+    mixer. So a capture of many calls is read once, and mixing one call reads only that call's packets.
+    Files of dialogs that do not count as calls are removed.
+    """
+    tracker = DialogTracker()
+    framers: Flows = {}
+    writers = _Writers(folder)
+    try:
+        with CaptureReader(path) as reader:
+            for item in reader.batches():
+                if type(item) is UdpBlock:
+                    first = item.field(28, 1)
+                    for i in range(len(item)):
+                        d = item.datagram(i)
+                        sip = bool(_FIRST_MIN <= first[i] <= _FIRST_MAX and len(d.payload) >= 8)
+                        _route(tracker, framers, writers, d, sip)
+                else:
+                    _route(tracker, framers, writers, item, None)  # type: ignore[arg-type]
+    finally:
+        writers.close()
+    found: list[tuple[CallInfo, Path]] = []
+    for dialog in tracker.dialogs.values():
+        media = writers.paths.get(id(dialog))
+        if dialog.failed or not dialog.info.streams or media is None:
+            if media is not None:
+                media.unlink(missing_ok=True)
+            continue
+        found.append((_finished(dialog), media))
+    found.sort(key=lambda pair: pair[0].started_at or 0.0)
+    return found
+
+
+def _route(tracker: DialogTracker, framers: Flows, writers: _Writers, d: Datagram, sip: bool | None) -> None:
+    """One datagram of the capture into the file of the call it belongs to, if any."""
+    if d.proto == PROTO_TCP:
+        key = (d.src, d.sport, d.dst, d.dport)
+        if key not in framers:
+            framers[key] = StreamFramer() if looks_like_sip(d.payload) else None
+        framer = framers[key]
+        if framer is not None:
+            for message in framer.feed(d.payload):
+                dialog = tracker.feed(d.ts, message)
+                if dialog is not None:  # kept as a datagram of the flow: the tape is UDP only
+                    writers.write(dialog, d, message)
+        return
+    if d.proto != PROTO_UDP:
+        return
+    if (sip is None or sip) and looks_like_sip(d.payload):
+        dialog = tracker.feed(d.ts, d.payload)
+        if dialog is not None:
+            writers.write(dialog, d, d.payload)
+        return
+    binding = tracker.bindings.get((d.dst, d.dport))
+    if binding is None and d.dport & 1:  # RTCP, on the port after the RTP's
+        binding = tracker.bindings.get((d.dst, d.dport - 1))
+    if binding is not None:
+        writers.write(binding.dialog, d, d.payload)
 
 
 def _sip_candidates(block: UdpBlock) -> list[int]:
