@@ -22,7 +22,7 @@ from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, STORING, Call, Domain, Job, Recording
 from callrec.errors import CallrecError, EgressRefused, OutputError, Permanent, StorageError, Transient
 from callrec.jobs.retention import delete_tape
-from callrec.service import leased
+from callrec.service import fairness, leased
 from callrec.service.context import Context
 from callrec.service.leased import LeaseLost
 from callrec.service.pipeline import RECORDINGS, WAITING_FOR_TAPE, Pipeline
@@ -41,7 +41,7 @@ def run(pipeline: Pipeline, recording_id: str) -> None:
     ctx = pipeline.ctx
     if not _window_open(ctx, recording_id):
         return
-    held = leased.claim(ctx, RECORDINGS, recording_id, extra=_tape_reachable(ctx))
+    held = fairness.claim(ctx, RECORDINGS, recording_id, extra=_tape_reachable(ctx), requeue=pipeline.queue.put)
     if held is None:
         return
     try:
