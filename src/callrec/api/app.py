@@ -41,6 +41,7 @@ from callrec.api import (
     uploads,
     webhooks,
 )
+from callrec.api.bodylimit import BodyLimit
 from callrec.api.link_pages import PUBLIC_HEADERS
 from callrec.config import ConfigError
 from callrec.errors import CallrecError, ServiceError, StorageError
@@ -95,6 +96,7 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
     for queue_error in _QUEUE_DOWN:
         app.add_exception_handler(queue_error, _failure)
     # the last one added is the outermost of the app's own: it sees what every other layer let through
+    app.add_middleware(BodyLimit)  # 413 for a body past the limit, before anything reads it
     app.add_middleware(_LastResort)
     app.add_middleware(_EdgeHeaders)  # outermost: even a last-resort 500 carries them
     return app

@@ -19,6 +19,12 @@ EVENTS: tuple[Event, ...] = ("recording.completed", "recording.failed", "recordi
 # what merge_settings passes to validation: checks that only a change through the API must pass (a row
 # stored before a rule existed still loads)
 CHANGE = {"change": True}
+# limits on what a domain may store (a change past one is refused with 422 naming it): settings are read
+# for every call list, so their size is everyone's business
+MAX_RETENTION_RULES = 1000
+MAX_RULE_TEXT = 200  # characters of a rule's number pattern or tag
+MAX_WINDOWS = 100
+MAX_WEBHOOKS = 20
 
 
 class StorageSettings(BaseModel):
@@ -102,8 +108,29 @@ class DomainSettings(BaseModel):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     # signs every webhook (HMAC-SHA256); plain when it comes from the API, "enc:v1:…" once stored
     webhook_secret: str = Field(default="", max_length=2000)
-    webhooks: list[WebhookSettings] = Field(default_factory=list, max_length=20)
+    webhooks: list[WebhookSettings] = Field(default_factory=list, max_length=MAX_WEBHOOKS)
     links: LinkSettings = Field(default_factory=LinkSettings)
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _few_windows(cls, value: Any) -> Any:
+        windows = value.get("windows") if isinstance(value, dict) else None
+        if isinstance(windows, list) and len(windows) > MAX_WINDOWS:
+            raise ValueError(f"schedule.windows: at most {MAX_WINDOWS} windows (the limit), got {len(windows)}")
+        return value
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _few_rules(cls, value: Any) -> Any:
+        rules = value.get("rules") if isinstance(value, dict) else None
+        if isinstance(rules, list):
+            if len(rules) > MAX_RETENTION_RULES:
+                raise ValueError(f"retention.rules: at most {MAX_RETENTION_RULES} rules (the limit), got {len(rules)}")
+            for i, rule in enumerate(rules):
+                texts = [v for v in rule.values() if isinstance(v, str)] if isinstance(rule, dict) else []
+                if any(len(t) > MAX_RULE_TEXT for t in texts):
+                    raise ValueError(f"retention.rules[{i}]: a value is longer than {MAX_RULE_TEXT} characters")
+        return value
 
     @field_validator("schedule")
     @classmethod
