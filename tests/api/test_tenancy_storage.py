@@ -162,6 +162,8 @@ def test_a_stored_object_that_is_not_the_rows_is_refused_on_read(api: Api, captu
     assert ranged.status_code == 409
     converted = api.client.get(url, headers=acme.headers, params={"format": "wav"})
     assert converted.status_code == 409 and "does not match" in detail(converted)
+    picture = api.client.get(f"/api/v1/recordings/{rec.id}/picture", headers=acme.headers)
+    assert picture.status_code == 409 and "does not match" in detail(picture)
 
     # the same size, other content: the md5 tells
     _replace(path, original[:-16] + bytes(16))
@@ -172,6 +174,7 @@ def test_a_stored_object_that_is_not_the_rows_is_refused_on_read(api: Api, captu
     _replace(path, original)
     assert _audio(api, acme, rec.id) == original
     assert len(_audio(api, acme, rec.id, format="wav")) > 0
+    assert api.client.get(f"/api/v1/recordings/{rec.id}/picture", headers=acme.headers).status_code == 200
 
 
 def test_a_deletion_leaves_an_object_another_row_stored_under_the_same_key(

@@ -137,6 +137,16 @@ def verify_stored(storage: Storage, key: str, size: int, md5: str, what: str) ->
         raise ServiceError(f"the stored audio of {what} does not match it: {reason}; it is not served", 409)
 
 
+def verify_file(path: Path, size: int, md5: str, what: str) -> None:
+    """``verify_stored`` for a copy of the object already on this host's disk (about to be converted or
+    analysed): 409 with the reason when it is not what the row stored."""
+    found_size, found_md5 = file_md5(path)
+    reason = integrity.differs(found_size, found_md5, size, md5)
+    if reason is not None:
+        log.error("%s is not used: %s (%s)", what, reason, path.name)
+        raise ServiceError(f"the stored audio of {what} does not match it: {reason}; it is not served", 409)
+
+
 def check_completed(ctx: Context, rec: Recording) -> None:
     """410 or 409 for a recording that is not completed, whose cached copies are removed now (the routes
     check first; this is the cache's own guarantee that such a row's copy is never served)."""
@@ -158,13 +168,7 @@ def converted(ctx: Context, rec: Recording, fmt: str) -> Path:
 
     def build(folder: Path) -> Path:
         source = cache.stored_file(ctx, rec.storage, rec.storage_key, folder, rec.format)
-        size, md5 = file_md5(source)
-        if (rec.bytes > 0 and size != rec.bytes) or (rec.md5 and md5 != rec.md5):
-            reason = f"storage holds {size} bytes (md5 {md5}), the recording has {rec.bytes} (md5 {rec.md5})"
-            log.error("recording %s is not converted: %s (key %s)", rec.id, reason, rec.storage_key)
-            raise ServiceError(
-                f"the stored audio of recording {rec.id} does not match it: {reason}; it is not served", 409
-            )
+        verify_file(source, rec.bytes, rec.md5, f"recording {rec.id}")
         part = folder / f"out.{fmt}"
         bitrate = rec.options.get("bitrate", 16)
         transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else 16)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from callrec.api import interactions
-from callrec.api.audio import check_completed
+from callrec.api.audio import check_completed, verify_file
 from callrec.api.deps import ReadDep, ServiceDep
 from callrec.api.interactions import DomainName
 from callrec.api.recordings import find_recording
@@ -86,6 +86,7 @@ def _analysis(ctx: Context, row: Recording | Stitch) -> dict[str, Any]:
 
     def build(folder: Path) -> Path:
         source = cache.stored_file(ctx, row.storage, row.storage_key, folder, row.format)
+        verify_file(source, row.bytes, row.md5, f"{'recording' if isinstance(row, Recording) else 'stitch'} {row.id}")
         found = analyze.analyze(source)
         made.update(version=VERSION, duration_s=found.duration_s,
                     peaks=[[list(p) for p in channel] for channel in found.peaks],
