@@ -22,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from callrec.capture import tape
+from callrec.capture import scan, tape
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, Call, Recording
 from callrec.jobs import steps
 from callrec.service import outbox as outbox_module
@@ -114,6 +114,39 @@ def test_a_capture_of_many_calls_becomes_tapes_holding_only_their_own_packets(
         assert len(done) == 1 and done[0].duration_s > 0.2
         s.execute(update(Recording).where(Recording.call_id.in_(calls)).values(state=COMPLETED))
         s.commit()
+
+
+def test_splitting_reads_the_capture_once_and_gives_each_call_its_packets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The split with few files open at once (calls overlap, files are closed and reopened) is the same
+    as with all open, and every packet of a call lands in its file and no other's."""
+    capture = _many_calls(tmp_path, 40)
+    reads: list[str] = []
+    real_reader = scan.CaptureReader
+
+    def counted(path: Any) -> Any:
+        reads.append(str(path))
+        return real_reader(path)
+
+    monkeypatch.setattr(scan, "CaptureReader", counted)
+    (tmp_path / "wide").mkdir()
+    wide = scan.split_capture(capture, tmp_path / "wide")
+    monkeypatch.setattr(scan, "OPEN_WRITERS", 3)
+    (tmp_path / "narrow").mkdir()
+    narrow = scan.split_capture(capture, tmp_path / "narrow")
+    assert len(reads) == 2, "one pass over the capture per split"
+    assert [i.call_id for i, _ in wide] == [i.call_id for i, _ in narrow] == [f"many-{k}@test" for k in range(40)]
+    total = 0
+    for (_, a), (_, b) in zip(wide, narrow, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+        total += a.stat().st_size - 24
+    # every datagram of the capture is in exactly one call's file (raw IP there, Ethernet in the capture)
+    def count(path: Path) -> int:
+        with real_reader(path) as reader:
+            return sum(1 for _ in reader)
+
+    assert sum(count(path) for _, path in wide) == count(capture) and total > 0
 
 
 def test_an_upload_past_the_call_cap_is_refused_naming_the_limit(

@@ -189,6 +189,14 @@ class PcapWriter:
         """Flush and close the file."""
         self._file.close()
 
+    def reopen(self) -> None:
+        """Open the file again after ``close`` to append more records: what this writer wrote is whole, so
+        nothing is scanned (``append=True`` checks a file someone else may have left half written)."""
+        try:
+            self._file = open(self.name, "ab")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise OutputError(f"{self.name}: {exc.strerror or exc}") from exc
+
     def __enter__(self) -> PcapWriter:
         return self
 

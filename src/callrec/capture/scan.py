@@ -54,23 +54,25 @@ OPEN_WRITERS = 64
 
 
 class _Writers:
-    """One pcap per dialog under ``folder``, at most ``OPEN_WRITERS`` open at a time."""
+    """One pcap per dialog under ``folder``, at most ``OPEN_WRITERS`` files open at a time (the least
+    recently written one is closed, and reopened to append when its call sends again)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.paths: dict[int, Path] = {}
+        self._writers: dict[int, PcapWriter] = {}
         self._open: OrderedDict[int, PcapWriter] = OrderedDict()
 
     def write(self, dialog: Dialog, d: Datagram, payload: bytes) -> None:
         key = id(dialog)
         writer = self._open.get(key)
         if writer is None:
-            path = self.paths.get(key)
-            if path is None:
+            writer = self._writers.get(key)
+            if writer is None:
                 path = self.paths[key] = self.folder / f"{len(self.paths)}.pcap"
-                writer = PcapWriter(path)
+                writer = self._writers[key] = PcapWriter(path)
             else:
-                writer = PcapWriter(path, append=True)
+                writer.reopen()
             self._open[key] = writer
             if len(self._open) > OPEN_WRITERS:
                 self._open.popitem(last=False)[1].close()
