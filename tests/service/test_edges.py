@@ -18,6 +18,7 @@ from huey import SqliteHuey
 from sqlalchemy import select
 
 from callrec.api.app import create_app
+from callrec.db.engine import transaction
 from callrec.db.schema import Link, Recording, WebhookDelivery
 from callrec.service import links, webhooks
 from callrec.service.pipeline import Service
@@ -174,3 +175,25 @@ def test_the_worker_serve_starts_knows_where_the_api_answers(
     (worker,) = children_for(RecorderConfig(), config, record=False, work=True)
     # what the worker process makes of its environment, and so what its webhooks carry
     assert webhooks.public_base(service_config_from_env(worker.env)) == expected
+
+
+def test_links_an_older_version_stored_in_plain_form_are_sealed_by_the_sweep(
+    service: Service, backend: Backend, receiver: Receiver
+) -> None:
+    _hooks(service, {"url": receiver.url, "with_link": True})
+    _record(service, backend)
+    (got,) = receiver.got
+    sent_url = got.json["link"]["url"]
+    token = urlsplit(sent_url).path.removeprefix("/r/")
+    # as an older version stored it: the link's URL, token included, in plain form
+    legacy = got.json | {"link": {"url": sent_url, "expires_at": got.json["link"]["expires_at"]}}
+    with transaction(service.ctx.sessions) as s:
+        (row,) = s.scalars(select(WebhookDelivery))
+        row.body = json.dumps(legacy, separators=(",", ":"))
+        delivery_id = row.id
+    for sweep in service.pipeline.sweeps:
+        sweep()
+    with service.ctx.sessions() as s:
+        body = s.get_one(WebhookDelivery, delivery_id).body
+    assert token not in body
+    assert json.loads(webhooks.as_sent(service.ctx, body)) == legacy, "a redelivery still sends the same link"

@@ -65,6 +65,7 @@ class Webhooks:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self._sealed = False
 
     def on_event(self, ctx: Context, event: str, recording_id: str) -> None:
         try:
@@ -111,6 +112,9 @@ class Webhooks:
             log.warning("%s", exc)
 
     def sweep(self) -> None:
+        if not self._sealed:  # once per process: links older versions stored in plain form
+            spec.seal_plain_links(self.pipeline.ctx)
+            self._sealed = True
         self.requeue()
 
     def requeue(self) -> int:

@@ -159,6 +159,33 @@ def as_sent(ctx: Context, body: str) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
+# how a delivery recorded before links were sealed starts its link (a sealed one starts with its "id")
+_PLAIN_LINK = '"link":{"url":"'
+
+
+def seal_plain_links(ctx: Context, batch: int = 200) -> int:
+    """Seal the link URLs that deliveries recorded before this version keep in plain form (each a working
+    token); how many were sealed. Run once per process by the webhook sweep."""
+    sealed, after = 0, ""
+    while True:
+        with transaction(ctx.sessions) as s:
+            query = select(WebhookDelivery).where(
+                WebhookDelivery.body.contains(_PLAIN_LINK, autoescape=True), WebhookDelivery.id > after)
+            rows = list(s.scalars(query.order_by(WebhookDelivery.id).limit(batch)))  # fmt: skip
+            for row in rows:
+                data = json.loads(row.body)
+                link = data.get("link") if isinstance(data, dict) else None
+                if isinstance(link, dict) and isinstance(link.get("url"), str) and not is_encrypted(link["url"]):
+                    link["url"] = ctx.box.encrypt(link["url"])
+                    row.body = json.dumps(data, separators=(",", ":"))
+                    sealed += 1
+        if len(rows) < batch:
+            if sealed:
+                log.info("sealed the public link in %d webhook deliveries recorded before links were sealed", sealed)
+            return sealed
+        after = rows[-1].id
+
+
 def as_shown(body: str) -> dict[str, Any]:
     """A stored body as the deliveries API shows it: the link's URL (a bearer token) never appears."""
     data: dict[str, Any] = json.loads(body)
