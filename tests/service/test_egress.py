@@ -251,6 +251,7 @@ def test_a_webhook_aimed_at_any_spelling_of_loopback_reaches_nothing_until_allow
         assert listener.connections == 0, f"{url} reached the listener"
     status, error, _, refused = _post(f"http://127.0.0.1:{listener.port}/hook", LOOPBACK)
     assert (status, refused) == (500, False) and listener.connections == 1
+    assert error == "the receiver answered 500", "an allow-listed inside receiver's answer is not for the tenant"
     assert listener.requests[0].startswith(b"POST /hook ")
     status, _, _, _ = _post(f"http://localhost:{listener.port}/hook", Policy.parse(["localhost"]))
     assert status == 500 and listener.connections == 2, "an allow-listed name admits what it resolves to"

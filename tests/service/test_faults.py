@@ -48,6 +48,7 @@ def _worker_env(backend: Backend) -> dict[str, str]:
     env.update(
         CALLREC_DATA=str(cfg.data_dir), CALLREC_LEASE_S="2", CALLREC_SWEEP_INTERVAL_S="0.5",
         CALLREC_REQUEUE_AFTER_S="2", CALLREC_BACKOFF_BASE_S="0.2", CALLREC_SECRET_KEY=cfg.secret_key,
+        CALLREC_EGRESS_ALLOW=",".join(cfg.egress_allow),  # the domain's S3 (moto) is on loopback
     )  # fmt: skip
     if cfg.database_url:
         env["CALLREC_DATABASE_URL"] = cfg.database_url

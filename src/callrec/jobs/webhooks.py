@@ -156,7 +156,8 @@ def _post(claim: _Claim, timestamp: int, delivery_id: str, rules: Policy) -> tup
     """One POST: (status or None, error or "", milliseconds, refused by the egress policy).
 
     The connection is made through the egress policy (``service.egress``): a receiver on a refused
-    address gets nothing, and the attempt fails for good saying why, with no answer body in the log."""
+    address gets nothing, and the attempt fails for good saying why, with no answer body in the log (nor
+    the body of a receiver on an inside address the operator allow-listed)."""
     headers = {
         "Content-Type": "application/json", "User-Agent": USER_AGENT, "Callrec-Event": claim.event,
         "Callrec-Delivery": delivery_id, "Callrec-Timestamp": str(timestamp),
@@ -164,15 +165,18 @@ def _post(claim: _Claim, timestamp: int, delivery_id: str, rules: Policy) -> tup
     }  # fmt: skip
     started = time.monotonic()
     status: int | None = None
-    refused = False
+    refused, guard = False, egress.Guard(rules)
     try:
         with (
-            httpx.Client(timeout=spec.TIMEOUT_S, follow_redirects=False, transport=egress.transport(rules),
-                         trust_env=False) as client,
+            httpx.Client(
+                timeout=spec.TIMEOUT_S, follow_redirects=False, transport=egress.transport(guard), trust_env=False
+            ) as client,
             client.stream("POST", claim.url, content=claim.body.encode("utf-8"), headers=headers) as answer,
         ):
             status = answer.status_code
-            error = "" if 200 <= status < 300 else f"the receiver answered {status}{_excerpt(answer)}"
+            # an inside receiver (admitted by the operator's allow-list) answers for the operator, not the tenant
+            excerpt = "" if guard.inside else _excerpt(answer)
+            error = "" if 200 <= status < 300 else f"the receiver answered {status}{excerpt}"
     except EgressRefused as exc:
         error, refused = f"not sent: {exc}", True
     except httpx.TimeoutException:

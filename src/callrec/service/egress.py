@@ -282,39 +282,40 @@ def policy(allow: tuple[str, ...]) -> Policy:
     return Policy.parse(allow)
 
 
-class _Backend(httpcore.SyncBackend):
-    """httpcore's network backend with every TCP connection made through the policy."""
+class Guard(httpcore.SyncBackend):
+    """httpcore's network backend with every TCP connection made through the policy; ``inside`` says
+    whether one went to an address only the allow-list admits (its answers are not for tenants to read)."""
 
     def __init__(self, rules: Policy) -> None:
         self.rules = rules
+        self.inside = False
 
     def connect_tcp(
         self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:  # fmt: skip
+        from httpcore._backends.sync import SyncStream
+
         source = None if local_address is None else (local_address, 0)
         try:
             sock = self.rules.connect(host, port, timeout, source)
             for option in socket_options or ():
                 sock.setsockopt(*option)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = str(sock.getpeername()[0])
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from exc
-        return super_stream(sock)
+        if category(ipaddress.ip_address(peer.split("%")[0])) is not None:
+            self.inside = True
+        return SyncStream(sock)
 
 
-def super_stream(sock: socket.socket) -> httpcore.NetworkStream:
-    from httpcore._backends.sync import SyncStream
-
-    return SyncStream(sock)
-
-
-def transport(rules: Policy) -> httpx.HTTPTransport:
-    """An httpx transport whose connections go only where ``rules`` allow (the Host header and TLS
+def transport(guard: Guard) -> httpx.HTTPTransport:
+    """An httpx transport whose connections go only where ``guard`` allows (the Host header and TLS
     server name stay the URL's); environment proxies are not used."""
     made = httpx.HTTPTransport(trust_env=False, retries=0)
     ssl_context = made._pool._ssl_context  # noqa: SLF001
-    made._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=_Backend(rules))  # noqa: SLF001
+    made._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=guard)  # noqa: SLF001
     return made
