@@ -113,8 +113,10 @@ def loopback_spellings(port: int) -> list[str]:
 
 # --- the policy itself ---------------------------------------------------------------------------------
 
-REFUSED_V4 = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
-              "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "198.18.0.0/15", "192.0.2.0/24", "255.255.255.255/32"]  # fmt: skip
+REFUSED_V4 = [
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
+    "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "198.18.0.0/15", "192.0.2.0/24", "255.255.255.255/32",
+]  # fmt: skip
 REFUSED_V6 = ["::1/128", "::/128", "fc00::/7", "fe80::/10", "ff00::/8", "2001:db8::/32", "fec0::/10"]
 METADATA = ["169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200", "fd20:ce::254"]
 
@@ -177,6 +179,16 @@ def test_metadata_addresses_are_refused_even_inside_an_allow_listed_network(addr
     wide = Policy.parse(["169.254.0.0/16", "100.64.0.0/10", "fd00::/8"])
     assert "metadata" in (wide.why_refused(ip) or "")
     assert Policy.parse([address]).why_refused(ip) is None, "only the very address admits it"
+    if ip.version == 4:
+        mapped = ipaddress.ip_address(f"::ffff:{ip}")
+        assert "metadata" in (wide.why_refused(mapped) or ""), "nor its IPv4-mapped form"
+    assert "metadata" in (Policy.parse([".internal"]).why_refused(ip, "x.internal") or ""), "nor a name suffix"
+
+
+def test_a_metadata_name_is_admitted_only_by_its_very_own_entry() -> None:
+    with pytest.raises(EgressRefused, match="metadata"):
+        Policy.parse([".internal", ".google.internal"]).check_url("http://metadata.google.internal/")
+    Policy.parse(["metadata.google.internal"]).check_name("metadata.google.internal")
 
 
 @pytest.mark.parametrize("name", ["metadata.google.internal", "METADATA.GOOGLE.INTERNAL.", "metadata",

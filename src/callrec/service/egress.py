@@ -169,12 +169,14 @@ class Policy:
         why = category(ip)
         if why is None:
             return None
-        if host and self.name_allowed(host):
-            return None
-        metadata = ip in METADATA_ADDRESSES
         candidates = [ip]
         if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded(ip)) is not None:
             candidates.append(inner[0])
+        # a metadata address only by its very own entry: never through a suffix or a wider network
+        metadata = any(cand in METADATA_ADDRESSES for cand in candidates)
+        name = normal_host(host) if host else ""
+        if name and (name in self.names if metadata else self.name_allowed(name)):
+            return None
         for net in self.networks:
             for cand in candidates:
                 if cand.version == net.version and cand in net and (not metadata or net.num_addresses == 1):
@@ -184,7 +186,7 @@ class Policy:
     def check_name(self, host: str) -> None:
         """Refuse a metadata service's well-known name before it is even resolved."""
         name = normal_host(host)
-        if name in METADATA_NAMES and not self.name_allowed(name):
+        if name in METADATA_NAMES and name not in self.names:
             raise EgressRefused(f"{name} is a cloud metadata service; outbound requests there are refused")
 
     def resolve(self, host: str, port: int, timeout: float | None = None) -> list[str]:
