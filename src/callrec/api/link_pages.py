@@ -39,7 +39,6 @@ PUBLIC_HEADERS = {
     "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }  # fmt: skip
-GET_HEAD = ["GET", "HEAD"]
 # how soon a client should ask again for a stitch that is still being made
 RETRY_AFTER_S = 5
 ROLES = {"caller": "Caller", "callee": "Callee", "participant": "Participant"}
@@ -198,8 +197,8 @@ def page_facts(opened: Opened) -> dict[str, Any]:
 # --- the routes -------------------------------------------------------------------------------------
 
 
-@public_router.api_route("/r/{token}", methods=GET_HEAD, response_class=HTMLResponse,
-                         summary="The page a public link opens")  # fmt: skip
+@public_router.get("/r/{token}", response_class=HTMLResponse, summary="The page a public link opens")
+@public_router.head("/r/{token}", response_class=HTMLResponse, include_in_schema=False)
 def link_page(token: str, request: Request, service: ServiceDep) -> Response:
     def work() -> Response:
         opened = open_link(service, token, count=True if request.method == "GET" else None)
@@ -213,8 +212,9 @@ def link_page(token: str, request: Request, service: ServiceDep) -> Response:
     return _answer(request, work)
 
 
-@public_router.api_route("/r/{token}/audio", methods=GET_HEAD, response_class=Response,
-                         summary="A public link's audio (Range supported); download=1 for an attachment")  # fmt: skip
+@public_router.get("/r/{token}/audio", response_class=Response,
+                   summary="A public link's audio (Range supported); download=1 for an attachment")  # fmt: skip
+@public_router.head("/r/{token}/audio", response_class=Response, include_in_schema=False)
 def link_audio(token: str, request: Request, service: ServiceDep, download: str = "") -> Response:
     range_header = request.headers.get("range")
     # a play or a download starting; the player's further ranges (seeking) are not new uses
@@ -233,8 +233,8 @@ def link_audio(token: str, request: Request, service: ServiceDep, download: str 
     return _answer(request, work)
 
 
-@public_router.api_route("/r/{token}/picture", methods=GET_HEAD,
-                         summary="The picture of a public link's conversation (JSON)")  # fmt: skip
+@public_router.get("/r/{token}/picture", summary="The picture of a public link's conversation (JSON)")
+@public_router.head("/r/{token}/picture", include_in_schema=False)
 def link_picture(token: str, request: Request, service: ServiceDep) -> Response:
     def work() -> Response:
         # drawn beside the player: not a use of its own, and no write
