@@ -174,10 +174,13 @@ def test_a_stitch_made_again_does_not_keep_its_old_picture(api: Api, tenant: Ten
         assert stitch is not None
         stitch_id = stitch.id
     (old,) = cached(api, f"stitch-{stitch_id}")
-    with transaction(api.service.ctx.sessions) as s:  # made again: the same file here, under a new md5
+    with transaction(api.service.ctx.sessions) as s:  # made again: the same audio, stored under a new key
         row = s.get(Stitch, stitch_id)
         assert row is not None
-        row.md5 = "f" * 32
+        storage = api.service.ctx.storage(row.storage)
+        again = row.storage_key.replace(f"{stitch_id}-", f"{stitch_id}-again-")
+        storage.put_bytes(again, b"".join(storage.read_range(row.storage_key)))
+        row.storage_key = again
     assert cache.cleanup(api.service.ctx).removed == 1 and not old.exists()
     assert api.client.get(url, headers=tenant.headers).status_code == 200
     (new,) = cached(api, f"stitch-{stitch_id}")
