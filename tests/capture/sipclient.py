@@ -194,15 +194,17 @@ def info_of(folder: Path) -> CallInfo:
 class SipClient:
     """One SIP endpoint on 127.0.0.1 talking to ``server`` over UDP or TCP."""
 
-    def __init__(self, server: tuple[str, int], transport: str = "udp", *, local_host: str = HOST) -> None:
-        """``local_host``: the address the client sends from (another loopback one plays another SRC)."""
+    def __init__(self, server: tuple[str, int], transport: str = "udp", *, local_host: str | None = None) -> None:
+        """``local_host``: the address the client sends from (another loopback one plays another SRC); by
+        default 127.0.0.1 over UDP, and over TCP whatever the route to ``server`` gives."""
         self.server = server
         self.transport = transport.upper()
         if self.transport == "UDP":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind((local_host, 0))
+            self.sock.bind((local_host or HOST, 0))
         else:
-            self.sock = socket.create_connection(server, timeout=5, source_address=(local_host, 0))
+            source = (local_host, 0) if local_host is not None else None
+            self.sock = socket.create_connection(server, timeout=5, source_address=source)
         self.local: tuple[str, int] = self.sock.getsockname()[:2]
         self._framer = StreamFramer()
         self._queue: list[bytes] = []

@@ -60,7 +60,7 @@ def test_a_wrong_key_is_refused_and_the_right_one_opens_a_session(context: Brows
     (cookie,) = context.cookies()
     assert cookie["name"] == "callrec_session" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert not cookie["secure"]  # plain HTTP on 127.0.0.1 must work
-    assert site.key not in cookie["value"] and site.key_id in cookie["value"]
+    assert site.key not in cookie["value"] and site.key_id not in cookie["value"]  # a server-side session's id
     page.click("#signout")
     page.wait_for_url("**/ui/signin")
     page.goto("/ui/calls")
