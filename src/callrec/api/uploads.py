@@ -338,8 +338,11 @@ def _ingest(
         except Exception as exc:
             if not handed:
                 shutil.rmtree(folder, ignore_errors=True)
-            elif (settled := _settle(ctx, folder)) is not None:
-                calls.append(settled)
+            else:
+                if (settled := _settle(ctx, folder)) is not None:
+                    calls.append(settled)
+                # a tape that may be registered must outlive the request's staging folder
+                _rescue(folder, ctx.config.data_dir / "tapes" / day / tape_name)
             raise _CutShort(calls, len(found), exc) from exc
     return calls
 
@@ -354,6 +357,21 @@ def _hand_to_outbox(ctx: Context, call_id: str, folder: Path, dest: Path) -> Non
         call = s.get(Call, call_id)
         if call is not None and call.tape_local:
             call.tape_local = str(dest.resolve())
+
+
+def _rescue(folder: Path, dest: Path) -> None:
+    """Move a handed-over tape still in the staging folder to where the outbox delivers it (a copy when it
+    cannot be renamed), so the request's clean-up never deletes a tape a call may have been registered from."""
+    if not folder.is_dir():
+        return
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(folder, dest)
+        except OSError:
+            shutil.copytree(folder, dest, dirs_exist_ok=True)
+    except OSError as exc:
+        log.error("tape %s could not be kept for the outbox: %s", folder.name, os_reason(exc))
 
 
 def _write_tape(folder: Path, media: Path, info: CallInfo) -> None:
