@@ -767,10 +767,16 @@ def _metadata(msg: SipMessage) -> RecordingMetadata | None:
     if not body:
         return None
     try:
-        return RecordingMetadata.parse(body)
+        metadata = RecordingMetadata.parse(body)
     except ParseError as exc:
-        log.warning("call %s: ignoring its recording metadata: %s", msg.call_id, exc)
+        log.warning("call %s: ignoring its recording metadata (parties by offer order): %s", msg.call_id, exc)
         return None
+    if metadata.repairs:
+        log.warning(
+            "call %s: its recording metadata is not well-formed XML, read after repairing %s",
+            msg.call_id, ", ".join(metadata.repairs),
+        )  # fmt: skip
+    return metadata
 
 
 def _target_uri(value: str) -> str:

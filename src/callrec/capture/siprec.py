@@ -8,10 +8,20 @@ local name, so a missing namespace or any prefix, even an undeclared one like Au
 parses); unknown elements are extensions whose texts land in ``extensions``. Strict about safety, as the XML comes
 from the network: a DTD is refused before its internal subset is read (no entity expansion, no external entity),
 and a document is at most 256 KiB and 64 levels deep.
+
+A document that is not well-formed because of the slips SRCs make (OpenSIPS copies display names and URIs into
+it unescaped) is repaired when the repair needs no guess, and ``repairs`` says what was done: a bare ``&`` (in
+text or an attribute value) or ``<`` (in text) is taken as that character, an HTML entity (``&nbsp;``) as its
+character, whitespace or a BOM before the XML declaration is dropped, and bytes that are not UTF-8 in a document
+declaring UTF-8 or nothing are read as Windows-1252/ISO-8859-1. Anything else (a tag left open, an entity no one
+defines) stays an error. The original Call-ID(s) of the recorded call are collected in ``call_ids``
+(``<sipSessionID>`` and extension elements such as ``<apkt:callid>``).
 """
 
 from __future__ import annotations
 
+import html.entities
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element, TreeBuilder
@@ -36,6 +46,8 @@ _KNOWN = frozenset(
 # known elements whose text is still worth handing on beside the extensions
 _KEPT = frozenset({"sipSessionID"})
 _LEFT = ("disassociate-time", "stop-time")
+# extension elements naming the recorded call's own SIP Call-ID (compared lowercased, without '-' and '_')
+_CALL_ID_NAMES = frozenset({"callid", "sipcallid", "originalcallid", "origcallid"})
 
 
 @dataclass(slots=True)
@@ -76,14 +88,20 @@ class RecordingMetadata:
     streams: list[MetaStream] = field(default_factory=list)
     # texts of extension elements by local name (the first of a name wins), plus <sipSessionID>
     extensions: dict[str, str] = field(default_factory=dict)
+    # the recorded call's own identifiers: every <sipSessionID> (its value before any ';' parameter: an RFC 7989
+    # Session-ID, or the Call-ID where OpenSIPS puts it) and every Call-ID an extension element names
+    call_ids: list[str] = field(default_factory=list)
+    # what was repaired to read a document that was not well-formed (empty when it was)
+    repairs: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, data: bytes | str) -> RecordingMetadata:
         """Parse an rs-metadata body; raise ``ParseError`` with an exact sentence when it is not one."""
-        root = _read_tree(data)
+        root, repairs = _read_lenient(data)
         if root.tag != "recording":
             raise ParseError("SIPREC metadata root element is not <recording>")
-        meta = cls()
+        meta = cls(repairs=repairs)
+        _add(meta.call_ids, _call_ids(root))
         declared: dict[str, MetaParticipant] = {}
         streams: dict[str, MetaStream] = {}
         # declarations first: SRCs (Cisco CUBE) interleave them with the associations that refer to them
@@ -144,6 +162,7 @@ class RecordingMetadata:
         self.group_id = other.group_id or self.group_id
         self.data_mode = other.data_mode or self.data_mode
         self.extensions.update(other.extensions)
+        _add(self.call_ids, other.call_ids)
         known = {p.id: p for p in self.participants}
         for new in other.participants:
             old = known.get(new.id)
@@ -189,6 +208,127 @@ class RecordingMetadata:
         return list(self.participants)
 
 
+def _read_lenient(data: bytes | str) -> tuple[Element, list[str]]:
+    """The element tree of a document, repaired (see the module's docstring) when it is not well-formed."""
+    try:
+        return _read_tree(data), []
+    except ParseError as exc:
+        if exc.args[0] != NOT_WELL_FORMED:
+            raise
+        original = exc
+    text, repairs = _decoded(data)
+    if text is not None:
+        text, fixed = _repair(text)
+        repairs += fixed
+    if text is None or not repairs:
+        raise original
+    try:
+        return _read_tree(text), repairs
+    except ParseError:
+        raise original from None
+
+
+NOT_WELL_FORMED = "SIPREC metadata is not well-formed XML"
+_DECLARED = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_UTF8_BOM = "\ufeff"
+
+
+def _decoded(data: bytes | str) -> tuple[str | None, list[str]]:
+    """The document as text for repairs (None when its bytes cannot be read without a guess), and what the
+    reading itself repaired."""
+    repairs: list[str] = []
+    if isinstance(data, bytes):
+        declared = _DECLARED.match(data)
+        encoding = declared.group(1).decode().lower().replace("_", "-") if declared else "utf-8"
+        try:
+            text = data.decode("utf-8-sig" if encoding in ("utf-8", "utf8") else encoding)
+        except UnicodeDecodeError:
+            if encoding not in ("utf-8", "utf8"):
+                return None, []
+            # an SRC that copies a phone's Latin-1 display name into its UTF-8 document; Windows-1252 is
+            # ISO-8859-1 with printable characters in place of C1 controls (what browsers do too)
+            try:
+                text = data.decode("cp1252")
+            except UnicodeDecodeError:
+                text = data.decode("latin-1")
+            repairs.append("bytes that are not UTF-8 read as ISO-8859-1")
+        except LookupError:
+            return None, []
+    else:
+        text = data
+    stripped = text.lstrip(_UTF8_BOM + " \t\r\n")
+    if stripped != text and stripped.startswith("<?xml"):
+        repairs.append("whitespace before the XML declaration")
+        text = stripped
+    return text, repairs
+
+
+# a well-formed tag (its attribute values quoted; their own bare '&' is repaired inside); no part of it may
+# hold a '<', so that trying one at each '<' reads the document once, not once per '<'
+_TAG = re.compile(r"""</?[^\W\d][\w.:-]*(?:\s+[^\W\d][\w.:-]*\s*=\s*(?:"[^"<]*"|'[^'<]*'))*\s*/?>""")
+_DECLARATION = re.compile(r"<![A-Za-z][^<>]*>")
+# markup whose content is left as it is: (opener, closer)
+_OPAQUE = (("<!--", "-->"), ("<![CDATA[", "]]>"), ("<?", "?>"))
+_ATTRIBUTE_VALUE = re.compile(r"""=(\s*)("[^"]*"|'[^']*')""")
+_REFERENCE = re.compile(r"&(#[0-9]+;|#x[0-9A-Fa-f]+;|[^\W\d][\w.:-]*;)?")
+_XML_ENTITIES = frozenset({"amp;", "lt;", "gt;", "quot;", "apos;"})
+
+
+def _repair(text: str) -> tuple[str, list[str]]:
+    """Escape what can only be a character: ``&`` that starts no reference (in text and attribute values), ``<``
+    that starts no markup; an HTML entity becomes its character. Returns the text and what was repaired."""
+    repairs: dict[str, None] = {}
+    out: list[str] = []
+    closers: dict[str, int] = {}  # where each closer was last found: searched again only once passed
+    at = 0
+    while at < len(text):
+        lt = text.find("<", at)
+        end = len(text) if lt < 0 else lt
+        out.append(_repair_text(text[at:end], repairs))
+        if lt < 0:
+            break
+        stop = -1
+        for opener, closer in _OPAQUE:
+            if text.startswith(opener, lt):
+                found = closers.get(opener)
+                if found is None or 0 <= found < lt + len(opener):
+                    found = closers[opener] = text.find(closer, lt + len(opener))
+                stop = found + len(closer) if found >= 0 else -1
+                break
+        else:
+            markup = _TAG.match(text, lt) or _DECLARATION.match(text, lt)
+            if markup is not None:
+                stop = markup.end()
+        if stop < 0:
+            out.append("&lt;")
+            repairs["a bare '<'"] = None
+            at = lt + 1
+            continue
+        tag = text[lt:stop]
+        if not tag.startswith(("<!", "<?")):
+            tag = _ATTRIBUTE_VALUE.sub(lambda m: "=" + m.group(1) + _repair_text(m.group(2), repairs), tag)
+        out.append(tag)
+        at = stop
+    return "".join(out), list(repairs)
+
+
+def _repair_text(text: str, repairs: dict[str, None]) -> str:
+    def reference(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name is None:
+            repairs["a bare '&'"] = None
+            return "&amp;"
+        if name.startswith("#") or name in _XML_ENTITIES:
+            return m.group(0)
+        char = html.entities.html5.get(name)
+        if char is None:
+            return m.group(0)  # an entity no one defines: left for the parser to refuse
+        repairs["an HTML entity"] = None
+        return char.replace("&", "&amp;").replace("<", "&lt;")
+
+    return _REFERENCE.sub(reference, text)
+
+
 def _read_tree(data: bytes | str) -> Element:
     """Build an element tree with local names only, refusing DTDs, oversized and too deeply nested input."""
     too_large = ParseError(f"SIPREC metadata is larger than {MAX_METADATA_BYTES // 1024} KiB")
@@ -228,11 +368,24 @@ def _read_tree(data: bytes | str) -> Element:
     except ParseError:
         raise
     except expat.ExpatError as exc:
-        raise ParseError("SIPREC metadata is not well-formed XML") from exc
+        raise ParseError(NOT_WELL_FORMED) from exc
     except (LookupError, ValueError) as exc:
         # expat hands a declared encoding it lacks to Python's codecs, which may know it, not know it or refuse
         raise ParseError("SIPREC metadata declares an unsupported character encoding") from exc
     return builder.close()
+
+
+def _call_ids(root: Element) -> list[str]:
+    """The recorded call's identifiers named anywhere in the document (see ``RecordingMetadata.call_ids``)."""
+    found: list[str] = []
+    for elem in root.iter():
+        key = elem.tag.lower().replace("-", "").replace("_", "")
+        text = _text(elem)
+        if text and len(elem) == 0 and (key == "sipsessionid" or key in _CALL_ID_NAMES):
+            value = text.split(";", 1)[0].strip() if key == "sipsessionid" else text
+            if value and value.strip("0"):  # an all-zero Session-ID is RFC 7989's "not known yet"
+                found.append(value)
+    return found
 
 
 def _local(name: str) -> str:
