@@ -1,15 +1,23 @@
-# `make run`: set up and start callrec on its embedded defaults.  `make test`: set up and run every test.
+# `make run`: set up (runtime dependencies only) and start callrec on its embedded defaults.
+# `make test`: add the test extras and the Debian packages the tests use, and run every test.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# two stamps: `make run` installs the runtime dependencies only; `make test` adds the test extras on top
+RUN_STAMP := $(VENV)/.run-stamp
+TEST_STAMP := $(VENV)/.test-stamp
 DATA ?= ./data
 
 .PHONY: run test lint bench-mix bench-pipeline system-deps services clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# the virtualenv is made once; a newer pyproject.toml installs again (into the same virtualenv)
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): $(RUN_STAMP)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -21,22 +29,22 @@ services:
 	bash scripts/services.sh
 
 # the whole system on embedded defaults: SQLite, SqliteHuey and local storage under $(DATA)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/callrec serve --data $(DATA)
 
-test: $(STAMP) system-deps services
+test: $(TEST_STAMP) system-deps services
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 -q
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-bench-mix: $(STAMP) system-deps
+bench-mix: $(TEST_STAMP) system-deps
 	$(BIN)/python bench/mix.py
 
-bench-pipeline: $(STAMP) system-deps
+bench-pipeline: $(TEST_STAMP) system-deps
 	$(BIN)/python bench/pipeline.py
 
 clean:
