@@ -1,0 +1,361 @@
+"""rtpengine's own recordings (``--recording-method=pcap``): one call's pcap and its metadata file.
+
+rtpengine writes, per recorded call, into its spool folder::
+
+    SPOOL/pcaps/<callid>-<16 hex>.pcap                      the RTP it received, raw IP (or made-up Ethernet)
+    SPOOL/tmp/rtpengine-meta-<callid>-<16 hex>.tmp          the metadata while the call runs
+    SPOOL/metadata/rtpengine-meta-<callid>-<16 hex>.txt     ... renamed here when the call is over
+
+The Call-ID in the names is percent-encoded (``g_uri_escape_string``). The metadata file (daemon/recording.c,
+``sdp_after_pcap`` and ``rec_pcap_meta_finish_file``) holds: the pcap's path on its first line; then per
+SDP rtpengine sent out an optional ``Label: L``, ``Timestamp started ms: T``, ``SDP mode: offer|answer``,
+``SDP before RTP packet: N``, a blank line and the SDP *as rewritten by rtpengine* (its own address and
+ports: where the party receiving that SDP sends its media); then ``Timestamp terminated ms(first
+monologue): T``, ``call start time: ...``, ``call end time: ...`` and last the ng ``metadata`` string.
+Newer versions add ``Recording paused at: ...`` / ``Recording resumed at: ...`` lines; they are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from callrec.capture.sdp import Sdp
+from callrec.capture.sip import display_name, uri_user
+from callrec.errors import ParseError
+from callrec.models import CallInfo, Party, Stream
+
+log = logging.getLogger("callrec.rtpengine")
+
+SOURCE = "rtpengine"
+PCAPS_DIR = "pcaps"
+METADATA_DIR = "metadata"
+TMP_DIR = "tmp"
+META_PREFIX = "rtpengine-meta-"
+# a metadata file is a few SDPs; anything far larger is not one (and is not read into memory)
+MAX_META_BYTES = 4 << 20
+SNIFF_BYTES = 4096
+
+_TAG = r"-([0-9A-Fa-f]{16})"
+_PCAP_NAME = re.compile(r"(.+)" + _TAG + r"\.pcap")
+_META_NAME = re.compile(re.escape(META_PREFIX) + r"(.+)" + _TAG + r"\.(txt|tmp)")
+_STARTED = "Timestamp started ms:"
+_TERMINATED = "Timestamp terminated ms"
+_SKIPPED = ("Recording paused at:", "Recording resumed at:")
+
+
+@dataclass(frozen=True)
+class SpoolRecording:
+    """One finished rtpengine recording: its two files, the call's Call-ID and the ng metadata pairs."""
+
+    pcap: Path
+    metadata: Path
+    call_id: str
+    pairs: dict[str, str]
+
+
+@dataclass(slots=True)
+class SdpBlock:
+    """One SDP rtpengine sent out, as the metadata file records it."""
+
+    mode: str
+    sdp: str
+    started_ms: float | None = None
+    label: str = ""
+    before_packet: int = 0
+
+
+@dataclass(slots=True)
+class Metadata:
+    """A parsed rtpengine metadata file."""
+
+    pcap_path: str
+    blocks: list[SdpBlock] = field(default_factory=list)
+    terminated_ms: float | None = None
+    metadata: str = ""
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> Metadata:
+        """Parse a metadata file; ``ParseError`` with one sentence when it is not one rtpengine wrote."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        lines = text.splitlines()
+        if not lines or not lines[0].strip().endswith(".pcap"):
+            raise ParseError("the first line of an rtpengine metadata file is not the path of its pcap")
+        meta = cls(pcap_path=lines[0].strip())
+        block: SdpBlock | None = None
+        label, started, mode = "", None, ""
+        in_sdp = False
+        tail: list[str] | None = None  # the lines after "Timestamp terminated", once there
+        for line in lines[1:]:
+            if tail is not None:
+                if not line.startswith(("call start time:", "call end time:")):
+                    tail.append(line)
+            elif line.startswith("Label:"):
+                label, in_sdp = line[6:].strip(), False
+            elif line.startswith(_STARTED):
+                started, in_sdp = _number(line[len(_STARTED) :], line), False
+            elif line.startswith("SDP mode:"):
+                mode, in_sdp = line[9:].strip(), False
+            elif line.startswith("SDP before RTP packet:"):
+                block = SdpBlock(mode, "", started, label, int(_number(line[22:], line)))
+                meta.blocks.append(block)
+                label, started, mode, in_sdp = "", None, "", True
+            elif line.startswith(_TERMINATED):
+                # the call's end: what follows is its start and end time, then the ng metadata string
+                meta.terminated_ms = _number(line.partition(":")[2], line)
+                in_sdp, tail = False, []
+            elif line.startswith(_SKIPPED):
+                in_sdp = False
+            elif in_sdp and block is not None and (block.sdp or line.strip()):
+                block.sdp += line + "\r\n"
+        if not meta.blocks:
+            raise ParseError("the rtpengine metadata file holds no SDP")
+        if tail is not None:
+            meta.metadata = "\n".join(tail).strip()
+        return meta
+
+    @property
+    def pairs(self) -> dict[str, str]:
+        return parse_pairs(self.metadata)
+
+
+def _number(text: str, line: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError as exc:
+        raise ParseError(f"the rtpengine metadata line {line[:60]!r} has no number") from exc
+
+
+def parse_pairs(metadata: str) -> dict[str, str]:
+    """The ng ``metadata`` string as key/value pairs: ``key:value|key:value`` (rtpengine's convention) or
+    ``key=value``; each item splits at its first ``:`` or ``=``, keys are stripped, an item without one is
+    a key with an empty value."""
+    pairs: dict[str, str] = {}
+    for item in metadata.replace("\n", "|").split("|"):
+        item = item.strip()
+        if not item:
+            continue
+        cut = min((i for i in (item.find(":"), item.find("=")) if i >= 0), default=-1)
+        key, value = (item, "") if cut < 0 else (item[:cut], item[cut + 1 :])
+        if key.strip():
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _read_meta(path: Path) -> Metadata:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_META_BYTES + 1)
+    except OSError as exc:
+        raise ParseError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if len(data) > MAX_META_BYTES:
+        raise ParseError(f"{path}: larger than any rtpengine metadata file")
+    try:
+        return Metadata.parse(data)
+    except ParseError as exc:
+        raise ParseError(f"{path}: not an rtpengine recording ({exc})") from exc
+
+
+def _sniff_meta(path: Path) -> bool:
+    """The start of a file looks like an rtpengine metadata file (its pcap's path, then SDP blocks)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    first, _, rest = head.partition(b"\n")
+    return first.strip().endswith(b".pcap") and (b"\nSDP mode: " in rest or _STARTED.encode() in rest)
+
+
+def is_recording(path: Path) -> bool:
+    """Whether ``path`` is one file of an rtpengine recording: a metadata file (by name or content), or a
+    pcap named ``<callid>-<16 hex>.pcap`` lying in a spool's ``pcaps/`` folder beside ``metadata/``."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if _META_NAME.fullmatch(path.name):
+        return True
+    if _PCAP_NAME.fullmatch(path.name):
+        return path.parent.name == PCAPS_DIR and (path.parent.parent / METADATA_DIR).is_dir()
+    if path.suffix.lower() in (".pcap", ".pcapng", ".cap"):
+        return False  # a capture: never read it as text
+    return _sniff_meta(path)
+
+
+def locate(path: Path) -> SpoolRecording:
+    """The recording ``path`` belongs to, given either of its files; ``ParseError`` with one sentence
+    when the companion file is missing or the file is not an rtpengine recording."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParseError(f"{path}: no such file")
+    pcap_match = _PCAP_NAME.fullmatch(path.name)
+    if pcap_match and not _sniff_meta(path):
+        stem = path.name[: -len(".pcap")]
+        spool = path.parent.parent
+        metadata = spool / METADATA_DIR / f"{META_PREFIX}{stem}.txt"
+        if not metadata.is_file():
+            if (spool / TMP_DIR / f"{META_PREFIX}{stem}.tmp").is_file():
+                raise ParseError(f"{path}: the call is still being recorded (its metadata is still in {TMP_DIR}/)")
+            raise ParseError(f"{path}: its rtpengine metadata file {metadata} is missing")
+        meta = _read_meta(metadata)
+        return SpoolRecording(path, metadata, unquote(pcap_match.group(1)), meta.pairs)
+    meta = _read_meta(path)
+    if path.name.endswith(".tmp") and path.parent.name == TMP_DIR:
+        raise ParseError(f"{path}: the call is still being recorded (its metadata is still in {TMP_DIR}/)")
+    pcap = _pcap_of(path, meta)
+    match = _META_NAME.fullmatch(path.name) or _PCAP_NAME.fullmatch(pcap.name)
+    call_id = unquote(match.group(1)) if match else ""
+    if not call_id:
+        raise ParseError(f"{path}: the Call-ID cannot be told from the file names of this rtpengine recording")
+    return SpoolRecording(pcap, path, call_id, meta.pairs)
+
+
+def _pcap_of(metadata: Path, meta: Metadata) -> Path:
+    """The pcap of a metadata file: in the spool's ``pcaps/`` by name (the metadata file's, else the one
+    its first line gives), else beside the metadata file."""
+    named = Path(meta.pcap_path).name
+    match = _META_NAME.fullmatch(metadata.name)
+    candidates = []
+    if match:
+        candidates.append(metadata.parent.parent / PCAPS_DIR / f"{match.group(1)}-{match.group(2)}.pcap")
+    # (not the path itself: a copied spool would silently read the original's pcap)
+    candidates += [metadata.parent.parent / PCAPS_DIR / named, metadata.parent / named]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ParseError(f"{metadata}: its rtpengine pcap {candidates[0]} is missing")
+
+
+def finished(spool: Path) -> list[SpoolRecording]:
+    """Every finished recording in the spool folder ``spool`` (its metadata moved to ``metadata/``, its
+    pcap present), oldest first. A damaged one is logged (once) and left out."""
+    folder = Path(spool) / METADATA_DIR
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(META_PREFIX) and e.name.endswith(".txt")]
+    except OSError:
+        return []
+    found: list[tuple[int, str, SpoolRecording]] = []
+    for entry in entries:
+        match = _META_NAME.fullmatch(entry.name)
+        if match is None:
+            continue
+        pcap = Path(spool) / PCAPS_DIR / f"{match.group(1)}-{match.group(2)}.pcap"
+        try:
+            mtime = entry.stat().st_mtime_ns
+            if not pcap.is_file():
+                continue
+            meta = _read_meta(Path(entry.path))
+        except (OSError, ParseError) as exc:
+            if entry.path not in _warned:
+                if len(_warned) > 10_000:
+                    _warned.clear()
+                _warned.add(entry.path)
+                log.warning("rtpengine recording %s left in the spool: %s", entry.name, exc)
+            continue
+        found.append((mtime, entry.name, SpoolRecording(pcap, Path(entry.path), unquote(match.group(1)), meta.pairs)))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return [rec for _, _, rec in found]
+
+
+_warned: set[str] = set()
+
+
+def call_info(rec: SpoolRecording, *, domain_key: str = "domain", interaction_key: str = "interaction") -> CallInfo:
+    """The call of an rtpengine recording, as a tape's ``call.json`` would describe it.
+
+    Party ``A`` (caller) sent the first offer, ``B`` (callee) answered it. Each ``m=audio`` line of each SDP
+    becomes a stream received at rtpengine's address and port in it: an SDP the caller produced (rewritten
+    by rtpengine, sent to the callee) says where the callee sends, and the other way round. Who produced an
+    SDP is told by its monologue label, else by its ``o=`` user and session id (rtpengine keeps them),
+    else by a port already known, else by the offer/answer direction of the call's first exchange.
+
+    From the ng metadata pairs: ``domain_key`` (default domain ``default``), ``interaction_key``, and the
+    parties' numbers and names from ``from`` / ``to`` (a number or a SIP URI) and ``from_name`` /
+    ``to_name``; missing ones are left empty.
+    """
+    meta = _read_meta(rec.metadata)
+    pairs = rec.pairs
+    caller, callee = _parties(pairs)
+    info = CallInfo(
+        call_ids=[rec.call_id],
+        parties=[caller, callee],
+        domain=pairs.get(domain_key) or "default",
+        interaction_id=pairs.get(interaction_key, ""),
+        source=SOURCE,
+        closed_cleanly=True,
+    )
+    started = [b.started_ms for b in meta.blocks if b.started_ms]
+    if started:
+        info.started_at = min(started) / 1000
+    if meta.terminated_ms:
+        info.ended_at = meta.terminated_ms / 1000
+    _add_streams(info, meta.blocks)
+    return info
+
+
+def _parties(pairs: dict[str, str]) -> tuple[Party, Party]:
+    out = []
+    for party_id, role, key in (("A", "caller", "from"), ("B", "callee", "to")):
+        value = pairs.get(key, "")
+        name = pairs.get(f"{key}_name", "")
+        if "sip:" in value or "sips:" in value or "tel:" in value:
+            uri = value.split("<", 1)[1].split(">", 1)[0] if "<" in value and ">" in value else value
+            out.append(Party(party_id, role, uri_user(value), name or display_name(value), uri))
+        else:
+            out.append(Party(party_id, role, value, name))
+    return out[0], out[1]
+
+
+def _origin(sdp: Sdp) -> tuple[str, ...]:
+    """Who produced an SDP: the user name and session id of its ``o=`` line."""
+    return tuple(sdp.origin.split()[:2])
+
+
+def _add_streams(info: CallInfo, blocks: list[SdpBlock]) -> None:
+    parsed: list[tuple[SdpBlock, Sdp]] = []
+    for block in blocks:
+        try:
+            parsed.append((block, Sdp.parse(block.sdp)))
+        except ParseError:
+            log.warning("call %s: an SDP in the rtpengine metadata is not valid SDP; skipped", info.call_id)
+    first_offer = next(((b, s) for b, s in parsed if b.mode == "offer"), parsed[0] if parsed else None)
+    if first_offer is None:
+        return
+    first_answer = next(((b, s) for b, s in parsed if b.mode == "answer"), None)
+    # labels and origins tell the two sides apart only when the first offer's and answer's differ
+    labels: dict[str, str] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    if first_answer is not None:
+        if first_offer[0].label and first_answer[0].label and first_offer[0].label != first_answer[0].label:
+            labels = {first_offer[0].label: "caller", first_answer[0].label: "callee"}
+        if _origin(first_offer[1]) != _origin(first_answer[1]):
+            origins = {_origin(first_offer[1]): "caller", _origin(first_answer[1]): "callee"}
+    seen: dict[tuple[str, int], Stream] = {}
+    for block, sdp in parsed:
+        media = [m for m in sdp.media if m.media == "audio" and m.port and m.address]
+        producer = labels.get(block.label) or origins.get(_origin(sdp))
+        if producer is None:
+            known = [seen[(m.address or "", m.port)].party for m in media if (m.address or "", m.port) in seen]
+            if known:
+                producer = "caller" if known[0] == "B" else "callee"
+            else:
+                producer = "caller" if block.mode == first_offer[0].mode else "callee"
+        # media sent to the ports in an SDP the caller produced comes from the callee, and vice versa
+        party = "B" if producer == "caller" else "A"
+        for m in media:
+            address = m.address or ""
+            stream = seen.get((address, m.port))
+            if stream is None:
+                stream = seen[(address, m.port)] = Stream(party=party, local_addr=address, local_port=m.port)
+                info.streams.append(stream)
+            stream.party = party
+            stream.rtpmap.update(m.rtpmap)
+            for pt in m.formats:
+                codec = m.codec(pt)
+                if codec is not None and pt not in stream.rtpmap:
+                    stream.rtpmap[pt] = codec
