@@ -166,6 +166,14 @@ def record_command(
         float, typer.Option("--idle-timeout", help="Close a session with no media nor SIP for this long, s")
     ] = 300.0,
     max_sessions: Annotated[int, typer.Option("--max-sessions", help="Sessions at once; more get 503")] = 5000,
+    rtpengine_spool: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--rtpengine-spool",
+            help="rtpengine's recording-dir (recording-method pcap): each finished recording there becomes a call,"
+            " its files removed once stored (repeatable; env CALLREC_RTPENGINE_SPOOL, folders separated by ':')",
+        ),
+    ] = None,
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Mix each tape when it closes")] = False,
     service: Annotated[
         bool,
@@ -213,11 +221,12 @@ def record_command(
         cfg.idle_timeout_s = idle_timeout
         cfg.max_sessions = max_sessions
         cfg.mix_on_close = mix
+        _spools(cfg, rtpengine_spool)
         _trust_warnings(cfg)
         ready = (
             f"callrec record: listening on {{host}}:{{port}} (udp, tcp), rtp ports {cfg.rtp_first}-{cfg.rtp_last},"
             f" tapes under {cfg.tapes_dir}"
-        )
+        ) + "".join(f", rtpengine spool {spool}" for spool in cfg.rtpengine_spools)
         svc = None
         if service or os.environ.get("CALLREC_DATABASE_URL"):
             from callrec.config import service_config_from_env
@@ -232,6 +241,15 @@ def record_command(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start the recorder: {exc.strerror or exc}")
+
+
+def _spools(cfg: RecorderConfig, given: list[Path] | None) -> None:
+    """``--rtpengine-spool`` folders (instead of ``CALLREC_RTPENGINE_SPOOL``'s), each once, each there."""
+    from callrec.service.rtpengine_spool import check_spools
+
+    if given:
+        cfg.rtpengine_spools = list(dict.fromkeys(given))
+    check_spools(cfg.rtpengine_spools, "--rtpengine-spool" if given else "CALLREC_RTPENGINE_SPOOL")
 
 
 def _trust_warnings(cfg: RecorderConfig) -> None:
@@ -283,6 +301,14 @@ def serve_command(
             " at least 16)",
         ),
     ] = 0,
+    rtpengine_spool: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--rtpengine-spool",
+            help="rtpengine's recording-dir (recording-method pcap): each finished recording there becomes a call,"
+            " its files removed once stored (repeatable; env CALLREC_RTPENGINE_SPOOL, folders separated by ':')",
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Mixing processes (default: CPU count)")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Run the SIPREC recorder")] = True,
     work: Annotated[bool, typer.Option("--work/--no-work", help="Run the background workers")] = True,
@@ -322,6 +348,10 @@ def serve_command(
             if workers < 1:
                 _fail("--workers must be at least 1")
             svc.workers = workers
+        if record:
+            _spools(rec, rtpengine_spool)
+        elif rtpengine_spool:
+            _fail("--rtpengine-spool is read by the recorder: it cannot be used with --no-record")
         check_shared_setup(svc)
         serve(rec, svc, record=record, work=work)
     except StartRefused as exc:

@@ -56,6 +56,11 @@ class RecorderConfig:
     interaction_keys: tuple[str, ...] = ("interactionId", "interaction_id", "ucid", "UCID", "xrefci")
     mix_on_close: bool = False
     user_agent: str = "callrec"
+    # rtpengine spool folders (its --recording-dir, pcap method) whose finished recordings become calls
+    rtpengine_spools: list[Path] = field(default_factory=list)
+    # the ng protocol ``metadata`` keys (``key:value|key:value``) naming a recording's domain and interaction
+    rtpengine_domain_key: str = "domain"
+    rtpengine_interaction_key: str = "interaction"
 
     @property
     def tapes_dir(self) -> Path:
@@ -223,7 +228,27 @@ def recorder_config_from_env(env: Mapping[str, str] | None = None) -> RecorderCo
         cfg.domain_keys = tuple(k.strip() for k in env["CALLREC_DOMAIN_KEYS"].split(",") if k.strip())
     if "CALLREC_INTERACTION_KEYS" in env:
         cfg.interaction_keys = tuple(k.strip() for k in env["CALLREC_INTERACTION_KEYS"].split(",") if k.strip())
+    if "CALLREC_RTPENGINE_SPOOL" in env:
+        cfg.rtpengine_spools = parse_spools(env["CALLREC_RTPENGINE_SPOOL"])
+    for name, attr in (("CALLREC_RTPENGINE_DOMAIN_KEY", "rtpengine_domain_key"),
+                       ("CALLREC_RTPENGINE_INTERACTION_KEY", "rtpengine_interaction_key")):  # fmt: skip
+        if name in env:
+            if not env[name].strip():
+                raise ConfigError(f"{name} must name a metadata key")
+            setattr(cfg, attr, env[name].strip())
     return cfg
+
+
+def parse_spools(text: str) -> list[Path]:
+    """rtpengine spool folders separated by ``os.pathsep`` (``:``), as in ``PATH``: unlike the other lists
+    (comma-separated keys and networks) these are folder names, which may hold a comma. Empty parts are
+    skipped, a folder named twice counts once; whether they exist is checked when the recorder starts."""
+    out: list[Path] = []
+    for part in text.split(os.pathsep):
+        path = Path(part.strip())
+        if part.strip() and path not in out:
+            out.append(path)
+    return out
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

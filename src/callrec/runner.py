@@ -23,6 +23,7 @@ from callrec.service.sanity import cannot_listen
 if TYPE_CHECKING:
     from callrec.service.handoff import TapeHandOff
     from callrec.service.outbox import TapeOutbox
+    from callrec.service.rtpengine_spool import SpoolWatcher
 
 log = logging.getLogger("callrec.runner")
 # what binding a socket fails with (a file system error names its file, these do not)
@@ -109,6 +110,7 @@ async def serve_recorder(
         raise cannot_listen(host, port, _failed_protocol(host, port), exc) from exc
     if outbox is not None:
         outbox.start()
+    spool = _spool_watcher(cfg, handoff, mixer, loop)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -118,6 +120,8 @@ async def serve_recorder(
     await stop.wait()
     log.info("stopping: closing %d open sessions", len(recorder.sessions))
     await recorder.stop()
+    if spool is not None:
+        await loop.run_in_executor(None, spool.stop)
     if mixer is not None:
         await mixer.stop()
     if outbox is not None and handoff is not None:
@@ -134,6 +138,26 @@ def _service_handoff(service: ServiceConfig) -> tuple[TapeHandOff, TapeOutbox]:
 
     built = build(service)
     return TapeHandOff(built.pipeline), TapeOutbox(built.pipeline)
+
+
+def _spool_watcher(
+    cfg: RecorderConfig, handoff: TapeHandOff | None, mixer: TapeMixer | None, loop: asyncio.AbstractEventLoop
+) -> SpoolWatcher | None:
+    """The watcher of ``--rtpengine-spool`` folders, started: its tapes go to the service like the
+    recorder's, or stay under DATA/tapes (mixed when ``--mix``)."""
+    if not cfg.rtpengine_spools:
+        return None
+    from callrec.service.rtpengine_spool import SpoolWatcher
+
+    def mix_later(folder: Path) -> None:
+        # from the watcher's thread into the loop's mixing queue
+        if mixer is not None:
+            loop.call_soon_threadsafe(mixer.submit, folder)
+
+    pipeline = handoff.pipeline if handoff is not None else None
+    watcher = SpoolWatcher.for_recorder(cfg, pipeline=pipeline, on_tape=mix_later if pipeline is None else None)
+    watcher.start()
+    return watcher
 
 
 def _failed_protocol(host: str, port: int) -> str:

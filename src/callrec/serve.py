@@ -223,6 +223,8 @@ def children_for(
             argv += ["--max-sessions-per-source", str(rec.max_sessions_per_source)]
         if rec.media_address:
             argv += ["--media-address", rec.media_address]
+        for spool in rec.rtpengine_spools:
+            argv += ["--rtpengine-spool", str(spool)]
         children.append(Child("recorder", argv, env, pass_fds))
     if work:
         children.append(Child("worker", exe + ["worker", "--workers", str(service.workers)], env, pass_fds))
