@@ -70,7 +70,7 @@ def test_public_pages_cannot_be_framed_or_sniffed_and_answer_head(api: Api, mixe
             _edge_headers(head)
             _private(head)
     seen = api.client.get(f"{API}/links/{made['id']}", headers=mixed.tenant.headers).json()
-    assert seen["uses"] == 4, "two GETs of the page and two plays; a HEAD is not a use"
+    assert seen["uses"] == 4, "two GETs of the page and two whole-file GETs of the audio; a HEAD is not a use"
 
 
 def test_the_ui_cannot_be_framed_or_sniffed(api: Api) -> None:

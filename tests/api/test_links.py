@@ -262,12 +262,13 @@ def test_a_download_only_link_offers_no_player(api: Api, mixed: Mixed, full: byt
     assert answer.headers["content-disposition"].startswith("attachment; ")
 
 
-def test_uses_are_counted_once_per_page_or_play(api: Api, mixed: Mixed) -> None:
+def test_uses_are_counted_once_per_page_or_download(api: Api, mixed: Mixed) -> None:
     made, token = make_link(api, mixed.tenant, mixed.recording_id)
     assert made["last_used_at"] is None
     api.client.get(f"/r/{token}")
-    api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=0-"})
+    api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=0-"})  # the player: not a use (tests/ui)
     api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=2000-"})  # seeking: not a new use
+    api.client.get(f"/r/{token}/audio?download=1")
     seen = api.client.get(f"{API}/links/{made['id']}", headers=mixed.tenant.headers).json()
     assert seen["uses"] == 2 and seen["last_used_at"] is not None
 
@@ -277,7 +278,7 @@ def test_uses_are_counted_once_per_page_or_play(api: Api, mixed: Mixed) -> None:
 
 def test_an_expired_link_is_410(api: Api, mixed: Mixed) -> None:
     made, token = make_link(api, mixed.tenant, mixed.recording_id, expires_in_s=600)
-    assert api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=0-9"}).status_code == 206
+    assert api.client.get(f"/r/{token}/audio?download=1", headers={"Range": "bytes=0-9"}).status_code == 206
     with clock_moved(api, 601):
         for path in (f"/r/{token}", f"/r/{token}/audio"):
             answer = api.client.get(path)
@@ -288,7 +289,7 @@ def test_an_expired_link_is_410(api: Api, mixed: Mixed) -> None:
         assert "This link has expired" in page.text
         _public_headers(page)
         listed = api.client.get(f"{API}/links/{made['id']}", headers=mixed.tenant.headers).json()
-        assert listed["state"] == "expired" and listed["uses"] == 1  # the play before it expired
+        assert listed["state"] == "expired" and listed["uses"] == 1  # the download before it expired
 
 
 def test_a_revoked_link_is_404_and_revoking_twice_is_fine(api: Api, mixed: Mixed) -> None:

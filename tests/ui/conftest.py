@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests import synth
-from tests.api.conftest import _numbered
+from tests.api.conftest import _numbered, api, captures, database_url, mixed, tenant  # noqa: F401 (fixtures)
 from tests.serve_proc import ServeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -4,7 +4,8 @@ Every answer carries ``no-store``, ``no-referrer`` and ``noindex``: the token is
 must not linger in caches, leak to other sites in a Referer, or land in a search engine. No page may be
 framed by another site (``X-Frame-Options: DENY``, ``frame-ancestors 'none'``) and nothing is sniffed
 (``nosniff``); the app adds these to every ``/r/`` answer, errors included. Each route answers ``HEAD``
-too, which is never counted as a use. A browser
+too, which is never counted as a use. A link's ``uses`` counts what a person would (``counts_as_use``):
+each opening of the page and each download, never the player's requests or the picture. A browser
 (``Accept: text/html``) gets an HTML error page, anything else the API's JSON ``{"detail"}``; an
 unknown or revoked link is 404 and an expired one 410, decided after the same hash and lookup.
 """
@@ -67,8 +68,14 @@ class Opened:
     calls: list[Call] = field(default_factory=list)
 
 
-def open_link(service: Service, token: str, *, count: bool | None, audio: bool = False) -> Opened:
-    """Resolve ``token`` and load its target; ``count`` True/False notes a use (one write), None none.
+# whether a request is a use, given whether the link is download-only: True adds one, False only
+# notes the time, None writes nothing
+UseRule = Callable[[bool], bool | None]
+
+
+def open_link(service: Service, token: str, *, count: bool | None | UseRule, audio: bool = False) -> Opened:
+    """Resolve ``token`` and load its target; ``count`` True/False notes a use (one write), None none;
+    a function decides from whether the link is download-only.
 
     With ``audio`` the target must be playable now (a stitch made), else nothing is noted.
     """
@@ -90,8 +97,9 @@ def open_link(service: Service, token: str, *, count: bool | None, audio: bool =
             opened.stitch = s.scalar(select(Stitch).where(*stitch_where))
             if audio:
                 _stitch(opened)
-        if count is not None:
-            links.record_use(s, ctx, link, count=count)
+        noted = count(link.download_only) if callable(count) else count
+        if noted is not None:
+            links.record_use(s, ctx, link, count=noted)
         return opened
 
 
@@ -194,14 +202,36 @@ def page_facts(opened: Opened) -> dict[str, Any]:
     }
 
 
+# --- what counts as a use ---------------------------------------------------------------------------
+
+# the query flag the waiting page's own automatic reload carries: that reload is not a new opening
+WAITING = "waiting"
+
+
+def counts_as_use(range_header: str | None, *, attachment: bool) -> bool:
+    """Whether a GET of a link's audio is one use: a download, as a person counts one.
+
+    A download is a GET served as an attachment (``download=1``, or any GET of a download-only link)
+    or a GET of the whole file without Range (what curl or wget make), starting at the first byte: a
+    download resumed from the middle is the same download. The player's requests, which always carry
+    a Range (``bytes=0-`` to start playing, later ones to seek), are not uses; a HEAD is never one.
+    """
+    if range_header is None or not range_header.strip():
+        return True
+    return attachment and range_header.replace(" ", "").startswith("bytes=0-")
+
+
 # --- the routes -------------------------------------------------------------------------------------
 
 
 @public_router.get("/r/{token}", response_class=HTMLResponse, summary="The page a public link opens")
 @public_router.head("/r/{token}", response_class=HTMLResponse, include_in_schema=False)
-def link_page(token: str, request: Request, service: ServiceDep) -> Response:
+def link_page(token: str, request: Request, service: ServiceDep, waiting: str = "") -> Response:
+    # an opening is one use; the page's own reload while the recording is prepared only notes the time
+    opening = not waiting
+
     def work() -> Response:
-        opened = open_link(service, token, count=True if request.method == "GET" else None)
+        opened = open_link(service, token, count=opening if request.method == "GET" else None)
         if opened.kind == links.INTERACTION:
             # the stitch follows its calls: this makes it, or makes it again, when it does not match them
             opened.stitch = _ask_for_stitch(service, opened)
@@ -217,14 +247,18 @@ def link_page(token: str, request: Request, service: ServiceDep) -> Response:
 @public_router.head("/r/{token}/audio", response_class=Response, include_in_schema=False)
 def link_audio(token: str, request: Request, service: ServiceDep, download: str = "") -> Response:
     range_header = request.headers.get("range")
-    # a play or a download starting; the player's further ranges (seeking) are not new uses
-    starting = not range_header or range_header.replace(" ", "").startswith("bytes=0-")
+    asked_attachment = download.lower() in ("1", "true", "yes")
+
+    def use(download_only: bool) -> bool | None:
+        if request.method != "GET":
+            return None
+        return counts_as_use(range_header, attachment=download_only or asked_attachment)
 
     def work() -> Response:
-        opened = open_link(service, token, count=starting if request.method == "GET" else None, audio=True)
+        opened = open_link(service, token, count=use, audio=True)
         response = _audio(service.ctx, opened, range_header)
         if response.status_code in (200, 206):
-            attach = opened.download_only or download.lower() in ("1", "true", "yes")
+            attach = opened.download_only or asked_attachment
             fmt = opened.recording.format if opened.recording is not None else _stitch(opened).format
             how = "attachment" if attach else "inline"
             response.headers["Content-Disposition"] = f'{how}; filename="{_filename(opened, fmt)}"'

@@ -158,7 +158,12 @@ class LinkOut(BaseModel):
     expires_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
-    uses: int
+    uses: int = Field(
+        description="how often the link was used, as a person counts: each opening of its page (GET /r/{token}; "
+        "not the page's own reload while a recording is prepared) and each download (a GET of /r/{token}/audio "
+        "served as an attachment, with download=1 or on a download-only link, or without Range, from its first "
+        "byte); the player's Range requests, the picture and HEAD are not uses"
+    )
 
 
 class CallCard(BaseModel):

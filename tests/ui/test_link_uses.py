@@ -1,0 +1,101 @@
+"""A public link's "Uses" counts what a person counts: each opening of its page and each download.
+
+The player's requests (every one carries a Range, the first ``bytes=0-``), the picture and HEAD are not
+uses; nor is the waiting page's own reload. Over HTTP with the TestClient, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from callrec.capture.scan import calls_in_capture
+from tests.api.conftest import Api, Captures, Mixed
+from tests.api.test_links import HTML, make_link
+
+API = "/api/v1"
+
+
+def _uses(api: Api, mixed: Mixed, link_id: str) -> int:
+    seen = api.client.get(f"{API}/links/{link_id}", headers=mixed.tenant.headers)
+    assert seen.status_code == 200, seen.text
+    uses: int = seen.json()["uses"]
+    return uses
+
+
+def test_an_opening_and_a_play_are_one_use_and_a_download_another(api: Api, mixed: Mixed) -> None:
+    made, token = make_link(api, mixed.tenant, mixed.recording_id)
+    page = api.client.get(f"/r/{token}", headers=HTML)
+    assert page.status_code == 200 and 'id="player"' in page.text
+    assert _uses(api, mixed, made["id"]) == 1
+    # the player: Chromium and Firefox start with bytes=0-, Safari probes bytes=0-1, seeking asks for more
+    for wanted in ("bytes=0-", "bytes=0-1", "bytes=2000-", "bytes=0-"):
+        played = api.client.get(f"/r/{token}/audio", headers={"Range": wanted})
+        assert played.status_code == 206 and played.headers["content-disposition"].startswith("inline; ")
+    assert api.client.get(f"/r/{token}/picture").status_code == 200
+    assert _uses(api, mixed, made["id"]) == 1, "playing what the page opened is not another use"
+    # the page's Download button
+    download = re.search(r'id="download" href="([^"]+)"', page.text)
+    assert download is not None and download.group(1) == f"/r/{token}/audio?download=1"
+    got = api.client.get(download.group(1))
+    assert got.status_code == 200 and got.headers["content-disposition"].startswith("attachment; ")
+    assert _uses(api, mixed, made["id"]) == 2
+    # the same download resumed from its middle is not a new one
+    resumed = api.client.get(download.group(1), headers={"Range": "bytes=3000-"})
+    assert resumed.status_code == 206
+    assert _uses(api, mixed, made["id"]) == 2
+
+
+def test_head_requests_are_never_uses(api: Api, mixed: Mixed) -> None:
+    made, token = make_link(api, mixed.tenant, mixed.recording_id)
+    for path in (f"/r/{token}", f"/r/{token}/audio", f"/r/{token}/audio?download=1", f"/r/{token}/picture"):
+        assert api.client.head(path).status_code == 200, path
+    assert _uses(api, mixed, made["id"]) == 0
+    assert api.client.get(f"/r/{token}", headers=HTML).status_code == 200
+    assert api.client.head(f"/r/{token}/audio?download=1").status_code == 200
+    assert _uses(api, mixed, made["id"]) == 1
+
+
+def test_a_whole_file_fetch_without_range_is_a_download(api: Api, mixed: Mixed) -> None:
+    made, token = make_link(api, mixed.tenant, mixed.recording_id)
+    whole = api.client.get(f"/r/{token}/audio")  # as curl or wget fetch it
+    assert whole.status_code == 200 and whole.headers["content-disposition"].startswith("inline; ")
+    assert _uses(api, mixed, made["id"]) == 1
+
+
+def test_on_a_download_only_link_every_fetch_from_the_start_is_a_download(api: Api, mixed: Mixed) -> None:
+    made, token = make_link(api, mixed.tenant, mixed.recording_id, download_only=True)
+    first = api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=0-"})  # a download manager's start
+    assert first.status_code == 206 and first.headers["content-disposition"].startswith("attachment; ")
+    assert api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=100-"}).status_code == 206
+    assert _uses(api, mixed, made["id"]) == 1
+
+
+def test_the_waiting_pages_own_reload_is_not_a_new_opening(api: Api, mixed: Mixed, captures: Captures) -> None:
+    interaction = "uses-wait-1"
+    for info in [c for k, c in enumerate(calls_in_capture(captures.seven)) if k in (2, 4)]:
+        info.interaction_id = interaction
+        api.upload(mixed.tenant.headers, captures.seven, call_json=json.dumps(info.to_json()).encode())
+    answer = api.client.post(f"{API}/interactions/{interaction}/links", headers=mixed.tenant.headers, json={})
+    assert answer.status_code == 201, answer.text
+    link_id, token = answer.json()["id"], answer.json()["url"].rsplit("/", 1)[1]
+    page = api.client.get(f"/r/{token}", headers=HTML)  # the stitch is asked for now: not made yet
+    assert page.status_code == 200 and 'id="pending"' in page.text
+    assert f'<meta http-equiv="refresh" content="10; url=/r/{token}?waiting=1">' in page.text
+    for _ in range(3):
+        again = api.client.get(f"/r/{token}?waiting=1", headers=HTML)
+        assert again.status_code == 200 and 'id="pending"' in again.text
+    assert _uses(api, mixed, link_id) == 1
+    api.run_jobs()
+    ready = api.client.get(f"/r/{token}?waiting=1", headers=HTML)
+    assert ready.status_code == 200 and 'id="player"' in ready.text and "http-equiv" not in ready.text
+    assert _uses(api, mixed, link_id) == 1
+    assert api.client.get(f"/r/{token}", headers=HTML).status_code == 200  # opened again by a person
+    assert _uses(api, mixed, link_id) == 2
+
+
+def test_the_api_documents_what_a_use_is(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    described = schema["components"]["schemas"]["LinkOut"]["properties"]["uses"]["description"]
+    for words in ("each opening of its page", "each download", "download=1", "Range requests", "HEAD are not uses"):
+        assert words in described, words
