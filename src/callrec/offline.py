@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from callrec.capture import tape
+from callrec.capture import rtpengine, tape
 from callrec.capture.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
 from callrec.capture.netparse import Datagram
 from callrec.capture.pcap import CaptureReader, UdpBlock
@@ -469,6 +469,10 @@ def mix(
             info = tape.read_info(source)
             run.tracker.add_call(info)
             pcap_path = source / tape.MEDIA_FILE
+        elif rtpengine.is_recording(source):
+            rec = rtpengine.locate(source)
+            run.tracker.add_call(rtpengine.call_info(rec))
+            pcap_path = rec.pcap
         else:
             pcap_path = source
         with CaptureReader(pcap_path) as reader:
