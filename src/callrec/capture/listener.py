@@ -150,6 +150,11 @@ class SipListener:
             return str(bound[0]), int(bound[1])
         raise AssertionError("unreachable")
 
+    def sendto(self, payload: bytes, address: tuple[str, int]) -> None:
+        """Send a request of our own over UDP, from the SIP socket, to an address other than a message's source."""
+        if self._udp is not None and not self._udp.is_closing():
+            self._udp.sendto(payload, address)
+
     def deliver(self, data: bytes, origin: Origin) -> None:
         if len(data) > MAX_MESSAGE_BYTES or not data.strip():
             # keep-alive CRLFs (RFC 5626) and empty datagrams are not messages

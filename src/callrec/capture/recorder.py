@@ -9,6 +9,7 @@ tape, rewriting ``call.json``, closing) runs in a small thread pool so that medi
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import shutil
@@ -54,6 +55,7 @@ DISK_CHECK_S = 2.0
 RETRY_AFTER_S = 30
 TRYING_AFTER_S = 0.1
 STOP_WAIT_S = 5.0
+BYE_CONNECT_S = 2.0  # a BYE that needs a TCP connection of its own gives up after this
 
 
 class SourceShareTaken(PortsExhausted):
@@ -104,6 +106,7 @@ class Recorder:
         self._registry: TapeRegistry | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._byes: set[asyncio.Task[None]] = set()  # BYEs sent on TCP connections of their own
         self._disk_ok = True
         self._stopping = False
         self._disk_checked = 0.0
@@ -143,6 +146,8 @@ class Recorder:
             self._send_bye(session)
             self._close(session, "shutdown")
         await asyncio.sleep(0)  # let the BYEs leave
+        if self._byes:
+            await asyncio.wait(list(self._byes), timeout=2 * BYE_CONNECT_S)
         await self._listener.close()
         if self._transactions is not None:
             self._transactions.close()
@@ -318,8 +323,11 @@ class Recorder:
             info=info,
             folder=tape_folder(self.cfg.tapes_dir, call_id, now),
             metadata=metadata,
-            remote_target=msg.header("contact") or msg.header("from") or "",
+            remote_target=_target_uri(msg.header("contact") or msg.header("from") or ""),
             last_invite_cseq=msg.cseq[0],
+            local_uri=msg.header("to") or "",
+            remote_uri=msg.header("from") or "",
+            route_set=_route_set(msg),
         )
         session.origin = origin
         session.advertised = self._advertised(origin)
@@ -384,7 +392,9 @@ class Recorder:
             self._close(session, "cancel", discard=True)
             return
         self._start_media(session, origin)
-        headers = [("contact", self._contact(origin)), ("allow", ALLOWED_METHODS)]
+        # the route set goes back in the 2xx, in the same order (RFC 3261 section 12.1.1)
+        headers = [("record-route", v) for v in msg.header_all("record-route")]
+        headers += [("contact", self._contact(origin)), ("allow", ALLOWED_METHODS)]
         if is_siprec(msg):
             headers.append(("require", "siprec"))
         self._respond(
@@ -404,6 +414,8 @@ class Recorder:
         session = self._dialog(msg, origin)
         if session is None:
             return
+        if msg.header("contact"):  # a target refresh (RFC 3261 section 12.2.2): our BYE goes there now
+            session.remote_target = _target_uri(msg.header("contact") or "")
         if session.tape is None:
             # only a guessed To tag gets here: the tag is learnt from the 200 OK sent once the tape exists
             self._respond(
@@ -707,22 +719,45 @@ class Recorder:
         info.interaction_id = interaction.strip()
 
     def _send_bye(self, session: RecordingSession) -> None:
+        """End the recording dialog from our side (RFC 3261 sections 12.2.1.1 and 15.1.1): a BYE built from the
+        dialog's state, sent to the first route if it is a loose router, else to the remote target."""
         origin = session.origin
         if origin is None or not session.confirmed:
             return
-        bye = SipMessage(method="BYE", uri=_target_uri(session.remote_target))
+        session.local_cseq += 1
+        uri, routes = session.remote_target or _target_uri(session.remote_uri), list(session.route_set)
+        next_hop = _target_uri(routes[0]) if routes else uri
+        if routes and not _loose(routes[0]):
+            # a strict router: it is the Request-URI, and the remote target goes last in the Route headers
+            uri, routes = _strict_uri(routes[0]), [*routes[1:], f"<{uri}>"]
         host = self._advertised(origin)
         proto = "TCP" if origin.reliable else "UDP"
+        sent_by = f"[{host}]" if ":" in host else host
+        bye = SipMessage(method="BYE", uri=uri)
         bye.headers = [
-            ("via", f"SIP/2.0/{proto} {host}:{self.address[1]};branch=z9hG4bK{_new_tag()}"),
+            ("via", f"SIP/2.0/{proto} {sent_by}:{self.address[1]};branch=z9hG4bK{_new_tag()};rport"),
             ("max-forwards", "70"),
-            ("from", f"<sip:callrec@{host}>;tag={session.local_tag}"),
-            ("to", f"<{_target_uri(session.remote_target)}>;tag={session.remote_tag}"),
+            ("from", _with_tag(session.local_uri or f"<sip:callrec@{sent_by}>", session.local_tag)),
+            ("to", session.remote_uri or f"<{uri}>;tag={session.remote_tag}"),
             ("call-id", session.call_id),
-            ("cseq", "1 BYE"),
+            ("cseq", f"{session.local_cseq} BYE"),
+            *(("route", route) for route in routes),
             ("user-agent", self.cfg.user_agent),
         ]
-        origin.send(bye.serialize())
+        self._send_to(origin, _hop_address(next_hop), bye.serialize())
+
+    def _send_to(self, origin: Origin, hop: tuple[str, int] | None, payload: bytes) -> None:
+        """Send a request of ours to ``hop`` over the dialog's transport: over UDP from our SIP socket, over TCP
+        on a connection to the hop (the SRC's own when it is that). A hop that is no address (a host name) is
+        reached the way the INVITE came."""
+        if hop is None or hop == origin.remote:
+            origin.send(payload)
+        elif not origin.reliable:
+            self._listener.sendto(payload, hop)
+        elif self._loop is not None:
+            task = self._loop.create_task(_send_tcp(hop, payload, origin))
+            self._byes.add(task)
+            task.add_done_callback(self._byes.discard)
 
     async def _housekeep(self) -> None:
         """Once a second: push every tape's packets to the OS; close sessions gone idle."""
@@ -780,6 +815,94 @@ def _metadata(msg: SipMessage) -> RecordingMetadata | None:
 
 
 def _target_uri(value: str) -> str:
+    """The URI of a name-addr (``"Name" <sip:a@b;lr>;p=1``) or addr-spec (``sip:a@b;p=1``) header value."""
     if "<" in value and ">" in value:
         return value.split("<", 1)[1].split(">", 1)[0]
     return value.split(";")[0].strip() or "sip:src"
+
+
+def _route_set(invite: SipMessage) -> list[str]:
+    """The Record-Route entries of a request, in the order received (a header may list several)."""
+    entries: list[str] = []
+    for value in invite.header_all("record-route"):
+        entries += [entry.strip() for entry in _split_commas(value) if entry.strip()]
+    return entries
+
+
+def _split_commas(value: str) -> list[str]:
+    """A header value split at the commas that separate its entries (not those inside ``<>`` or quotes)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, char in enumerate(value):
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "<>":
+            depth += 1 if char == "<" else -1
+        elif char == "," and not quoted and depth <= 0:
+            parts.append(value[start:i])
+            start = i + 1
+    parts.append(value[start:])
+    return parts
+
+
+def _uri_params(uri: str) -> list[str]:
+    return [p.strip().lower() for p in uri.split("?", 1)[0].split(";")[1:]]
+
+
+def _loose(route: str) -> bool:
+    return any(p == "lr" or p.startswith("lr=") for p in _uri_params(_target_uri(route)))
+
+
+def _strict_uri(route: str) -> str:
+    """A strict router's URI as a Request-URI: without the parameters a Request-URI may not carry (RFC 3261
+    section 19.1.1: method, maddr, ttl, headers)."""
+    uri = _target_uri(route).split("?", 1)[0]
+    head, *params = uri.split(";")
+    kept = [p for p in params if p.split("=")[0].strip().lower() not in ("method", "maddr", "ttl")]
+    return ";".join([head, *kept])
+
+
+def _with_tag(value: str, tag: str) -> str:
+    """A From/To value with our tag: as the To of our 2xx had it (after an addr-spec without angle brackets, a
+    parameter belongs to the header too: RFC 3261 section 20.10)."""
+    return f"{value};tag={tag}"
+
+
+def _hop_address(uri_or_route: str) -> tuple[str, int] | None:
+    """Where a SIP URI is sent (RFC 3263 without DNS: a literal address, its port or 5060/5061); None for a
+    host name."""
+    uri = _target_uri(uri_or_route) if "<" in uri_or_route else uri_or_route
+    scheme, _, rest = uri.partition(":")
+    hostport = rest.split(";", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    maddr = next((p.split("=", 1)[1] for p in _uri_params(uri) if p.startswith("maddr=")), "")
+    if hostport.startswith("["):
+        host, _, port_text = hostport[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = hostport.partition(":")
+    host = maddr or host
+    default = 5061 if scheme.lower() == "sips" else 5060
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text) if port_text else default
+    except ValueError:
+        return None
+    return (host, port) if 0 < port < 65536 else None
+
+
+async def _send_tcp(hop: tuple[str, int], payload: bytes, origin: Origin) -> None:
+    """A request of ours to a next hop we hold no connection to: a connection of its own (RFC 3261 section
+    18.1.1), closed once the request is written. A hop that cannot be reached (an SRC behind NAT) gets it on
+    the connection the INVITE came on, the way RFC 5923 reuses one."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(*hop), BYE_CONNECT_S)
+    except (OSError, TimeoutError) as exc:
+        log.info("cannot connect to %s:%d (%s): the BYE goes on the SRC's connection", *hop, exc)
+        origin.send(payload)
+        return
+    try:
+        writer.write(payload)
+        await asyncio.wait_for(writer.drain(), BYE_CONNECT_S)
+    except (OSError, TimeoutError) as exc:
+        log.warning("cannot send a BYE to %s:%d: %s", *hop, exc)
+    finally:
+        writer.close()

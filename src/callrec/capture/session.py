@@ -58,6 +58,13 @@ class RecordingSession:
     advertised: str = ""
     # the SRC's address (one per host), for the per-source session limit
     source: str = ""
+    # the dialog as RFC 3261 section 12.1.1 has the UAS keep it, for requests of our own (the BYE): our URI
+    # (the INVITE's To, to which our tag is added), the SRC's (its From, with its tag), the route set (the
+    # INVITE's Record-Route entries in the order received) and our own CSeq, counted from 0 when unused
+    local_uri: str = ""
+    remote_uri: str = ""
+    route_set: list[str] = field(default_factory=list)
+    local_cseq: int = 0
 
     def ports(self) -> list[int]:
         return [line.port for line in self.lines if line.port]
