@@ -218,10 +218,14 @@ def sdp(user: str, version: int, addr: str, port: int) -> str:
 class RtpenginePeer:
     """rtpengine in a namespace of its own, recording into ``spool``; see the module docstring."""
 
-    def __init__(self, spool: Path, *, recording_format: str = "raw", log: Path | None = None) -> None:
+    def __init__(
+        self, spool: Path, *, recording_format: str = "raw", advertise: str | None = None, log: Path | None = None
+    ) -> None:
         require()
         self.spool = Path(spool)
         self.recording_format = recording_format
+        # rtpengine behind NAT (``--interface=LOCAL!PUBLIC``): its SDPs give ``advertise``, packets reach LOCAL
+        self.advertise = advertise
         self.netns = f"crrtpe{secrets.token_hex(3)}"
         self.log = log or self.spool.parent / f"{self.netns}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -251,7 +255,8 @@ class RtpenginePeer:
         command = [
             IP, "netns", "exec", self.netns, RTPENGINE,
             "--foreground", "--log-stderr", "--no-log-timestamps", "--log-level=6",
-            f"--interface={ENGINE_ADDR}", f"--listen-ng={NG_ADDR[0]}:{NG_ADDR[1]}",
+            f"--interface={ENGINE_ADDR}" + (f"!{self.advertise}" if self.advertise else ""),
+            f"--listen-ng={NG_ADDR[0]}:{NG_ADDR[1]}",
             f"--port-min={RTP_PORTS[0]}", f"--port-max={RTP_PORTS[1]}",
             f"--recording-dir={self.spool}", "--recording-method=pcap",
             f"--recording-format={self.recording_format}",
@@ -402,7 +407,8 @@ def _call(job: dict[str, Any]) -> dict[str, Any]:
         # the offer as rewritten goes to the callee (where it sends); the answer to the caller
         caller["engine_port"] = _media_port(answer)
         callee["engine_port"] = _media_port(offer)
-        sent = _play([caller, callee], [0.0, float(job["callee_delay"])], _engine_addr(offer))
+        # to rtpengine's own address (what its SDPs give may be the public side of a NAT)
+        sent = _play([caller, callee], [0.0, float(job["callee_delay"])], ENGINE_ADDR)
         ng.checked({"command": "delete", "call-id": call_id, "from-tag": "caller-tag"})
     finally:
         ng.close()
@@ -414,11 +420,6 @@ def _media_port(sdp_text: str) -> int:
     if match is None:
         raise ValueError("rtpengine's SDP has no audio line")
     return int(match.group(1))
-
-
-def _engine_addr(sdp_text: str) -> str:
-    match = re.search(r"^c=IN IP4 (\S+)", sdp_text, re.M)
-    return match.group(1) if match else ENGINE_ADDR
 
 
 def _play(parties: list[dict[str, Any]], delays: list[float], engine: str) -> dict[str, dict[str, Any]]:

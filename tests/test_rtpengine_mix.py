@@ -69,8 +69,9 @@ def test_real_rtpengine_spool_mixes_exactly_given_either_file(tmp_path: Path) ->
 
 
 def test_real_rtpengine_calls_in_one_spool_each_mix_on_their_own(tmp_path: Path) -> None:
-    # the callee speaks first in the second call: the caller (offerer) still goes left
-    with RtpenginePeer(tmp_path / "spool", recording_format="eth") as peer:
+    # Ethernet framing, rtpengine behind NAT (its SDPs give another address than the packets reached),
+    # and the callee speaking first in the second call: the caller (offerer) still goes left
+    with RtpenginePeer(tmp_path / "spool", recording_format="eth", advertise="203.0.113.5") as peer:
         first = peer.call("one@x", seconds=2.0, callee_delay=0.2)
         second = peer.call("two@x", seconds=2.0, callee_delay=-0.5)
     for call in (first, second):

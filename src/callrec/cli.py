@@ -54,7 +54,13 @@ def _refused(command: str, exc: Exception) -> None:
 
 @app.command("mix")
 def mix_command(
-    input: Annotated[Path, typer.Argument(help="A pcap/pcapng capture with SIP and RTP, or a tape folder")],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="A pcap/pcapng capture with SIP and RTP, a tape folder, or an rtpengine recording "
+            "(its SPOOL/pcaps/*.pcap or SPOOL/metadata/rtpengine-meta-*.txt)"
+        ),
+    ],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Output folder, or a .mp3/.wav file for one call")
     ] = None,
@@ -69,7 +75,8 @@ def mix_command(
         bool, typer.Option("--json", help="Print one JSON object per call (JSON Lines)")
     ] = False,
 ) -> None:
-    """Mix every call in a capture (or a tape) into a stereo recording: caller left, callee right."""
+    """Mix every call in a capture (or a tape, or an rtpengine recording) into a stereo recording: caller
+    left, callee right."""
     from callrec.offline import MixOptions, mix
 
     out = output if output is not None else Path(".")

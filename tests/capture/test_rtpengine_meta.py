@@ -7,7 +7,9 @@ The fixtures in tests/data/rtpengine/ were written by Debian's rtpengine 10.5.3.
 - ``reinvite``: caller 10.9.0.2 (``o=alice``, monologue label ``caller``), callee 10.9.0.3 (``o=bob``),
   two ``m=audio`` lines, then a re-INVITE *from the callee* with new ports (rtpengine gave new ports on
   both sides), raw IP, metadata ``domain:acme|interaction:int-7|from:+4911``;
-- ``eth``: the same call as ``reinvite`` with ``--recording-format eth``.
+- ``eth``: the same call as ``reinvite`` with ``--recording-format eth``;
+- ``nat``: rtpengine behind NAT (``--interface=10.77.0.1!203.0.113.5``): its SDPs give 203.0.113.5, the
+  packets reached 10.77.0.1 (caller 10.77.0.2, callee 10.77.0.3; tests/rtpengine_peer.py made it).
 The truth of who sent what is read from the pcaps with dpkt (the source address of each packet).
 """
 
@@ -26,7 +28,12 @@ from callrec.errors import ParseError
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "rtpengine"
 # the caller's address, and port where both parties share one address
-CALLER = {"simple": ("127.0.0.1", 40000), "reinvite": ("10.9.0.2", None), "eth": ("10.9.0.2", None)}
+CALLER = {
+    "simple": ("127.0.0.1", 40000),
+    "reinvite": ("10.9.0.2", None),
+    "eth": ("10.9.0.2", None),
+    "nat": ("10.77.0.2", None),
+}
 
 
 def spool(tmp_path: Path, name: str) -> Path:
@@ -65,7 +72,7 @@ def test_either_file_locates_the_same_recording(tmp_path: Path, name: str) -> No
     assert by_pcap.pairs["domain"] == "acme" and by_pcap.pairs["interaction"] == "int-7"
 
 
-@pytest.mark.parametrize("name", ["simple", "reinvite", "eth"])
+@pytest.mark.parametrize("name", ["simple", "reinvite", "eth", "nat"])
 def test_every_stream_is_attributed_to_the_party_that_sent_to_it(tmp_path: Path, name: str) -> None:
     folder = spool(tmp_path, name)
     pcap, _ = files(folder)
@@ -74,11 +81,22 @@ def test_every_stream_is_attributed_to_the_party_that_sent_to_it(tmp_path: Path,
     by_port = {s.local_port: s.party for s in info.streams}
     assert {port: by_port.get(port) for port in truth} == truth
     assert [(p.id, p.role) for p in info.parties] == [("A", "caller"), ("B", "callee")]
-    assert info.call_ids == ["abc@host"] and info.source == "rtpengine" and info.closed_cleanly
+    assert info.call_ids == ["nat@test" if name == "nat" else "abc@host"]
+    assert info.source == "rtpengine" and info.closed_cleanly
     assert info.domain == "acme" and info.interaction_id == "int-7"
     assert all(s.rtpmap[8].name == "PCMA/8000" for s in info.streams)
     assert info.started_at is not None and info.ended_at is not None
     assert 0 < info.ended_at - info.started_at < 5
+
+
+def test_behind_nat_streams_take_the_address_the_packets_reached(tmp_path: Path) -> None:
+    folder = spool(tmp_path, "nat")
+    pcap, meta = files(folder)
+    assert "c=IN IP4 203.0.113.5" in meta.read_text()
+    info = rtpengine.call_info(rtpengine.locate(pcap))
+    assert {s.local_addr for s in info.streams} == {"10.77.0.1"}
+    pcap.write_bytes(b"not a capture")  # unreadable: the SDP's address stays (mix reports the pcap itself)
+    assert {s.local_addr for s in rtpengine.call_info(rtpengine.locate(pcap)).streams} == {"203.0.113.5"}
 
 
 def test_reinvite_from_the_callee_keeps_every_stream_and_its_party(tmp_path: Path) -> None:

@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
+
+from callrec.capture.pcap import CaptureReader, UdpBlock, format_addr
 from callrec.capture.sdp import Sdp
 from callrec.capture.sip import display_name, uri_user
-from callrec.errors import ParseError
+from callrec.errors import CallrecError, ParseError
 from callrec.models import CallInfo, Party, Stream
 
 log = logging.getLogger("callrec.rtpengine")
@@ -295,7 +298,41 @@ def call_info(rec: SpoolRecording, *, domain_key: str = "domain", interaction_ke
     if meta.terminated_ms:
         info.ended_at = meta.terminated_ms / 1000
     _add_streams(info, meta.blocks)
+    _match_addresses(info, rec.pcap)
     return info
+
+
+def _match_addresses(info: CallInfo, pcap: Path) -> None:
+    """Give each stream the address its packets really reached. Behind NAT (``interface=LOCAL!PUBLIC``)
+    rtpengine's SDPs name the public address while the pcap holds the local one; a port is rtpengine's own
+    socket, so a stream whose SDP address never appears takes the one address its port was reached at."""
+    try:
+        reached = _destinations(pcap)
+    except (CallrecError, OSError):
+        return  # an unreadable pcap is reported by whoever reads it
+    by_port: dict[int, set[str]] = {}
+    for addr, port in reached:
+        by_port.setdefault(port, set()).add(addr)
+    for stream in info.streams:
+        if (stream.local_addr, stream.local_port) in reached:
+            continue
+        found = by_port.get(stream.local_port, set())
+        if len(found) == 1:
+            stream.local_addr = next(iter(found))
+
+
+def _destinations(pcap: Path) -> set[tuple[str, int]]:
+    """Every (address, port) the UDP packets of a capture were sent to (one vectorised pass)."""
+    out: set[tuple[str, int]] = set()
+    with CaptureReader(pcap) as reader:
+        for item in reader.batches():
+            if isinstance(item, UdpBlock):
+                if len(item):
+                    keys = np.unique((item.field(16, 4) << 16) | item.field(22, 2))
+                    out.update((format_addr(int(k >> 16).to_bytes(4, "big")), int(k & 0xFFFF)) for k in keys.tolist())
+            elif item.proto == 17:
+                out.add((format_addr(item.dst), item.dport))
+    return out
 
 
 def _parties(pairs: dict[str, str]) -> tuple[Party, Party]:
