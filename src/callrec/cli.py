@@ -252,11 +252,12 @@ def record_command(
 
 def _spools(cfg: RecorderConfig, given: list[Path] | None) -> None:
     """``--rtpengine-spool`` folders (instead of ``CALLREC_RTPENGINE_SPOOL``'s), each once, each there."""
-    from callrec.service.rtpengine_spool import check_spools
-
     if given:
         cfg.rtpengine_spools = list(dict.fromkeys(given))
-    check_spools(cfg.rtpengine_spools, "--rtpengine-spool" if given else "CALLREC_RTPENGINE_SPOOL")
+    if cfg.rtpengine_spools:
+        from callrec.service.rtpengine_spool import check_spools
+
+        check_spools(cfg.rtpengine_spools, "--rtpengine-spool" if given else "CALLREC_RTPENGINE_SPOOL")
 
 
 def _trust_warnings(cfg: RecorderConfig) -> None:

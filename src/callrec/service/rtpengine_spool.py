@@ -252,12 +252,13 @@ class SpoolWatcher:
         try:
             rec = rtpengine.locate(metadata)
             info = rtpengine.call_info(rec, domain_key=self.domain_key, interaction_key=self.interaction_key)
+        except (CallrecError, ValueError, UnicodeError) as exc:
+            raise Damaged(_one_line(exc).removeprefix(f"{metadata}: ")) from exc
+        try:
             with CaptureReader(rec.pcap):
                 pass  # a capture a tape reader opens (pcap or pcapng), not garbage or an empty file
         except CallrecError as exc:
-            raise Damaged(str(exc)) from exc
-        except (ValueError, UnicodeError) as exc:
-            raise Damaged(f"{metadata}: not an rtpengine recording ({exc})") from exc
+            raise Damaged(f"its pcap: {_one_line(exc).removeprefix(f'{rec.pcap}: ')}") from exc
         # the domain as for a SIPREC call from a trusted source: the one named, else "default" (the service
         # files a domain it does not know into "default")
         info.domain = rec.pairs.get(self.domain_key, "").strip() or "default"
