@@ -335,8 +335,8 @@ class Scenario:
 
 @dataclass
 class Built:
-    t0: float  # capture time of the first media packet
-    duration: float  # from the first media packet to the end of the last audio frame
+    t0: float  # capture time of t = 0: the earliest media as placed (see placed_start)
+    duration: float  # from t = 0 to the end of the last audio frame
     truth: dict[str, StreamTruth]
     datagrams: list[tuple[float, str, int, str, int, bytes]]
     media: list[tuple[float, str, int, str, int, bytes]]
@@ -389,7 +389,7 @@ def build(scn: Scenario, base_time: float = 1_700_000_000.0) -> Built:
     for p in pb:
         media.append((t + p.arrival, B_IP, scn.b_port, A_IP, scn.a_port, _rtp(p)))
     media.sort(key=lambda m: m[0])
-    t0 = media[0][0] if media else t
+    t0 = t + placed_start([pa, pb]) if media else t
     out += media
     end = t + scn.duration + 0.2
     out.append(
@@ -399,7 +399,7 @@ def build(scn: Scenario, base_time: float = 1_700_000_000.0) -> Built:
         (end + 0.01, B_IP, 5060, A_IP, 5060, sip("SIP/2.0 200 OK", scn.call_id, "2 BYE", to_tag="xyz"))
     )
     out.sort(key=lambda m: m[0])
-    # shift truths onto the output clock: t = 0 is the first media packet
+    # shift truths onto the output clock: t = 0 is the earliest media as placed
     shift = int(round((t0 - t) * RATE))
     for truth in (ta, tb):
         truth.audio = (
@@ -407,6 +407,19 @@ def build(scn: Scenario, base_time: float = 1_700_000_000.0) -> Built:
         )
     ends = [t + tr.last_end for tr in (ta, tb) if tr.last_end]
     return Built(t0, max(ends) - t0 if ends else 0.0, {"A": ta, "B": tb}, out, media)
+
+
+def placed_start(streams: list[list[Packet]]) -> float:
+    """Where t = 0 of the recording is, on the call clock (SPEC, ``callrec mix``, Time: the earliest media of
+    the call as placed). A stream is placed by its least delayed packet, so its media starts at its first
+    send time plus the least delay among its first second of audio packets, not at the first arrival."""
+    starts = []
+    for packets in streams:
+        audio = [p for p in packets if p.pt not in (13, 101)]
+        if audio:
+            first = min(p.send for p in audio)
+            starts.append(first + min(p.arrival - p.send for p in audio if p.send < first + 1.0))
+    return min(starts) if starts else min((p.arrival for s in streams for p in s), default=0.0)
 
 
 def _rtp(p: Packet) -> bytes:

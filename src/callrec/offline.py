@@ -83,7 +83,7 @@ class CallOutput:
     streams: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
-    # capture time (epoch seconds) of the output's t = 0 (the call's first media packet)
+    # capture time (epoch seconds) of the output's t = 0 (the call's earliest media as placed)
     started_at: float | None = None
     # each party's speaking segments in output time, {"A": [[from_s, to_s], ...], ...}
     speech: dict[str, list[list[float]]] = field(default_factory=dict)
@@ -126,7 +126,7 @@ class _Route:
     """The cached way from (endpoint, SSRC) to a timeline, so the hot path does one dict lookup."""
 
     push: Callable[[float, int, int, int, bytes, RtpMap | None], None]
-    t0: float
+    t0: float  # capture time of the mixer's position 0 (its origin)
     rate: int
     codecs: dict[int, RtpMap | None]
     binding: Binding | None
@@ -359,9 +359,9 @@ class _Run:
             route = _SKIP  # a call not asked for (--call-id)
         else:
             timeline = job.mixer.timeline(binding.stream.party, ssrc, now)
-            assert job.mixer.t0 is not None
+            assert job.mixer.origin is not None
             route = _Route(
-                timeline.push, job.mixer.t0, job.mixer.rate, dict(binding.stream.rtpmap), binding, timeline
+                timeline.push, job.mixer.origin, job.mixer.rate, dict(binding.stream.rtpmap), binding, timeline
             )
         self._routes[(dst, dport, ssrc)] = route
         self._epoch += 1

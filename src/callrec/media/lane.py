@@ -62,7 +62,7 @@ class LanePlan:
         self.payloads = payloads
         self.offsets = offsets  # arrival - timestamp position, per packet
         self.size = course.size  # packets the lane may take (the run is cut before a clock jump)
-        self.anchors = course.anchors  # (packet index, the segment's anchor once that packet is in)
+        self.anchors = course.anchors  # (packet index, the segment's estimate once that packet is in)
         self.rollovers = course.rollovers  # (packet index, bucket history, bucket end) where buckets close
         self.bucket_min = segment.bucket_min  # the segment's bucket minimum before the run
         self.taken = 0
@@ -86,7 +86,7 @@ class LanePlan:
         anchors = self.anchors
         i = self.next_anchor
         while i < len(anchors) and anchors[i][0] < count:
-            self.segment.anchor = anchors[i][1]
+            self.segment.follow(anchors[i][1])
             i += 1
         self.next_anchor = i
 
@@ -217,13 +217,14 @@ class AnchorCourse:
 
 
 def plan_anchor(
-    segment: Segment, arrival: list[float], offsets: FloatArray, bucket: float, slack: float, reanchor: float
+    segment: Segment, arrival: list[float], offsets: FloatArray, bucket: float, reanchor: float
 ) -> AnchorCourse:
-    """Replay ``SsrcTimeline.push``'s anchoring over a run whose arrivals never go back in time.
+    """Replay ``SsrcTimeline.push``'s estimate over a run whose arrivals never go back in time.
 
     Buckets close at the packets whose arrival reaches the bucket's end; within one bucket, when no offset
-    moves the anchor down or jumps past ``reanchor``, the bucket's minimum is all that matters, so only
-    buckets where something happens are replayed packet by packet. The run ends before a clock jump.
+    goes under the estimate or jumps past ``reanchor``, the bucket's minimum is all that matters, so only
+    buckets where something happens are replayed packet by packet. The run ends before a clock jump (which
+    push decides: a new segment, or the first estimate of a segment nothing of which is placed yet).
     """
     n = len(arrival)
     closing: list[int] = []
@@ -242,31 +243,31 @@ def plan_anchor(
     lows = np.minimum.reduceat(offsets, starts).tolist()
     highs = np.maximum.reduceat(offsets, starts).tolist()
     course = AnchorCourse(n)
-    anchor = segment.anchor
+    target = segment.target
     floor = segment.bucket_min
     history = deque(segment.history, maxlen=segment.history.maxlen)
     for j, start in enumerate(starts):
         stop = closing[j] + 1 if j < len(closing) else n
-        if highs[j] - anchor > reanchor or lows[j] < anchor - slack:
+        if highs[j] - target > reanchor or lows[j] < target:
             for k, offset in enumerate(offsets[start:stop].tolist(), start):
-                if offset - anchor > reanchor:
-                    course.size = k  # push starts a new segment here
+                if offset - target > reanchor or target - offset > reanchor:
+                    course.size = k  # push decides here
                     return course
-                if offset < anchor - slack:
-                    anchor = offset
-                    course.anchors.append((k, anchor))
+                if offset < target:
+                    target = offset
+                    course.anchors.append((k, target))
                 if offset < floor:
                     floor = offset
         elif lows[j] < floor:
             floor = lows[j]
         if j < len(closing):
-            # the bucket closes: the anchor becomes the window's least offset if that moved enough
+            # the bucket closes: the estimate becomes the window's least offset
             history.append(floor)
             floor = float("inf")
             best = min(history)
-            if abs(best - anchor) > slack:
-                anchor = best
-                course.anchors.append((stop - 1, anchor))
+            if best != target:
+                target = best
+                course.anchors.append((stop - 1, target))
             course.rollovers.append((stop - 1, tuple(history), arrival[stop - 1] + bucket))
     return course
 

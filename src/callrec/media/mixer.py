@@ -1,5 +1,10 @@
 """The call mixer: places every party's decoded audio on one output timeline and streams it to a sink.
 
+t = 0 of the output is the earliest media of the call as placed, not the first packet to arrive: a stream
+whose first packets came late in a burst is placed before the call's first arrival, so positions count
+from an origin ``LOOKBACK_S`` earlier, and the output starts at the earliest sample written once emitting
+reaches it (nothing arriving later can be placed before it then: it would be late for the jitter buffer).
+
 Memory is bounded by a fixed window of output (``BUFFER_S``) plus each stream's small jitter buffer, so a
 call of any length mixes in the same memory. Layout: two parties → caller left, callee right; three or
 more (a conference) → every voice in both channels; mono output → every voice in the one channel. Sums
@@ -30,6 +35,10 @@ STEP_S = 0.5
 COMMIT_LAG_S = 0.5
 # the output window held in memory
 BUFFER_S = 4.0
+# how far before the call's first arrival media may be placed (a stream whose first packets came late)
+LOOKBACK_S = 1.0
+# no sample written yet
+_NONE = 1 << 62
 # the limiter works on blocks of this length
 LIMITER_BLOCK_S = 0.02
 # after a peak the limiter's gain comes back at this rate (per block)
@@ -56,7 +65,8 @@ class MixResult:
     channels: int
     streams: list[StreamStats] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    # capture time (epoch seconds) of the output's t = 0; None when no packet came
+    # capture time (epoch seconds) of the output's t = 0 (the earliest media as placed); None when no
+    # packet came
     t0: float | None = None
     # each party's speaking segments, [[from_s, to_s], ...] in output time
     speech: dict[str, list[list[float]]] = field(default_factory=dict)
@@ -103,7 +113,7 @@ class CallMixer:
         self.sink = sink
         self.rate = rate
         self.channels = channels
-        self.t0: float | None = None
+        self.origin: float | None = None  # capture time (epoch seconds) of output position 0
         self._layout = channel_layout(info, channels, left)
         self._default_channels = (1,) if left is not None and channels == 2 else tuple(range(channels))
         self._speech: dict[str, SpeechMeter] = {}
@@ -111,6 +121,8 @@ class CallMixer:
         self._cap = int(BUFFER_S * rate)
         self._buf = np.zeros((self._cap, channels), np.int32)
         self._base = 0  # output position of _buf[0]; everything before it was emitted
+        self._first = _NONE  # the earliest position written
+        self._start: int | None = None  # the position of t = 0, once output began
         self._released = 0.0
         self._max_end = 0
         self._gain = 1.0
@@ -121,9 +133,10 @@ class CallMixer:
 
     # feeding
     def timeline(self, party: str, ssrc: int, arrival: float) -> SsrcTimeline:
-        """The timeline of one SSRC of ``party``, made on its first packet (the call's first fixes t = 0)."""
-        if self.t0 is None:
-            self.t0 = arrival
+        """The timeline of one SSRC of ``party``, made on its first packet (the call's first fixes the
+        origin of positions, ``LOOKBACK_S`` before it)."""
+        if self.origin is None:
+            self.origin = arrival - LOOKBACK_S
         source = self._sources.get((party, ssrc))
         if source is None:
             channels = self._layout.get(party, self._default_channels)
@@ -146,14 +159,14 @@ class CallMixer:
     ) -> None:
         """One RTP packet from ``party`` that arrived at ``arrival`` (seconds, capture clock)."""
         timeline = self.timeline(party, ssrc, arrival)
-        assert self.t0 is not None
-        timeline.push((arrival - self.t0) * self.rate, seq, ts, pt, payload, codec)
+        assert self.origin is not None
+        timeline.push((arrival - self.origin) * self.rate, seq, ts, pt, payload, codec)
 
     def advance(self, now: float) -> None:
         """Release and emit everything the capture clock ``now`` has made final."""
-        if self.t0 is None:
+        if self.origin is None:
             return
-        self._release_until((now - self.t0) * self.rate - self._delay)
+        self._release_until((now - self.origin) * self.rate - self._delay)
 
     def finish(self) -> MixResult:
         """Release everything left, close the sink and report."""
@@ -163,16 +176,21 @@ class CallMixer:
                 for pos, pcm in resampler.flush():
                     self._write(source, pos, pcm)
             self._max_end = max(self._max_end, int(source.timeline.signal_end))
-        self._emit(self._max_end)
+        self._emit(self._max_end, final=True)
         self.sink.close()
         stats = [s.timeline.final_stats() for s in self._sources.values()]
         for s in stats:
             for name in s.unsupported:
                 self.warnings.append(f"stream {s.ssrc:#010x} of party {s.party}: no decoder for {name}")
-        speech = {party: meter.segments() for party, meter in self._speech.items()}
-        return MixResult(
-            self._max_end / self.rate, self.rate, self.channels, stats, self.warnings, self.t0, speech
-        )
+        start = self._start or 0
+        shift = start / self.rate
+        speech = {
+            party: [[max(0.0, round(a - shift, 2)), round(b - shift, 2)] for a, b in meter.segments() if b > shift]
+            for party, meter in self._speech.items()
+        }
+        t0 = None if self.origin is None else self.origin + shift
+        duration = max(0, self._max_end - start) / self.rate
+        return MixResult(duration, self.rate, self.channels, stats, self.warnings, t0, speech)
 
     # the timeline
     def _release_until(self, target: float) -> None:
@@ -275,8 +293,10 @@ class CallMixer:
         if start > pos:
             pcm = pcm[start - pos :]
         source.cursor = end
+        if start < self._first:
+            self._first = start
         if end - self._base > self._cap:
-            self._emit(end - self._cap)
+            self._emit(end - self._cap, final=True)
         lo, hi = start - self._base, end - self._base
         source.speech.add(start, pcm)
         for ch in source.channels:
@@ -284,8 +304,14 @@ class CallMixer:
         if end > self._max_end:
             self._max_end = end
 
-    def _emit(self, upto: float) -> None:
+    def _emit(self, upto: float, final: bool = False) -> None:
+        """Send the output before ``upto`` to the sink. The first time, t = 0 is fixed at the earliest sample
+        written: until emitting reaches it (or ``final``: the window is full, or the call ended), wait."""
         upto = int(upto)
+        if self._start is None:
+            if upto <= self._first and not final:
+                return
+            self._begin()
         buf = self._buf
         while self._base < upto:
             k = min(upto - self._base, self._cap)
@@ -296,6 +322,19 @@ class CallMixer:
                 buf[:live] = buf[k : k + live]
             buf[live : min(live + k, self._cap)] = 0
             self._base += k
+
+    def _begin(self) -> None:
+        """Fix t = 0 at the earliest sample written (at the call's first arrival when none was) and drop
+        the silence before it."""
+        start = self._start = self._first if self._first != _NONE else int(LOOKBACK_S * self.rate)
+        drop = min(start - self._base, self._cap)
+        if drop > 0:
+            live = max(0, min(self._max_end - self._base - drop, self._cap - drop))
+            buf = self._buf
+            if live:
+                buf[:live] = buf[drop : drop + live]
+            buf[live : min(live + drop, self._cap)] = 0
+            self._base += drop
 
     def _limit(self, block: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
         in_range = not len(block) or (int(block.max()) <= FULL_SCALE and int(block.min()) >= -FULL_SCALE)

@@ -1,11 +1,20 @@
 """Per-SSRC sequencing: de-duplication, reordering, loss and jitter figures, and anchoring to arrival time.
 
-Every packet gets a position on the call's output timeline (in output samples from t = 0, the call's first
-media packet). The position comes from the packet's RTP timestamp, anchored to arrival time: the anchor is
-the smallest ``arrival - rtp_time`` seen over a sliding 3-second window, i.e. the least delayed packet, so network
-jitter does not shift the audio, while sender clock drift, timestamp jumps and silence suppression are
-followed. Packets wait in a small jitter buffer and are released in sequence order once the timeline has
-moved ``JITTER_DELAY_S`` past them.
+Every packet gets a position on the call's output timeline (in output samples from the mixer's origin, a
+little before the call's first packet arrived). The position comes from the packet's RTP timestamp,
+anchored to arrival time. The estimate (a segment's ``target``) is the smallest ``arrival - rtp_time``
+seen over a sliding 3-second window, i.e. the least delayed packet: packets held back and delivered late
+in a burst arrive later than their timestamps say, so they never pull it, and network jitter does not
+shift the audio, while sender clock drift and network delay changes are followed.
+
+Packets wait in a jitter buffer and are released in sequence order once the timeline has moved
+``JITTER_DELAY_S`` past them. Until a segment's first packet is released its placement (``anchor``)
+simply is the estimate, so a stream whose first packets came late is placed where it really starts.
+Once audio of it has been placed, the placement moves only when the estimate has drifted more than
+``ANCHOR_SLACK_S`` away, and then by at most ``CORRECTION_STEP_S`` between two packets that play one after
+the other, or at once across a silence (no audio is skipped or repeated). A genuine discontinuity (the
+timestamps jump by more than ``REANCHOR_S`` against arrival, a new clock) starts a new segment, placed
+afresh.
 
 Runs of plain in-order packets can also be taken at once, as arrays, through the lane of
 :mod:`callrec.media.lane` (``lane_ready``, ``plan``, ``take``, ``settle``): the same result, faster.
@@ -37,9 +46,14 @@ JITTER_DELAY_S = 0.4
 # short enough to follow clock drift
 ANCHOR_BUCKET_S = 0.5
 ANCHOR_BUCKETS = 6
-# the anchor moves only by more than this, so jitter does not make small gaps and overlaps
-ANCHOR_SLACK_S = 0.005
-# a packet arriving this much later than its timestamp says means the sender's clock jumped: re-anchor
+# once audio is placed, its placement follows the estimate only when they are this far apart, so jitter
+# does not make small gaps and overlaps (half the 20 ms the recording may be off arrival time)
+ANCHOR_SLACK_S = 0.010
+# how far the placement moves between two packets that play one after the other (never a skip or a
+# repeat of more than this)
+CORRECTION_STEP_S = 0.001
+# a packet arriving this much later (or earlier) than its timestamp says means the sender's clock jumped:
+# a new segment
 REANCHOR_S = 0.5
 # duplicates are recognised this many sequence numbers back (a power of two: a ring indexed by seq)
 SEEN_HORIZON = 4096
@@ -53,10 +67,22 @@ class Segment:
     base_ts: int
     clock_rate: int
     scale: float  # output samples per RTP timestamp unit
-    anchor: float  # output position of base_ts
+    anchor: float  # output position of base_ts: where packets are placed
     bucket_end: float = 0.0  # arrival position where the current bucket closes
     bucket_min: float = float("inf")  # least offset (arrival - timestamp position) in the current bucket
     history: deque[float] = field(default_factory=lambda: deque(maxlen=ANCHOR_BUCKETS))
+    target: float = 0.0  # the estimate the anchor follows (the least offset of the window)
+    started: bool = False  # whether a packet of the segment was released (placed)
+    correcting: bool = False  # whether the anchor is on its way to the target
+
+    def __post_init__(self) -> None:
+        self.target = self.anchor
+
+    def follow(self, target: float) -> None:
+        """A new estimate; nothing placed yet moves with it at once."""
+        self.target = target
+        if not self.started:
+            self.anchor = target
 
     def position(self, ext_ts: int) -> float:
         return self.anchor + (ext_ts - self.base_ts) * self.scale
@@ -160,6 +186,14 @@ class SsrcTimeline:
         self._slack = ANCHOR_SLACK_S * out_rate
         self._reanchor = REANCHOR_S * out_rate
         self._plan: LanePlan | None = None  # a run being taken through the lane
+        self._step = CORRECTION_STEP_S * out_rate
+        # the last packet released: its extended sequence number and timestamp, its segment, and the
+        # timestamp units between consecutive packets (0: not known yet), to tell a pause from a packet
+        # that plays right after it
+        self._last_seq = -1 << 62
+        self._last_ts = 0
+        self._last_segment: Segment | None = None
+        self._frame = 0
 
     def push(self, arrival: float, seq: int, ts: int, pt: int, payload: bytes, codec: RtpMap | None) -> None:
         """Take one packet that arrived at output position ``arrival``."""
@@ -222,12 +256,13 @@ class SsrcTimeline:
             # a new clock (first packet, or a codec change to another clock rate) starts a new segment
             segment = self._new_segment(arrival, ext_ts, self._clock)
         offset = arrival - (ext_ts - segment.base_ts) * segment.scale
-        if offset - segment.anchor > self._reanchor:
-            # far later than the timestamps say: the sender's clock jumped back (or stalled), start again
+        target = segment.target
+        if offset - target > self._reanchor or (target - offset > self._reanchor and segment.started):
+            # far later (or earlier) than the timestamps say: the sender's clock jumped, start again
             segment = self._new_segment(arrival, ext_ts, self._clock)
             offset = arrival
-        elif offset < segment.anchor - self._slack:
-            segment.anchor = offset  # less delayed than any packet so far: follow at once
+        elif offset < target:
+            segment.follow(offset)  # less delayed than any packet of the window: the estimate
         if offset < segment.bucket_min:
             segment.bucket_min = offset
         if arrival >= segment.bucket_end:
@@ -279,7 +314,7 @@ class SsrcTimeline:
         assert self._max is not None and segment is not None
         ext_ts = extend_timestamps(ts, self._ref_ts)
         offsets: FloatArray = arrival - (ext_ts - segment.base_ts) * segment.scale
-        course = plan_anchor(segment, arrival.tolist(), offsets, self._bucket, self._slack, self._reanchor)
+        course = plan_anchor(segment, arrival.tolist(), offsets, self._bucket, self._reanchor)
         if course.size:
             self._plan = LanePlan(
                 segment, self._last_pt, self._last_codec, self._max + 1, ext_ts, arrival, payloads, offsets, course
@@ -372,13 +407,11 @@ class SsrcTimeline:
         self.signal_end = max(self.signal_end, segment.position(end))
 
     def _next_bucket(self, segment: Segment, arrival: float) -> None:
-        """Close the anchor bucket: the anchor becomes the least offset of the window, if it moved enough."""
+        """Close the anchor bucket: the estimate becomes the least offset of the window."""
         segment.history.append(segment.bucket_min)
         segment.bucket_min = float("inf")
         segment.bucket_end = arrival + self._bucket
-        best = min(segment.history)
-        if abs(best - segment.anchor) > self._slack:
-            segment.anchor = best
+        segment.follow(min(segment.history))
 
     def _new_segment(self, arrival: float, ext_ts: int, clock: int) -> Segment:
         self._segment = Segment(ext_ts, clock, self.out_rate / clock, arrival, arrival + self._bucket)
@@ -418,9 +451,15 @@ class SsrcTimeline:
             item = pending[head]
             if type(item) is Block:
                 plan = item.plan
+                segment = plan.segment
+                if segment.started and (segment.correcting or abs(segment.target - segment.anchor) > self._slack):
+                    # the placement is on the move: packet by packet
+                    pending[head : head + 1] = item.packets()
+                    continue
                 count = plan.count_before(item.lo, item.hi, limit)
                 if not count:
                     break
+                segment.started = True
                 end = item.lo + count
                 if plan.pt != last_pt or plan.codec is not last_codec or not runs:
                     last_pt, last_codec = plan.pt, plan.codec
@@ -434,15 +473,31 @@ class SsrcTimeline:
                         pieces.append(LaneRun(plan, item.lo, end))
                 in_list = False
                 released = item.ext_seq + count - 1
+                self._last_seq, self._last_ts, self._last_segment = released, int(plan.ext_ts[end - 1]), segment
+                if end >= 2:
+                    self._frame = int(plan.ext_ts[end - 1] - plan.ext_ts[end - 2])
                 if end < item.hi:
                     pending[head] = Block(plan, end, item.hi)
                     break
                 head += 1
                 continue
             seq, ext_ts, pt, payload, segment, codec = cast(Pending, item)
-            pos = segment.anchor + (ext_ts - segment.base_ts) * segment.scale
-            if pos >= limit:
-                break
+            anchor = segment.anchor
+            if segment.started and (segment.correcting or abs(segment.target - anchor) > self._slack):
+                anchor = self._corrected(segment, ext_ts)
+                pos = anchor + (ext_ts - segment.base_ts) * segment.scale
+                if pos >= limit:
+                    break
+                segment.anchor = anchor
+                segment.correcting = anchor != segment.target
+            else:
+                pos = anchor + (ext_ts - segment.base_ts) * segment.scale
+                if pos >= limit:
+                    break
+                segment.started = True
+            if seq == self._last_seq + 1 and ext_ts > self._last_ts:
+                self._frame = ext_ts - self._last_ts
+            self._last_seq, self._last_ts, self._last_segment = seq, ext_ts, segment
             if pt != last_pt or codec is not last_codec or not runs:
                 positions, payloads = [], []
                 runs.append((pt, codec, [(positions, payloads)]))
@@ -463,6 +518,22 @@ class SsrcTimeline:
             head = 0
         self._head = head
         return [_joined(pt, codec, pieces) for pt, codec, pieces in runs]
+
+    def _corrected(self, segment: Segment, ext_ts: int) -> float:
+        """Where the anchor goes for this packet, on its way to the target: at once across a pause (the
+        packet does not play right after the one before: no audio is skipped or repeated, only the
+        silence is longer or shorter), else by at most ``CORRECTION_STEP_S``."""
+        anchor, target = segment.anchor, segment.target
+        move = target - anchor
+        step = self._step
+        if -step <= move <= step:
+            return target
+        if self._last_segment is segment and self._frame:
+            # output samples of silence between the end of the packet before and this one
+            pause = (ext_ts - self._last_ts - self._frame) * segment.scale
+            if pause > 0:
+                return target if move > 0 else anchor + max(move, -(pause + step))
+        return anchor + (step if move > 0 else -step)
 
     @property
     def jitter_delay(self) -> float:

@@ -1,0 +1,192 @@
+"""Where the mixer places each stream in time: nothing received is dropped, nothing skipped (issue 13).
+
+Captures are built here packet by packet, with chosen arrival times: a party's first 300 ms held back
+and delivered in one burst, a stream's first packet 5 ms later (or earlier) than its successors, the
+call's first packet alone for a while. Payloads come from ffmpeg's A-law encoder, the truth is ffmpeg's
+decoding of each payload at its send time (no callrec code), and t = 0 of the truth is the earliest
+media of the call at its true place. The mixed output is checked in 1 s windows: each window matches the
+truth at one and the same lag (0, within a sample), the audio equals the truth sample for sample (so a
+skipped or repeated stretch would show), and a party's first 300 ms are there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from callrec import offline
+from tests import synth
+from tests.audio import decode, need, windows, xcorr
+
+RATE = 8000
+FRAME = 160  # 20 ms of PCMA
+BASE = 1_700_000_000.0
+DURATION_S = 7.0  # longer than the anchor's 3 s window, so its slide is seen too
+
+# arrival delay (s) of the k-th packet of a stream sent at `send` (s after the stream's start)
+Delay = Callable[[int, float], float]
+
+
+def on_time(k: int, send: float) -> float:
+    return 0.0
+
+
+def burst(held_s: float) -> Delay:
+    """The first ``held_s`` of packets held back and delivered together, in order, at ``held_s``."""
+
+    def delay(k: int, send: float) -> float:
+        return held_s - send + k * 1e-5 if send < held_s else 0.0
+
+    return delay
+
+
+def first_late(by_s: float) -> Delay:
+    """The first packet ``by_s`` later than every packet after it (which are all on time)."""
+    return lambda k, send: by_s if k == 0 else 0.0
+
+
+def first_early(by_s: float) -> Delay:
+    """Every packet but the first ``by_s`` later than the first."""
+    return lambda k, send: 0.0 if k == 0 else by_s
+
+
+def lone_first(late_s: float, alone_s: float) -> Delay:
+    """The first packet ``late_s`` late, then nothing of the stream until ``alone_s``: the packets sent
+    in between come in one burst then."""
+
+    def delay(k: int, send: float) -> float:
+        if k == 0:
+            return late_s
+        return alone_s - send + k * 1e-5 if send < alone_s else 0.0
+
+    return delay
+
+
+@dataclass
+class Party:
+    start: float  # send time of the first frame (s, call clock)
+    delay: Delay
+    seed: int
+    silent: tuple[float, float] = (0.0, 0.0)  # frames sent in [from, to) s after the start are left out
+
+
+def speech_like(seconds: float, seed: int) -> np.ndarray:
+    """Band-limited noise under a syllable-rate envelope that never falls silent: every 20 ms of it is
+    distinct, so a lag or a skipped stretch anywhere shows."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    t = np.arange(n) / RATE
+    noise = np.convolve(rng.standard_normal(n), np.hanning(9) / np.hanning(9).sum(), mode="same")
+    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * (2.5 + seed % 3) * t + seed)
+    sig = noise * envelope
+    return (sig / np.abs(sig).max() * 11000).astype(np.int16)
+
+
+def build(tmp_path: Path, a: Party, b: Party) -> tuple[Path, dict[str, np.ndarray]]:
+    """The capture of one call, and each party's truth on the call clock (t = 0: the earliest media)."""
+    need(synth.FFMPEG, "ffmpeg")
+    offer = synth.sdp(synth.A_IP, 20000, ["PCMA"])
+    answer = synth.sdp(synth.B_IP, 30000, ["PCMA"])
+    call = "timing@test"
+    datagrams = [
+        (BASE - 0.5, synth.A_IP, 5060, synth.B_IP, 5060, synth.sip(f"INVITE sip:200@{synth.B_IP} SIP/2.0", call, "1 INVITE", offer)),
+        (BASE - 0.1, synth.B_IP, 5060, synth.A_IP, 5060, synth.sip("SIP/2.0 200 OK", call, "1 INVITE", answer, "xyz")),
+        (BASE - 0.05, synth.A_IP, 5060, synth.B_IP, 5060, synth.sip(f"ACK sip:200@{synth.B_IP} SIP/2.0", call, "1 ACK", to_tag="xyz")),
+    ]  # fmt: skip
+    earliest = min(a.start, b.start)
+    truths: dict[str, np.ndarray] = {}
+    for party, plan, src, dst, port in (("A", a, synth.A_IP, synth.B_IP, 30000), ("B", b, synth.B_IP, synth.A_IP, 20000)):
+        frames = int((DURATION_S - plan.start) / 0.02)
+        encoded = synth.ffmpeg_encode(speech_like(frames * 0.02, plan.seed), "PCMA")
+        decoded = synth.ffmpeg_decode(encoded, "PCMA")
+        truth = np.zeros(int((DURATION_S + 1) * RATE), np.int16)
+        ssrc, seq0, ts0 = 0x1000 + plan.seed, 4000 * plan.seed, 90000 * plan.seed
+        for k in range(frames):
+            send = plan.start + k * 0.02
+            if plan.silent[0] <= k * 0.02 < plan.silent[1]:
+                continue  # silence suppression: nothing sent, the timestamp runs on
+            arrival = send + plan.delay(k, k * 0.02)
+            rtp = synth._rtp(synth.Packet(send, arrival, (seq0 + k) & 0xFFFF, ts0 + k * FRAME, ssrc, 8, k == 0,
+                                          encoded[k * FRAME : (k + 1) * FRAME]))  # fmt: skip
+            datagrams.append((BASE + arrival, src, port - 10000 if port == 30000 else port + 10000, dst, port, rtp))
+            at = int(round((send - earliest) * RATE))
+            truth[at : at + FRAME] = decoded[k * FRAME : (k + 1) * FRAME]
+        truths[party] = truth
+    end = BASE + DURATION_S + 0.3
+    datagrams.append((end, synth.A_IP, 5060, synth.B_IP, 5060, synth.sip(f"BYE sip:200@{synth.B_IP} SIP/2.0", call, "2 BYE", to_tag="xyz")))  # fmt: skip
+    datagrams.sort(key=lambda d: d[0])
+    return synth.write_pcap(tmp_path / "call.pcap", datagrams), truths
+
+
+def mixed(pcap: Path, out: Path, lane: bool = True) -> np.ndarray:
+    offline.VECTOR_LANE = lane
+    try:
+        report = offline.mix(pcap, out, offline.MixOptions(fmt="wav"))
+    finally:
+        offline.VECTOR_LANE = True
+    assert [c.error for c in report.calls] == [None]
+    assert all(s["late"] == 0 for s in report.calls[0].streams)
+    return decode(out)
+
+
+def check_placement(audio: np.ndarray, truths: dict[str, np.ndarray], starts: dict[str, float]) -> None:
+    """Each channel is its party's truth at lag 0 in every 1 s window, sample for sample, from the start."""
+    earliest = min(starts.values())
+    for ch, party in ((0, "A"), (1, "B")):
+        truth = truths[party]
+        got = audio[:, ch]
+        n = min(len(truth), len(got))
+        lags = []
+        for lo, hi in windows(truth[:n], RATE):
+            lag, peak = xcorr(got[lo:hi], truth[lo:hi], RATE // 20)
+            lags.append(lag)
+            assert peak > 0.99, f"party {party} at {lo / RATE:.0f} s: its audio is not there ({peak:.3f})"
+        assert lags and all(lag == 0 for lag in lags), f"party {party}: lags per 1 s window {lags} (samples)"
+        # sample for sample: a skipped or repeated stretch, or a gap, leaves a residual where it happens
+        frames = n // FRAME
+        truth_f = truth[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
+        got_f = got[: frames * FRAME].astype(np.float64).reshape(frames, FRAME)
+        energy = (truth_f**2).sum(axis=1)
+        residual = ((got_f - truth_f) ** 2).sum(axis=1)
+        bad = np.flatnonzero((energy > 0) & (residual > 1e-4 * energy))
+        assert not len(bad), f"party {party}: differs from the truth at {[round(f * 0.02, 2) for f in bad[:8]]} s"
+        # nothing lost at the start: the party's first 300 ms are all there
+        lo = int(round((starts[party] - earliest) * RATE))
+        first = got[lo : lo + int(0.3 * RATE)].astype(np.float64)
+        want = truth[lo : lo + int(0.3 * RATE)].astype(np.float64)
+        assert np.abs(first - want).max() <= 1, f"party {party}: its first 300 ms are not all there"
+    assert len(audio) >= int((DURATION_S - earliest - 0.02) * RATE)
+
+
+CASES = {
+    # the caller's first 300 ms held back and delivered in one burst; the callee's first packet is the
+    # call's first to arrive, 100 ms after the caller really started
+    "caller_first_300ms_late_in_a_burst": (Party(0.0, burst(0.3), 1), Party(0.1, on_time, 2)),
+    "callee_first_300ms_late_in_a_burst": (Party(0.1, on_time, 1), Party(0.0, burst(0.3), 2)),
+    "caller_first_packet_5ms_late": (Party(0.0, first_late(0.005), 1), Party(0.5, on_time, 2)),
+    "callee_first_packet_5ms_late": (Party(0.5, on_time, 1), Party(0.0, first_late(0.005), 2)),
+    "caller_first_packet_6ms_late": (Party(0.0, first_late(0.006), 1), Party(0.2, on_time, 2)),
+    "caller_first_packet_5ms_early": (Party(0.0, first_early(0.005), 1), Party(0.2, on_time, 2)),
+    "callee_first_packet_6ms_early": (Party(0.3, on_time, 1), Party(0.0, first_early(0.006), 2)),
+    # the call's first packet is its stream's only one for 250 ms (the rest of those come in a burst)
+    "lone_first_packet_of_the_call": (Party(0.0, lone_first(0.004, 0.25), 1), Party(0.15, on_time, 2)),
+    # the call's first packet, then its stream is silent for 1 s and comes back 6 ms later than it
+    "lone_first_packet_then_silence": (
+        Party(0.0, first_early(0.006), 1, silent=(0.02, 1.0)),
+        Party(0.1, on_time, 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_streams_are_placed_at_their_true_place(tmp_path: Path, name: str) -> None:
+    a, b = CASES[name]
+    pcap, truths = build(tmp_path, a, b)
+    audio = mixed(pcap, tmp_path / "lane.wav")
+    check_placement(audio, truths, {"A": a.start, "B": b.start})
+    # the per-packet path places every packet exactly where the lane does
+    assert np.array_equal(mixed(pcap, tmp_path / "packets.wav", lane=False), audio)
