@@ -61,6 +61,9 @@ class CallInfo:
     end_reason: str = ""
     # the recorder process that writes the tape while it is open (see capture/recovery.py)
     recorder: str = ""
+    # the recorded call's own identifiers as its SRC names them (SIPREC metadata: the original Call-ID(s),
+    # <sipSessionID>), beside ``call_ids`` (the dialogs we saw); searchable like them
+    original_call_ids: list[str] = field(default_factory=list)
 
     @property
     def call_id(self) -> str:
@@ -111,9 +114,12 @@ class CallInfo:
                 for p in data.get("parties", [])
             ]
             call_ids = [str(c) for c in data["call_ids"]]
+            original = [str(c) for c in data.get("original_call_ids", [])]
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ParseError(f"call.json is not a valid tape description: {exc}") from exc
         _check_sizes(call_ids, parties, streams)
+        if len(original) > MAX_CALL_IDS:
+            raise ParseError(f"call.json: more than {MAX_CALL_IDS} original_call_ids")
         return cls(
             call_ids=call_ids,
             parties=parties,
@@ -127,6 +133,7 @@ class CallInfo:
             interrupted=bool(data.get("interrupted", False)),
             end_reason=str(data.get("end_reason", "")),
             recorder=str(data.get("recorder", "")),
+            original_call_ids=original,
         )
 
 

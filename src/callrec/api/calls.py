@@ -37,7 +37,7 @@ from callrec.api.schemas import (
 )
 from callrec.db import queries
 from callrec.db.engine import transaction
-from callrec.db.schema import QUEUED, RECORDING, Call, Domain, Party, Recording
+from callrec.db.schema import QUEUED, RECORDING, Call, CallAlias, Domain, Party, Recording
 from callrec.errors import ServiceError
 from callrec.service.cards import call_card, links_of_calls, recording_json, retention_json
 from callrec.service.retention import refresh_expiry
@@ -58,6 +58,11 @@ def find_call(s: Session, principal: Principal, call_id: str) -> Call:
     return find_owned(s, principal, Call, call_id, "call")
 
 
+CALL_ID_FILTER = (
+    "a SIP Call-ID of the call, or the original Call-ID (or Session-ID) of the call its SIPREC client recorded"
+)
+
+
 @router.get("/calls", response_model=CallPage, summary="Search calls, newest first")
 def search_calls(
     request: Request,
@@ -69,7 +74,7 @@ def search_calls(
     direction: Literal["inbound", "outbound", "internal"] | None = None,
     interaction: Text = None,
     state: State | None = None,
-    call_id: Annotated[str | None, Query(max_length=300, pattern=PRINTABLE, description="the SIP Call-ID")] = None,
+    call_id: Annotated[str | None, Query(max_length=300, pattern=PRINTABLE, description=CALL_ID_FILTER)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
@@ -87,7 +92,9 @@ def search_calls(
     if interaction is not None:
         query = query.where(Call.interaction_id == interaction)
     if call_id is not None:
-        query = query.where(Call.sip_call_id == call_id)
+        # any Call-ID of the call's dialogs, or the original one (or Session-ID) its SRC named
+        aliased = select(CallAlias.call_id).where(CallAlias.value == call_id)
+        query = query.where(or_(Call.sip_call_id == call_id, Call.id.in_(aliased)))
     if state is not None:
         current = (
             select(Recording.state).where(Recording.call_id == Call.id)

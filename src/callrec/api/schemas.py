@@ -169,7 +169,12 @@ class LinkOut(BaseModel):
 class CallCard(BaseModel):
     id: str
     call_id: str
-    call_ids: list[str]
+    call_ids: list[str] = Field(description="the Call-IDs of the SIP dialogs recorded as this call")
+    original_call_ids: list[str] = Field(
+        default_factory=list,
+        description="the recorded call's own Call-ID(s) or Session-ID as its SIPREC client named them "
+        "(rs-metadata <sipSessionID>, vendor extension data); a search by call_id finds them too",
+    )
     domain: str
     interaction_id: str
     direction: str

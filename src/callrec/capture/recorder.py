@@ -445,6 +445,7 @@ class Recorder:
             else:
                 session.metadata.update(update)
             refresh_parties(session, self.cfg)
+            session.info.original_call_ids = list(session.metadata.call_ids)
         if sdp is not None:
             try:
                 self._apply_offer(session, sdp, origin)
@@ -717,6 +718,8 @@ class Recorder:
             interaction = session.metadata.group_id
         info.domain = domain
         info.interaction_id = interaction.strip()
+        if session.metadata is not None:
+            info.original_call_ids = list(session.metadata.call_ids)
 
     def _send_bye(self, session: RecordingSession) -> None:
         """End the recording dialog from our side (RFC 3261 sections 12.2.1.1 and 15.1.1): a BYE built from the

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from callrec.config import ConfigError
-from callrec.db.schema import ApiKey, Call, Domain, Party, RetentionRuleRow, StreamRow
+from callrec.db.schema import ApiKey, Call, CallAlias, Domain, Party, RetentionRuleRow, StreamRow
 from callrec.models import CallInfo
 from callrec.service.domain_settings import DomainSettings
 
@@ -200,6 +200,15 @@ def clean(text: str, limit: int) -> str:
     return text.replace("\x00", "")[:limit]
 
 
+def aliases_of(info: CallInfo) -> list[tuple[str, str]]:
+    """(value, kind) of every identifier a call is searched by: its dialogs' Call-IDs, then the originals."""
+    found: dict[str, str] = {}
+    for kind, values in (("dialog", info.call_ids), ("original", info.original_call_ids)):
+        for value in values:
+            found.setdefault(clean(value, 300), kind)
+    return [(value, kind) for value, kind in found.items() if value]
+
+
 def call_from_info(
     session: Session, info: CallInfo, extra: dict[str, Any], domain: Domain, tape_ref: str, now: datetime
 ) -> Call:
@@ -223,6 +232,9 @@ def call_from_info(
     tags = extra.get("tags")
     if isinstance(tags, list) and not call.tags:
         call.tags = [str(t)[:100] for t in tags][:50]
+    aliases = aliases_of(info)
+    if [(a.value, a.kind) for a in call.aliases] != aliases:
+        call.aliases = [CallAlias(value=value, kind=kind) for value, kind in aliases]
     call.parties = [
         Party(label=clean(p.id, 16), role=clean(p.role, 16), number=clean(p.number, 100),
               name=clean(p.name, 200), uri=clean(p.uri, 500))

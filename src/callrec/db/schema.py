@@ -131,6 +131,9 @@ class Call(Base):
     created_at: Mapped[datetime]
 
     parties: Mapped[list[Party]] = relationship(cascade="all, delete-orphan", order_by="Party.id", lazy="selectin")
+    aliases: Mapped[list[CallAlias]] = relationship(
+        cascade="all, delete-orphan", order_by="CallAlias.id", lazy="selectin"
+    )
     streams: Mapped[list[StreamRow]] = relationship(
         cascade="all, delete-orphan", order_by="StreamRow.id", lazy="selectin"
     )
@@ -149,6 +152,19 @@ class Party(Base):
     number: Mapped[str] = mapped_column(String(100), index=True, default="")
     name: Mapped[str] = mapped_column(String(200), default="")
     uri: Mapped[str] = mapped_column(String(500), default="")
+
+
+class CallAlias(Base):
+    """A SIP identifier a call is found by (``GET /api/v1/calls?call_id=``) besides ``Call.sip_call_id``: every
+    Call-ID of its dialogs, and the recorded call's original Call-ID(s) and Session-ID its SRC named."""
+
+    __tablename__ = "call_aliases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    value: Mapped[str] = mapped_column(String(300), index=True)
+    # "dialog" (one of call_ids) or "original" (one of original_call_ids)
+    kind: Mapped[str] = mapped_column(String(16), default="dialog")
 
 
 class StreamRow(Base):

@@ -48,11 +48,13 @@ def call_card(
     recordings' public links (``links_of_calls`` finds them for a page of cards in one query)."""
     current = newest(call)
     ids = call.info.get("call_ids") if isinstance(call.info, dict) else None
+    originals = call.info.get("original_call_ids") if isinstance(call.info, dict) else None
     duration = (call.ended_at - call.started_at).total_seconds() if call.ended_at is not None else None
     return {
         "id": call.id,
         "call_id": call.sip_call_id,
         "call_ids": [str(c) for c in ids] if isinstance(ids, list) else [call.sip_call_id],
+        "original_call_ids": [str(c) for c in originals] if isinstance(originals, list) else [],
         "domain": domain_name,
         "interaction_id": call.interaction_id,
         "direction": call.direction,
