@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,7 @@ def decode_pcma(payload: bytes) -> np.ndarray:
 
 def sdp(user: str, version: int, addr: str, port: int) -> str:
     return (
-        f"v=0\r\no={user} {1000 + version} {version} IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n"
+        f"v=0\r\no={user} 1001 {version} IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n"
         f"m=audio {port} RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n"
         "a=ptime:20\r\na=sendrecv\r\n"
     )
@@ -275,10 +276,13 @@ class RtpenginePeer:
         callee_delay: float = 0.3,
         metadata: str = "domain:acme|interaction:int-7",
         seeds: tuple[int, int] | None = None,
+        reinvite_at: float | None = None,
     ) -> RecordedCall:
         """One recorded call: offer (``record call``, ``metadata``), answer, both parties speak for
         ``seconds`` (the callee starts ``callee_delay`` later; negative: earlier), delete; returns once
-        rtpengine has moved the metadata file into ``metadata/`` (the recording is finished)."""
+        rtpengine has moved the metadata file into ``metadata/`` (the recording is finished). With
+        ``reinvite_at`` (seconds after the caller's first packet) the callee re-INVITEs mid-call, both
+        parties move to new ports and rtpengine gives new ones (``Sent.engine_port`` is the first)."""
         if seeds is None:
             seeds = (self._seed * 2 + 101, self._seed * 2 + 102)
         self._seed += 1
@@ -295,6 +299,7 @@ class RtpenginePeer:
             "call_id": call_id,
             "metadata": metadata,
             "callee_delay": callee_delay,
+            "reinvite_at": reinvite_at,
             "parties": [],
         }
         for sent in parties:
@@ -407,8 +412,33 @@ def _call(job: dict[str, Any]) -> dict[str, Any]:
         # the offer as rewritten goes to the callee (where it sends); the answer to the caller
         caller["engine_port"] = _media_port(answer)
         callee["engine_port"] = _media_port(offer)
+
+        def reinvite() -> list[tuple[int, int]]:
+            """The callee re-INVITEs with a new port, the caller answers with a new one: (own port, where to
+            send) of each party afterwards."""
+            offer2 = ng.checked(
+                {
+                    "command": "offer",
+                    "call-id": call_id,
+                    "from-tag": "callee-tag",
+                    "to-tag": "caller-tag",
+                    "sdp": sdp("bob", 2, callee["addr"], callee["port"] + 4),
+                }
+            )[b"sdp"].decode()
+            answer2 = ng.checked(
+                {
+                    "command": "answer",
+                    "call-id": call_id,
+                    "from-tag": "callee-tag",
+                    "to-tag": "caller-tag",
+                    "sdp": sdp("alice", 2, caller["addr"], caller["port"] + 6),
+                }
+            )[b"sdp"].decode()
+            return [(caller["port"] + 6, _media_port(offer2)), (callee["port"] + 4, _media_port(answer2))]
+
         # to rtpengine's own address (what its SDPs give may be the public side of a NAT)
-        sent = _play([caller, callee], [0.0, float(job["callee_delay"])], ENGINE_ADDR)
+        at = job.get("reinvite_at")
+        sent = _play([caller, callee], [0.0, float(job["callee_delay"])], ENGINE_ADDR, at, reinvite)
         ng.checked({"command": "delete", "call-id": call_id, "from-tag": "caller-tag"})
     finally:
         ng.close()
@@ -422,17 +452,30 @@ def _media_port(sdp_text: str) -> int:
     return int(match.group(1))
 
 
-def _play(parties: list[dict[str, Any]], delays: list[float], engine: str) -> dict[str, dict[str, Any]]:
-    """Every party's RTP at once, each packet at its own 20 ms tick from the party's start."""
+def _bind(addr: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((addr, port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    return sock
+
+
+def _play(
+    parties: list[dict[str, Any]],
+    delays: list[float],
+    engine: str,
+    reinvite_at: float | None = None,
+    reinvite: Callable[[], list[tuple[int, int]]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every party's RTP at once, each packet at its own 20 ms tick from the party's start; at
+    ``reinvite_at`` seconds ``reinvite()`` moves every party to a new port and destination."""
     socks, frames = [], []
     for party in parties:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((party["addr"], party["port"]))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-        socks.append(sock)
+        socks.append(_bind(party["addr"], party["port"]))
         data = Path(party["payload"]).read_bytes()
         frames.append([data[i : i + FRAME_BYTES] for i in range(0, len(data) - FRAME_BYTES + 1, FRAME_BYTES)])
     delays = [d - min(delays) for d in delays]  # a negative delay: the callee speaks first
+    for party in parties:
+        party["first_engine_port"] = party["engine_port"]
     seq = [random.getrandbits(16) for _ in parties]
     ts = [random.getrandbits(32) for _ in parties]
     start = time.time() + 0.1
@@ -447,6 +490,12 @@ def _play(parties: list[dict[str, Any]], delays: list[float], engine: str) -> di
             delay = when - time.time()
             if delay > 0:
                 time.sleep(delay)
+            if reinvite is not None and reinvite_at is not None and when - start >= reinvite_at:
+                for n, (port, engine_port) in enumerate(reinvite()):
+                    socks[n].close()
+                    socks[n] = _bind(parties[n]["addr"], port)
+                    parties[n]["engine_port"] = engine_port
+                reinvite = None
             header = (
                 bytes([0x80, PCMA_PT | (0x80 if sent[i] == 0 else 0)])
                 + ((seq[i] + sent[i]) & 0xFFFF).to_bytes(2, "big")
@@ -462,7 +511,7 @@ def _play(parties: list[dict[str, Any]], delays: list[float], engine: str) -> di
         for sock in socks:
             sock.close()
     return {
-        p["party"]: {"first_send": first[i], "packets": sent[i], "engine_port": p["engine_port"]}
+        p["party"]: {"first_send": first[i], "packets": sent[i], "engine_port": p["first_engine_port"]}
         for i, p in enumerate(parties)
     }
 

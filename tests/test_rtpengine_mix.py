@@ -82,6 +82,24 @@ def test_real_rtpengine_calls_in_one_spool_each_mix_on_their_own(tmp_path: Path)
         check_mix(call, out, min(call.caller.first_send, call.callee.first_send))
 
 
+def test_real_rtpengine_callee_reinvite_mid_call_keeps_both_voices(tmp_path: Path) -> None:
+    # mid-call the callee re-INVITEs from a new port, the caller answers from a new one, and rtpengine
+    # moves both to new ports of its own: the re-INVITE's offer tells where the *caller* sends now
+    with RtpenginePeer(tmp_path / "spool") as peer:
+        call = peer.call("re-invite@x", seconds=4.0, callee_delay=0.25, reinvite_at=2.0)
+    assert call.metadata_file is not None
+    assert call.metadata_file.read_text().count("SDP mode: offer") == 2
+    line = mix_one(call.metadata_file, tmp_path / "out.wav")
+    streams = line["streams"]
+    assert isinstance(streams, list)
+    packets = {"A": 0, "B": 0}
+    for s in streams:  # a stream per port the party sent to: every packet on its party's side
+        packets[s["party"]] += s["packets"]
+        assert s["ssrc"] == (call.caller.ssrc if s["party"] == "A" else call.callee.ssrc)
+    assert packets == {"A": call.caller.packets, "B": call.callee.packets}
+    check_mix(call, tmp_path / "out.wav", min(call.caller.first_send, call.callee.first_send))
+
+
 def test_fixture_with_callee_reinvite_mixes_through_the_command_line(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     shutil.copytree(DATA / "reinvite", spool)

@@ -99,6 +99,31 @@ def test_behind_nat_streams_take_the_address_the_packets_reached(tmp_path: Path)
     assert {s.local_addr for s in rtpengine.call_info(rtpengine.locate(pcap)).streams} == {"203.0.113.5"}
 
 
+@pytest.mark.parametrize(
+    ("what", "edits"),
+    [
+        ("o= lines as rtpengine kept them", {}),
+        # some phones start a new session id on a re-INVITE: the user and address still tell
+        ("session ids changed", {"o=bob 1 2": "o=bob 9 2", "o=alice 1 2": "o=alice 8 2"}),
+        # every o= line alike (a B2BUA): the re-INVITE's new ports are told by who sent to them
+        ("o= lines all alike", {f"o={u} 1 {v} IN IP4 10.9.0.{a}": "o=- 0 0 IN IP4 10.9.0.9"
+                                for u, a in (("alice", 2), ("bob", 3)) for v in (1, 2)}),
+    ],
+)  # fmt: skip
+def test_who_produced_each_sdp_of_a_callee_reinvite(tmp_path: Path, what: str, edits: dict[str, str]) -> None:
+    folder = spool(tmp_path, "reinvite")
+    pcap, meta = files(folder)
+    text = meta.read_text()
+    for old, new in edits.items():
+        assert old in text
+        text = text.replace(old, new)
+    meta.write_text(text)
+    info = rtpengine.call_info(rtpengine.locate(pcap))
+    truth = senders(pcap, CALLER["reinvite"])
+    by_port = {s.local_port: s.party for s in info.streams}
+    assert {port: by_port.get(port) for port in truth} == truth, what
+
+
 def test_reinvite_from_the_callee_keeps_every_stream_and_its_party(tmp_path: Path) -> None:
     # the callee's re-INVITE is an *offer* whose SDP tells where the caller sends: mode alone would be wrong
     info = rtpengine.call_info(rtpengine.locate(files(spool(tmp_path, "reinvite"))[0]))

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from callrec.capture.pcap import CaptureReader, UdpBlock, format_addr
-from callrec.capture.sdp import Sdp
+from callrec.capture.sdp import Sdp, SdpMedia
 from callrec.capture.sip import display_name, uri_user
 from callrec.errors import CallrecError, ParseError
 from callrec.models import CallInfo, Party, Stream
@@ -49,6 +49,8 @@ _META_NAME = re.compile(re.escape(META_PREFIX) + r"(.+)" + _TAG + r"\.(txt|tmp)"
 _STARTED = "Timestamp started ms:"
 _TERMINATED = "Timestamp terminated ms"
 _SKIPPED = ("Recording paused at:", "Recording resumed at:")
+
+Flows = dict[tuple[str, int], set[str]]  # (destination address, port) -> the source addresses that sent there
 
 
 @dataclass(frozen=True)
@@ -273,9 +275,13 @@ def call_info(rec: SpoolRecording, *, domain_key: str = "domain", interaction_ke
 
     Party ``A`` (caller) sent the first offer, ``B`` (callee) answered it. Each ``m=audio`` line of each SDP
     becomes a stream received at rtpengine's address and port in it: an SDP the caller produced (rewritten
-    by rtpengine, sent to the callee) says where the callee sends, and the other way round. Who produced an
-    SDP is told by its monologue label, else by its ``o=`` user and session id (rtpengine keeps them),
-    else by a port already known, else by the offer/answer direction of the call's first exchange.
+    by rtpengine, sent to the callee) says where the callee sends, and the other way round. Who produced a
+    later SDP (a re-INVITE may come from either side) is told, in this order, by its monologue label, by
+    its ``o=`` line (user and session id, user and address, user, address: whichever tells the first
+    offer's and answer's apart), by a port already known, by the source address of the packets that
+    reached its ports, and last by the offer/answer direction of the first exchange. Behind NAT
+    (``interface=LOCAL!PUBLIC``) the SDPs name the public address: a stream whose address the pcap never
+    shows takes the one address its port was reached at.
 
     From the ng metadata pairs: ``domain_key`` (default domain ``default``), ``interaction_key``, and the
     parties' numbers and names from ``from`` / ``to`` (a number or a SIP URI) and ``from_name`` /
@@ -297,42 +303,45 @@ def call_info(rec: SpoolRecording, *, domain_key: str = "domain", interaction_ke
         info.started_at = min(started) / 1000
     if meta.terminated_ms:
         info.ended_at = meta.terminated_ms / 1000
-    _add_streams(info, meta.blocks)
-    _match_addresses(info, rec.pcap)
+    try:
+        flows = _flows(rec.pcap)
+    except (CallrecError, OSError):
+        flows = {}  # an unreadable pcap is reported by whoever reads it
+    _add_streams(info, meta.blocks, flows)
+    _match_addresses(info, flows)
     return info
 
 
-def _match_addresses(info: CallInfo, pcap: Path) -> None:
-    """Give each stream the address its packets really reached. Behind NAT (``interface=LOCAL!PUBLIC``)
-    rtpengine's SDPs name the public address while the pcap holds the local one; a port is rtpengine's own
-    socket, so a stream whose SDP address never appears takes the one address its port was reached at."""
-    try:
-        reached = _destinations(pcap)
-    except (CallrecError, OSError):
-        return  # an unreadable pcap is reported by whoever reads it
-    by_port: dict[int, set[str]] = {}
-    for addr, port in reached:
-        by_port.setdefault(port, set()).add(addr)
-    for stream in info.streams:
-        if (stream.local_addr, stream.local_port) in reached:
-            continue
-        found = by_port.get(stream.local_port, set())
-        if len(found) == 1:
-            stream.local_addr = next(iter(found))
-
-
-def _destinations(pcap: Path) -> set[tuple[str, int]]:
-    """Every (address, port) the UDP packets of a capture were sent to (one vectorised pass)."""
-    out: set[tuple[str, int]] = set()
+def _flows(pcap: Path) -> Flows:
+    """Who sent UDP where in a capture (one vectorised pass)."""
+    out: Flows = {}
     with CaptureReader(pcap) as reader:
         for item in reader.batches():
             if isinstance(item, UdpBlock):
                 if len(item):
-                    keys = np.unique((item.field(16, 4) << 16) | item.field(22, 2))
-                    out.update((format_addr(int(k >> 16).to_bytes(4, "big")), int(k & 0xFFFF)) for k in keys.tolist())
+                    dst = (item.field(16, 4) << 16) | item.field(22, 2)
+                    pairs = np.unique(np.stack([dst, item.field(12, 4)]), axis=1)
+                    for key, src in pairs.T.tolist():
+                        endpoint = (format_addr(int(key >> 16).to_bytes(4, "big")), int(key & 0xFFFF))
+                        out.setdefault(endpoint, set()).add(format_addr(int(src).to_bytes(4, "big")))
             elif item.proto == 17:
-                out.add((format_addr(item.dst), item.dport))
+                out.setdefault((format_addr(item.dst), item.dport), set()).add(format_addr(item.src))
     return out
+
+
+def _match_addresses(info: CallInfo, flows: Flows) -> None:
+    """Give each stream the address its packets really reached (rtpengine behind NAT): a port is
+    rtpengine's own socket, so a stream whose SDP address never appears takes the one its port was
+    reached at."""
+    by_port: dict[int, set[str]] = {}
+    for addr, port in flows:
+        by_port.setdefault(port, set()).add(addr)
+    for stream in info.streams:
+        if (stream.local_addr, stream.local_port) in flows:
+            continue
+        found = by_port.get(stream.local_port, set())
+        if len(found) == 1:
+            stream.local_addr = next(iter(found))
 
 
 def _parties(pairs: dict[str, str]) -> tuple[Party, Party]:
@@ -348,12 +357,19 @@ def _parties(pairs: dict[str, str]) -> tuple[Party, Party]:
     return out[0], out[1]
 
 
-def _origin(sdp: Sdp) -> tuple[str, ...]:
-    """Who produced an SDP: the user name and session id of its ``o=`` line."""
-    return tuple(sdp.origin.split()[:2])
+def _origin_keys(block: SdpBlock, sdp: Sdp) -> list[tuple[str, ...]]:
+    """What may tell who produced an SDP, strongest first: its monologue label, then its ``o=`` line's
+    user and session id, user and address, user, address (rtpengine keeps the ``o=`` line as it was)."""
+    fields = sdp.origin.split() + [""] * 6
+    user, session, address = fields[0], fields[1], fields[5]
+    return [("label", block.label), ("us", user, session), ("ua", user, address), ("u", user), ("a", address)]
 
 
-def _add_streams(info: CallInfo, blocks: list[SdpBlock]) -> None:
+def _sources(flows: Flows, port: int) -> set[str]:
+    return set().union(*(src for (_, p), src in flows.items() if p == port))
+
+
+def _add_streams(info: CallInfo, blocks: list[SdpBlock], flows: Flows) -> None:
     parsed: list[tuple[SdpBlock, Sdp]] = []
     for block in blocks:
         try:
@@ -364,24 +380,24 @@ def _add_streams(info: CallInfo, blocks: list[SdpBlock]) -> None:
     if first_offer is None:
         return
     first_answer = next(((b, s) for b, s in parsed if b.mode == "answer"), None)
-    # labels and origins tell the two sides apart only when the first offer's and answer's differ
-    labels: dict[str, str] = {}
-    origins: dict[tuple[str, ...], str] = {}
+    # each key tells the two sides apart only when it differs between the first offer and answer
+    sides: list[dict[tuple[str, ...], str]] = []
     if first_answer is not None:
-        if first_offer[0].label and first_answer[0].label and first_offer[0].label != first_answer[0].label:
-            labels = {first_offer[0].label: "caller", first_answer[0].label: "callee"}
-        if _origin(first_offer[1]) != _origin(first_answer[1]):
-            origins = {_origin(first_offer[1]): "caller", _origin(first_answer[1]): "callee"}
+        for a, b in zip(_origin_keys(*first_offer), _origin_keys(*first_answer), strict=True):
+            if a != b and all(a[1:]) and all(b[1:]):
+                sides.append({a: "caller", b: "callee"})
     seen: dict[tuple[str, int], Stream] = {}
     for block, sdp in parsed:
         media = [m for m in sdp.media if m.media == "audio" and m.port and m.address]
-        producer = labels.get(block.label) or origins.get(_origin(sdp))
+        keys = _origin_keys(block, sdp)
+        if block is first_offer[0] or (first_answer is not None and block is first_answer[0]):
+            producer: str | None = "caller" if block is first_offer[0] else "callee"
+        else:
+            producer = next((side[k] for side in sides for k in keys if k in side), None)
         if producer is None:
-            known = [seen[(m.address or "", m.port)].party for m in media if (m.address or "", m.port) in seen]
-            if known:
-                producer = "caller" if known[0] == "B" else "callee"
-            else:
-                producer = "caller" if block.mode == first_offer[0].mode else "callee"
+            producer = _producer_by_media(media, seen, flows)
+        if producer is None:
+            producer = "caller" if block.mode == first_offer[0].mode else "callee"
         # media sent to the ports in an SDP the caller produced comes from the callee, and vice versa
         party = "B" if producer == "caller" else "A"
         for m in media:
@@ -396,3 +412,21 @@ def _add_streams(info: CallInfo, blocks: list[SdpBlock]) -> None:
                 codec = m.codec(pt)
                 if codec is not None and pt not in stream.rtpmap:
                     stream.rtpmap[pt] = codec
+
+
+def _producer_by_media(media: list[SdpMedia], seen: dict[tuple[str, int], Stream], flows: Flows) -> str | None:
+    """Who produced an SDP, from its ports: one already known, else the source addresses of the packets
+    that reached them, when they are one party's and not the other's."""
+    known = [seen[(m.address or "", m.port)].party for m in media if (m.address or "", m.port) in seen]
+    if known:
+        return "caller" if known[0] == "B" else "callee"
+    senders: dict[str, set[str]] = {"A": set(), "B": set()}
+    for stream in seen.values():
+        senders[stream.party] |= _sources(flows, stream.local_port)
+    here = set().union(*(_sources(flows, m.port) for m in media)) if media else set()
+    if not senders["A"] or not senders["B"] or senders["A"] & senders["B"]:
+        return None  # the two parties' addresses are not (both) known, or they share one
+    from_a, from_b = bool(here & senders["A"]), bool(here & senders["B"])
+    if from_a != from_b:
+        return "callee" if from_a else "caller"  # the caller sends to what the callee's SDP gave
+    return None
