@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 
 from callrec import offline
+from callrec.capture.sdp import RtpMap
+from callrec.media.lane import LaneRun
+from callrec.media.timeline import SsrcTimeline
 from tests import synth
 from tests.audio import decode, need, windows, xcorr
 
@@ -92,14 +95,15 @@ def build(tmp_path: Path, a: Party, b: Party) -> tuple[Path, dict[str, np.ndarra
     offer = synth.sdp(synth.A_IP, 20000, ["PCMA"])
     answer = synth.sdp(synth.B_IP, 30000, ["PCMA"])
     call = "timing@test"
+    a_ip, b_ip, sip = synth.A_IP, synth.B_IP, synth.sip
     datagrams = [
-        (BASE - 0.5, synth.A_IP, 5060, synth.B_IP, 5060, synth.sip(f"INVITE sip:200@{synth.B_IP} SIP/2.0", call, "1 INVITE", offer)),
-        (BASE - 0.1, synth.B_IP, 5060, synth.A_IP, 5060, synth.sip("SIP/2.0 200 OK", call, "1 INVITE", answer, "xyz")),
-        (BASE - 0.05, synth.A_IP, 5060, synth.B_IP, 5060, synth.sip(f"ACK sip:200@{synth.B_IP} SIP/2.0", call, "1 ACK", to_tag="xyz")),
-    ]  # fmt: skip
+        (BASE - 0.5, a_ip, 5060, b_ip, 5060, sip(f"INVITE sip:200@{b_ip} SIP/2.0", call, "1 INVITE", offer)),
+        (BASE - 0.1, b_ip, 5060, a_ip, 5060, sip("SIP/2.0 200 OK", call, "1 INVITE", answer, "xyz")),
+        (BASE - 0.05, a_ip, 5060, b_ip, 5060, sip(f"ACK sip:200@{b_ip} SIP/2.0", call, "1 ACK", to_tag="xyz")),
+    ]
     earliest = min(a.start, b.start)
     truths: dict[str, np.ndarray] = {}
-    for party, plan, src, dst, port in (("A", a, synth.A_IP, synth.B_IP, 30000), ("B", b, synth.B_IP, synth.A_IP, 20000)):
+    for party, plan, src, dst, port in (("A", a, a_ip, b_ip, 30000), ("B", b, b_ip, a_ip, 20000)):
         frames = int((DURATION_S - plan.start) / 0.02)
         encoded = synth.ffmpeg_encode(speech_like(frames * 0.02, plan.seed), "PCMA")
         decoded = synth.ffmpeg_decode(encoded, "PCMA")
@@ -117,7 +121,7 @@ def build(tmp_path: Path, a: Party, b: Party) -> tuple[Path, dict[str, np.ndarra
             truth[at : at + FRAME] = decoded[k * FRAME : (k + 1) * FRAME]
         truths[party] = truth
     end = BASE + DURATION_S + 0.3
-    datagrams.append((end, synth.A_IP, 5060, synth.B_IP, 5060, synth.sip(f"BYE sip:200@{synth.B_IP} SIP/2.0", call, "2 BYE", to_tag="xyz")))  # fmt: skip
+    datagrams.append((end, a_ip, 5060, b_ip, 5060, sip(f"BYE sip:200@{b_ip} SIP/2.0", call, "2 BYE", to_tag="xyz")))
     datagrams.sort(key=lambda d: d[0])
     return synth.write_pcap(tmp_path / "call.pcap", datagrams), truths
 
@@ -190,3 +194,94 @@ def test_streams_are_placed_at_their_true_place(tmp_path: Path, name: str) -> No
     check_placement(audio, truths, {"A": a.start, "B": b.start})
     # the per-packet path places every packet exactly where the lane does
     assert np.array_equal(mixed(pcap, tmp_path / "packets.wav", lane=False), audio)
+
+
+# -- corrections once audio is placed: never a skip or a repeat of more than 1 ms ----------------------------
+
+PCMA = RtpMap("PCMA", 8000)
+STEP = RATE // 1000  # 1 ms
+
+
+def placed(arrivals: list[float | None], seconds_per_tick: float = 0.5) -> dict[int, int]:
+    """Push packet k (20 ms of PCMA, timestamp 160 k) at ``arrivals[k]`` seconds (None: never sent) into a
+    timeline and release it as the mixer does (every half second, its jitter delay behind); return each
+    packet's output position, in samples from arrival 0."""
+    timeline = SsrcTimeline(0x1234, "A", RATE)
+    got: dict[int, int] = {}
+    sent = sorted((t, k) for k, t in enumerate(arrivals) if t is not None)
+
+    def release(limit: float) -> None:
+        for run in timeline.release(limit):
+            assert not isinstance(run, LaneRun)
+            _pt, _codec, positions, payloads = run
+            for pos, payload in zip(positions, payloads, strict=True):
+                got[int.from_bytes(payload[:4], "big")] = pos
+
+    tick = 0.0
+    for t, k in sent:
+        while t >= tick:
+            release(tick * RATE - timeline.jitter_delay)
+            tick += seconds_per_tick
+        timeline.push(t * RATE, k & 0xFFFF, (5000 + 160 * k) & 0xFFFFFFFF, 8, k.to_bytes(4, "big") + bytes(156), PCMA)
+    release(float("inf"))
+    assert len(got) == len(sent)
+    return got
+
+
+def steps_within_1ms(got: dict[int, int]) -> None:
+    """Two packets that play one after the other are placed 20 ms apart, give or take 1 ms."""
+    for k in sorted(got):
+        if k + 1 in got:
+            step = got[k + 1] - got[k] - 160
+            assert abs(step) <= STEP, f"packet {k + 1} is placed {step} samples off the one before"
+
+
+def send(k: int) -> float:
+    return 0.02 * k
+
+
+@pytest.mark.parametrize("change_ms", [60, -60, 15, -15])
+def test_a_network_delay_change_is_followed_1_ms_at_a_time(change_ms: int) -> None:
+    """The delay grows (or shrinks) for good at 4 s in continuous speech: the placement follows it within
+    a few seconds, in steps of at most 1 ms; before the change, and once caught up, it is exact."""
+    base = 0.030
+    arrivals: list[float | None] = [
+        send(k) + base + (change_ms / 1000 if send(k) >= 4.0 else 0.0) for k in range(600)
+    ]
+    got = placed(arrivals)
+    steps_within_1ms(got)
+    # exact before the change, and once caught up
+    for k in range(0, 200):
+        assert got[k] == round((send(k) + base) * RATE), k
+    for k in range(int(9.0 / 0.02), 600):
+        assert got[k] == round((send(k) + base + change_ms / 1000) * RATE), k
+
+
+def test_a_delay_change_across_a_pause_is_taken_at_once() -> None:
+    """The delay drops by 60 ms while the sender is silent (1 s, silence suppression): the first packet
+    after the pause is at its new place, what came before is within 20 ms of its arrival, and no packet
+    that plays right after another moves more than 1 ms."""
+    arrivals: list[float | None] = [
+        None if 3.0 <= send(k) < 4.0 else send(k) + (0.080 if send(k) < 3.0 else 0.020) for k in range(400)
+    ]
+    got = placed(arrivals)
+    steps_within_1ms(got)
+    first_after = int(4.0 / 0.02)
+    assert got[first_after] == round((send(first_after) + 0.020) * RATE)
+    for k, pos in got.items():
+        arrival = arrivals[k]
+        assert arrival is not None and abs(pos - arrival * RATE) <= 0.020 * RATE
+
+
+@pytest.mark.parametrize("ppm", [300, -300])
+def test_sender_clock_drift_is_followed_within_20_ms_in_1_ms_steps(ppm: int) -> None:
+    """The sender's clock runs 300 ppm fast or slow for 2 minutes (36 ms in all), with a little jitter."""
+    rng = np.random.default_rng(5)
+    arrivals: list[float | None] = [
+        send(k) * (1 - ppm / 1e6) + 0.02 + float(rng.uniform(0, 0.004)) for k in range(6000)
+    ]
+    got = placed(arrivals)
+    steps_within_1ms(got)
+    for k, pos in got.items():
+        arrival = arrivals[k]
+        assert arrival is not None and abs(pos - arrival * RATE) <= 0.020 * RATE, k

@@ -62,7 +62,8 @@ class LanePlan:
         self.payloads = payloads
         self.offsets = offsets  # arrival - timestamp position, per packet
         self.size = course.size  # packets the lane may take (the run is cut before a clock jump)
-        self.anchors = course.anchors  # (packet index, the segment's estimate once that packet is in)
+        # (packet index, the segment's estimate once that packet is in, whether it dropped at once there)
+        self.anchors = course.anchors
         self.rollovers = course.rollovers  # (packet index, bucket history, bucket end) where buckets close
         self.bucket_min = segment.bucket_min  # the segment's bucket minimum before the run
         self.taken = 0
@@ -86,7 +87,10 @@ class LanePlan:
         anchors = self.anchors
         i = self.next_anchor
         while i < len(anchors) and anchors[i][0] < count:
-            self.segment.follow(anchors[i][1])
+            at, target, dropped = anchors[i]
+            if dropped:
+                self.segment.moved_at = int(self.ext_ts[at])
+            self.segment.follow(target)
             i += 1
         self.next_anchor = i
 
@@ -212,12 +216,12 @@ class AnchorCourse:
     """What :func:`plan_anchor` finds."""
 
     size: int
-    anchors: list[tuple[int, float]] = field(default_factory=list)
+    anchors: list[tuple[int, float, bool]] = field(default_factory=list)
     rollovers: list[tuple[int, tuple[float, ...], float]] = field(default_factory=list)
 
 
 def plan_anchor(
-    segment: Segment, arrival: list[float], offsets: FloatArray, bucket: float, reanchor: float
+    segment: Segment, arrival: list[float], offsets: FloatArray, bucket: float, slack: float, reanchor: float
 ) -> AnchorCourse:
     """Replay ``SsrcTimeline.push``'s estimate over a run whose arrivals never go back in time.
 
@@ -254,8 +258,8 @@ def plan_anchor(
                     course.size = k  # push decides here
                     return course
                 if offset < target:
+                    course.anchors.append((k, offset, target - offset > slack))
                     target = offset
-                    course.anchors.append((k, target))
                 if offset < floor:
                     floor = offset
         elif lows[j] < floor:
@@ -267,7 +271,7 @@ def plan_anchor(
             best = min(history)
             if best != target:
                 target = best
-                course.anchors.append((stop - 1, target))
+                course.anchors.append((stop - 1, target, False))
             course.rollovers.append((stop - 1, tuple(history), arrival[stop - 1] + bucket))
     return course
 

@@ -74,6 +74,9 @@ class Segment:
     target: float = 0.0  # the estimate the anchor follows (the least offset of the window)
     started: bool = False  # whether a packet of the segment was released (placed)
     correcting: bool = False  # whether the anchor is on its way to the target
+    # the timestamp from which packets follow the target when it last dropped at once (packets from
+    # before that were delayed as the anchor says)
+    moved_at: int = -(1 << 62)
 
     def __post_init__(self) -> None:
         self.target = self.anchor
@@ -262,6 +265,8 @@ class SsrcTimeline:
             segment = self._new_segment(arrival, ext_ts, self._clock)
             offset = arrival
         elif offset < target:
+            if target - offset > self._slack:
+                segment.moved_at = ext_ts  # the delay dropped here: what came before stays where it is
             segment.follow(offset)  # less delayed than any packet of the window: the estimate
         if offset < segment.bucket_min:
             segment.bucket_min = offset
@@ -314,7 +319,7 @@ class SsrcTimeline:
         assert self._max is not None and segment is not None
         ext_ts = extend_timestamps(ts, self._ref_ts)
         offsets: FloatArray = arrival - (ext_ts - segment.base_ts) * segment.scale
-        course = plan_anchor(segment, arrival.tolist(), offsets, self._bucket, self._reanchor)
+        course = plan_anchor(segment, arrival.tolist(), offsets, self._bucket, self._slack, self._reanchor)
         if course.size:
             self._plan = LanePlan(
                 segment, self._last_pt, self._last_codec, self._max + 1, ext_ts, arrival, payloads, offsets, course
@@ -452,7 +457,11 @@ class SsrcTimeline:
             if type(item) is Block:
                 plan = item.plan
                 segment = plan.segment
-                if segment.started and (segment.correcting or abs(segment.target - segment.anchor) > self._slack):
+                if (
+                    segment.started
+                    and (segment.correcting or abs(segment.target - segment.anchor) > self._slack)
+                    and plan.ext_ts[item.hi - 1] >= segment.moved_at
+                ):
                     # the placement is on the move: packet by packet
                     pending[head : head + 1] = item.packets()
                     continue
@@ -483,7 +492,11 @@ class SsrcTimeline:
                 continue
             seq, ext_ts, pt, payload, segment, codec = cast(Pending, item)
             anchor = segment.anchor
-            if segment.started and (segment.correcting or abs(segment.target - anchor) > self._slack):
+            if (
+                segment.started
+                and (segment.correcting or abs(segment.target - anchor) > self._slack)
+                and ext_ts >= segment.moved_at
+            ):
                 anchor = self._corrected(segment, ext_ts)
                 pos = anchor + (ext_ts - segment.base_ts) * segment.scale
                 if pos >= limit:
