@@ -1,4 +1,5 @@
-"""The rtpengine spool watcher on both backends, with a recording Debian's rtpengine wrote (fixtures/).
+"""The rtpengine spool watcher on both backends, with a recording Debian's rtpengine wrote
+(tests/data/rtpengine/simple).
 
 Finished recordings (metadata in ``metadata/``) become calls, unfinished ones (``tmp/``) wait; the spool's
 files go only once the tape is stored; a crash between storing and clearing makes no second call; a
@@ -25,7 +26,7 @@ from callrec.service.pipeline import Service
 from callrec.service.rtpengine_spool import FAILED_DIR, SpoolWatcher, check_spools, tape_name
 from tests.service.backends import Backend
 
-FIXTURE = Path(__file__).parent / "fixtures" / "rtpengine-spool"
+FIXTURE = Path(__file__).parent.parent / "data" / "rtpengine" / "simple"
 SAMPLE_PCAP = next((FIXTURE / "pcaps").glob("*.pcap"))
 SAMPLE_META = next((FIXTURE / "metadata").glob("*.txt"))
 LATER_S = 10_000.0  # a monotonic time past any back-off of these tests
