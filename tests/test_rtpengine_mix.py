@@ -100,9 +100,10 @@ def test_real_rtpengine_callee_reinvite_mid_call_keeps_both_voices(tmp_path: Pat
     check_mix(call, tmp_path / "out.wav", min(call.caller.first_send, call.callee.first_send))
 
 
-def test_fixture_with_callee_reinvite_mixes_through_the_command_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["reinvite", "ipv6"])
+def test_fixture_with_callee_reinvite_mixes_through_the_command_line(tmp_path: Path, name: str) -> None:
     spool = tmp_path / "spool"
-    shutil.copytree(DATA / "reinvite", spool)
+    shutil.copytree(DATA / name, spool)
     (meta,) = (spool / "metadata").iterdir()
     line = mix_one(meta, tmp_path / "out")
     streams = line["streams"]

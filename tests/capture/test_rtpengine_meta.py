@@ -9,7 +9,8 @@ The fixtures in tests/data/rtpengine/ were written by Debian's rtpengine 10.5.3.
   both sides), raw IP, metadata ``domain:acme|interaction:int-7|from:+4911``;
 - ``eth``: the same call as ``reinvite`` with ``--recording-format eth``;
 - ``nat``: rtpengine behind NAT (``--interface=10.77.0.1!203.0.113.5``): its SDPs give 203.0.113.5, the
-  packets reached 10.77.0.1 (caller 10.77.0.2, callee 10.77.0.3; tests/rtpengine_peer.py made it).
+  packets reached 10.77.0.1 (caller 10.77.0.2, callee 10.77.0.3; tests/rtpengine_peer.py made it);
+- ``ipv6``: the ``reinvite`` call over IPv6 (rtpengine fd77::1, caller fd77::2, callee fd77::3).
 The truth of who sent what is read from the pcaps with dpkt (the source address of each packet).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import dpkt
@@ -33,6 +35,7 @@ CALLER = {
     "reinvite": ("10.9.0.2", None),
     "eth": ("10.9.0.2", None),
     "nat": ("10.77.0.2", None),
+    "ipv6": ("fd77::2", None),
 }
 
 
@@ -55,8 +58,11 @@ def senders(pcap: Path, caller: tuple[str, int | None]) -> dict[int, str]:
     with pcap.open("rb") as f:
         reader = dpkt.pcap.Reader(f)
         for _, frame in reader:
-            ip = dpkt.ip.IP(frame) if reader.datalink() != dpkt.pcap.DLT_EN10MB else dpkt.ethernet.Ethernet(frame).data
-            src = ".".join(str(b) for b in ip.src)
+            if reader.datalink() == dpkt.pcap.DLT_EN10MB:
+                ip = dpkt.ethernet.Ethernet(frame).data
+            else:
+                ip = dpkt.ip6.IP6(frame) if frame[0] >> 4 == 6 else dpkt.ip.IP(frame)
+            src = socket.inet_ntop(socket.AF_INET6 if len(ip.src) == 16 else socket.AF_INET, ip.src)
             from_caller = src == caller[0] and caller[1] in (None, ip.data.sport)
             out[ip.data.dport] = "A" if from_caller else "B"
     return out
@@ -72,7 +78,7 @@ def test_either_file_locates_the_same_recording(tmp_path: Path, name: str) -> No
     assert by_pcap.pairs["domain"] == "acme" and by_pcap.pairs["interaction"] == "int-7"
 
 
-@pytest.mark.parametrize("name", ["simple", "reinvite", "eth", "nat"])
+@pytest.mark.parametrize("name", ["simple", "reinvite", "eth", "nat", "ipv6"])
 def test_every_stream_is_attributed_to_the_party_that_sent_to_it(tmp_path: Path, name: str) -> None:
     folder = spool(tmp_path, name)
     pcap, _ = files(folder)
@@ -82,6 +88,7 @@ def test_every_stream_is_attributed_to_the_party_that_sent_to_it(tmp_path: Path,
     assert {port: by_port.get(port) for port in truth} == truth
     assert [(p.id, p.role) for p in info.parties] == [("A", "caller"), ("B", "callee")]
     assert info.call_ids == ["nat@test" if name == "nat" else "abc@host"]
+    assert len(info.streams) == len(truth) + (2 if name in ("reinvite", "eth", "ipv6") else 0)  # 2 m= unused
     assert info.source == "rtpengine" and info.closed_cleanly
     assert info.domain == "acme" and info.interaction_id == "int-7"
     assert all(s.rtpmap[8].name == "PCMA/8000" for s in info.streams)
