@@ -27,6 +27,7 @@ import pytest
 from callrec.capture import rtpengine
 from callrec.capture.rtpengine import Metadata, SpoolRecording, parse_pairs
 from callrec.errors import ParseError
+from callrec.models import CallInfo
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "rtpengine"
 # the caller's address, and port where both parties share one address
@@ -160,6 +161,18 @@ def test_when_the_sdp_origins_do_not_tell_the_sides_apart_the_offer_is_the_calle
     info = rtpengine.call_info(rtpengine.locate(pcap))
     truth = senders(pcap, CALLER["simple"])
     assert {s.local_port: s.party for s in info.streams} == truth
+
+
+def test_times_out_of_range_are_left_out(tmp_path: Path) -> None:
+    folder = spool(tmp_path, "simple")
+    pcap, meta = files(folder)
+    info = rtpengine.call_info(rtpengine.locate(pcap))
+    assert (info.started_at, info.ended_at) == pytest.approx((1796550858.920256, 1796550859.941631))
+    text = meta.read_text().replace("ms: 1796550858920.", "ms: 1e30").replace("1796550859941.631", "0.000")
+    meta.write_text(text)
+    info = rtpengine.call_info(rtpengine.locate(pcap))
+    assert (info.started_at, info.ended_at) == (None, None)
+    assert CallInfo.from_json(info.to_json()).started_at is None  # what a tape's call.json may hold
 
 
 def test_without_ng_metadata_the_call_is_in_the_default_domain(tmp_path: Path) -> None:

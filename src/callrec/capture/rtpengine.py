@@ -30,7 +30,7 @@ from callrec.capture.pcap import CaptureReader, UdpBlock, format_addr
 from callrec.capture.sdp import Sdp, SdpMedia
 from callrec.capture.sip import display_name, uri_user
 from callrec.errors import CallrecError, ParseError
-from callrec.models import CallInfo, Party, Stream
+from callrec.models import MAX_TIME_S, CallInfo, Party, Stream
 
 log = logging.getLogger("callrec.rtpengine")
 
@@ -298,11 +298,8 @@ def call_info(rec: SpoolRecording, *, domain_key: str = "domain", interaction_ke
         source=SOURCE,
         closed_cleanly=True,
     )
-    started = [b.started_ms for b in meta.blocks if b.started_ms]
-    if started:
-        info.started_at = min(started) / 1000
-    if meta.terminated_ms:
-        info.ended_at = meta.terminated_ms / 1000
+    info.started_at = _seconds(min((b.started_ms for b in meta.blocks if b.started_ms), default=None))
+    info.ended_at = _seconds(meta.terminated_ms)
     try:
         flows = _flows(rec.pcap)
     except (CallrecError, OSError):
@@ -310,6 +307,13 @@ def call_info(rec: SpoolRecording, *, domain_key: str = "domain", interaction_ke
     _add_streams(info, meta.blocks, flows)
     _match_addresses(info, flows)
     return info
+
+
+def _seconds(ms: float | None) -> float | None:
+    """Milliseconds since 1970 as seconds, or None when absent, zero or beyond what a call.json holds."""
+    if not ms or not 0 < ms / 1000 <= MAX_TIME_S:
+        return None
+    return ms / 1000
 
 
 def _flows(pcap: Path) -> Flows:
