@@ -51,6 +51,7 @@ _TERMINATED = "Timestamp terminated ms"
 _SKIPPED = ("Recording paused at:", "Recording resumed at:")
 
 Flows = dict[tuple[str, int], set[str]]  # (destination address, port) -> the source addresses that sent there
+_warned: set[str] = set()  # damaged recordings already logged by finished()
 
 
 @dataclass(frozen=True)
@@ -265,9 +266,6 @@ def finished(spool: Path) -> list[SpoolRecording]:
         found.append((mtime, entry.name, SpoolRecording(pcap, Path(entry.path), unquote(match.group(1)), meta.pairs)))
     found.sort(key=lambda item: (item[0], item[1]))
     return [rec for _, _, rec in found]
-
-
-_warned: set[str] = set()
 
 
 def call_info(rec: SpoolRecording, *, domain_key: str = "domain", interaction_key: str = "interaction") -> CallInfo:
