@@ -144,13 +144,17 @@
     var width = Math.max(120, Math.floor(this.el.clientWidth));
     var rows = this.rows();
     var ratio = window.devicePixelRatio || 1;
+    // the observer also reports the height this drawing gave the element: nothing to redraw then
+    if (width === this.width && rows.height === this.height && ratio === this.ratio) return;
     this.width = width;
     this.height = rows.height;
     [this.canvas, this.layer].forEach(function (c) {
       c.width = Math.round(width * ratio);
       c.height = Math.round(rows.height * ratio);
     });
-    this.canvas.style.width = width + "px";
+    // the width follows the element (CSS 100%): a narrower window shrinks the canvas at once, and the
+    // resize observer redraws it at the new width; only the height is the drawing's own
+    this.canvas.style.width = "100%";
     this.canvas.style.height = rows.height + "px";
     this.ratio = ratio;
     this.drawLayer(rows);

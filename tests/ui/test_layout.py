@@ -1,0 +1,149 @@
+"""The player and the picture follow the window's width (issue 14): no sideways scrolling at 360 px,
+the picture drawn again at its new width, a click on it still seeking to the time under the pointer.
+In Chromium, on the call card and the public page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page
+
+from tests.ui.conftest import Site, shot, sign_in
+from tests.ui.test_browser import _until
+
+PHONE = {"width": 360, "height": 800}
+WIDE = {"width": 1280, "height": 900}
+# how far the player may be from the clicked time: the click also plays from there
+SLACK_S = 2.0
+
+
+@pytest.fixture
+def wide(browser: Browser, site: Site) -> Iterator[BrowserContext]:
+    made = browser.new_context(base_url=site.base, viewport=WIDE)
+    yield made
+    made.close()
+
+
+def _public_url(site: Site, recording_id: str) -> str:
+    made = site.serve.api.post(f"/api/v1/recordings/{recording_id}/links", headers=site.as_domain(), json={})
+    assert made.status_code == 201, made.text
+    url: str = made.json()["url"]
+    return url
+
+
+def _geometry(page: Page) -> dict[str, Any]:
+    """What the page's width is made of: the document's, the window's, the picture's and the player's."""
+    found: dict[str, Any] = page.evaluate(
+        """() => {
+          const canvas = document.querySelector('#picture canvas');
+          const player = document.getElementById('player').getBoundingClientRect();
+          const box = canvas.getBoundingClientRect();
+          return {scroll: document.scrollingElement.scrollWidth, inner: window.innerWidth,
+                  canvasLeft: box.left, canvasRight: box.right, canvasCss: box.width, backing: canvas.width,
+                  ratio: window.devicePixelRatio,
+                  playerRight: player.right, playerWidth: player.width};
+        }"""
+    )
+    return found
+
+
+# the picture's drawing has as many pixels as it covers on the screen: drawn for its width, not squeezed
+DRAWN_TO_FIT = (
+    "(c => c.width === Math.round(Math.max(120, c.getBoundingClientRect().width) * devicePixelRatio))"
+    "(document.querySelector('#picture canvas'))"
+)
+
+
+def _fits(page: Page, width: int) -> dict[str, Any]:
+    """The page at ``width`` px: nothing sideways, the picture drawn again for its new width."""
+    _until(page, f"document.querySelector('#picture canvas').getBoundingClientRect().width <= {width}")
+    _until(page, DRAWN_TO_FIT)
+    g = _geometry(page)
+    assert g["inner"] == width
+    assert g["scroll"] <= g["inner"], g  # no horizontal scroll
+    assert g["canvasLeft"] >= 0 and g["canvasRight"] <= g["inner"] and g["canvasCss"] <= width, g
+    assert g["playerWidth"] > 0 and g["playerRight"] <= g["inner"], g
+    assert g["backing"] == round(g["canvasCss"] * g["ratio"]), g  # drawn again at the new width
+    return g
+
+
+def _click_seeks(page: Page, fraction: float) -> None:
+    """A click at ``fraction`` of the picture's width puts the player at that fraction of the call."""
+    duration = float(page.get_attribute("#picture", "data-duration") or 0)
+    assert duration > 5
+    box = page.locator("#picture canvas").bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
+    target = fraction * duration
+    _until(page, f"document.getElementById('player').currentTime >= {target - 0.5}")
+    now: float = page.evaluate("document.getElementById('player').currentTime")
+    assert now < target + SLACK_S, (now, target)
+
+
+def _open_card(page: Page, site: Site, call_id: str) -> None:
+    page.goto(f"/ui/calls/{call_id}")
+    page.wait_for_selector("#picture[data-state=ready]")
+
+
+def test_the_call_card_follows_the_window_when_it_narrows_and_widens(
+    wide: BrowserContext, site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = wide.new_page()
+    sign_in(page, site.key)
+    _open_card(page, site, site.call_id)
+    first = _geometry(page)
+    assert first["canvasCss"] > 800 and first["scroll"] <= first["inner"], first
+    page.set_viewport_size(PHONE)
+    _fits(page, PHONE["width"])
+    _click_seeks(page, 0.25)
+    shot(page, "call-card-narrowed-360.png", capsys)
+    page.set_viewport_size({"width": 900, "height": 900})
+    _until(page, "document.querySelector('#picture canvas').getBoundingClientRect().width > 600")
+    _until(page, DRAWN_TO_FIT)
+    g = _geometry(page)
+    assert g["scroll"] <= g["inner"] and g["canvasRight"] <= g["inner"], g
+    _click_seeks(page, 0.75)
+
+
+def test_the_call_card_opened_at_360_px(browser: Browser, site: Site) -> None:
+    phone = browser.new_context(base_url=site.base, viewport=PHONE, device_scale_factor=3, is_mobile=True,
+                                has_touch=True)  # fmt: skip
+    try:
+        page = phone.new_page()
+        sign_in(page, site.key)
+        _open_card(page, site, site.call_id)
+        g = _fits(page, PHONE["width"])
+        assert g["ratio"] == 3  # a phone's dense screen: the drawing has three pixels per CSS pixel
+        page.tap("#picture canvas", position={"x": g["canvasCss"] * 0.6, "y": 20})
+        duration = float(page.get_attribute("#picture", "data-duration") or 0)
+        _until(page, f"document.getElementById('player').currentTime >= {0.6 * duration - 0.5}")
+        assert page.evaluate("document.getElementById('player').currentTime") < 0.6 * duration + SLACK_S
+    finally:
+        phone.close()
+
+
+def test_the_public_page_follows_the_window(browser: Browser, site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    url = _public_url(site, site.recording_id)
+    stranger = browser.new_context(viewport=WIDE)
+    try:
+        page = stranger.new_page()
+        page.goto(url)
+        page.wait_for_selector("#picture[data-state=ready]")
+        assert _geometry(page)["canvasCss"] > 600
+        page.set_viewport_size(PHONE)
+        _fits(page, PHONE["width"])
+        _click_seeks(page, 0.5)
+        shot(page, "public-link-narrowed-360.png", capsys)
+    finally:
+        stranger.close()
+    phone = browser.new_context(viewport=PHONE)
+    try:
+        page = phone.new_page()
+        page.goto(url)
+        page.wait_for_selector("#picture[data-state=ready]")
+        _fits(page, PHONE["width"])
+        _click_seeks(page, 0.3)
+    finally:
+        phone.close()
