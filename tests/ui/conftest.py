@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
@@ -26,6 +27,21 @@ SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 # the call's caller: a number no other call has, to search by
 NUMBER = "4930" + str(secrets.randbelow(10**6)).zfill(6)
 CALL_S = 20.0
+
+
+def tone_capture(path: Path, seconds: float, call_id: str) -> Path:
+    """A capture of a call whose callee (B) sends only a steady 440 Hz tone, and whose caller speaks."""
+    built = synth.build(synth.Scenario(call_id=call_id, duration=seconds))
+    t = np.arange(int((seconds + 1) * synth.RATE)) / synth.RATE
+    alaw = synth.ffmpeg_encode((np.sin(2 * np.pi * 440 * t) * 9000).astype(np.int16), "PCMA")
+    out, k = [], 0
+    for ts, src, sport, dst, dport, payload in built.datagrams:
+        if src == synth.B_IP and sport != 5060 and payload[1] & 0x7F == synth.CODECS["PCMA"][0]:
+            payload = payload[:12] + alaw[k * 160 : (k + 1) * 160]  # 20 ms of A-law in each packet
+            k += 1
+        out.append((ts, src, sport, dst, dport, payload))
+    assert k > 0, "the scenario sent no PCMA from B"
+    return synth.write_pcap(path, out)
 
 
 @dataclass

@@ -1,22 +1,44 @@
 """The player and the picture follow the window's width (issue 14): no sideways scrolling at 360 px,
-the picture drawn again at its new width, a click on it still seeking to the time under the pointer.
-In Chromium, on the call card and the public page."""
+the picture drawn again at its new width, a click on it still seeking to the time under the pointer;
+and a party who only sends a tone is said plainly. In Chromium, on the call card and the public page."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
-from tests.ui.conftest import Site, shot, sign_in
+from tests.ui.conftest import Site, shot, sign_in, tone_capture
 from tests.ui.test_browser import _until
 
 PHONE = {"width": 360, "height": 800}
 WIDE = {"width": 1280, "height": 900}
 # how far the player may be from the clicked time: the click also plays from there
 SLACK_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def tone_call(site: Site, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A call in the site's domain whose callee sends only a tone: its recording's id."""
+    capture = tone_capture(tmp_path_factory.mktemp("tone") / "tone.pcap", 12.0, f"tone-{secrets.token_hex(3)}@test")
+    with httpx.Client(base_url=site.base, timeout=60) as client:
+        answer = client.post("/api/v1/uploads", headers=site.as_domain(),
+                             files={"file": ("tone.pcap", capture.read_bytes())})  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    (call_id,) = answer.json()["calls"]
+
+    def mixed() -> str | None:
+        got = site.serve.api.get(f"/api/v1/calls/{call_id}", headers=site.as_domain())
+        rec = got.json()["recording"]
+        assert rec is None or rec["state"] != "failed", rec
+        return call_id if rec is not None and rec["state"] == "completed" else None
+
+    found: str = site.serve.wait_for("the tone call to be mixed", mixed, timeout=60)
+    return found
 
 
 @pytest.fixture
@@ -145,5 +167,32 @@ def test_the_public_page_follows_the_window(browser: Browser, site: Site, capsys
         page.wait_for_selector("#picture[data-state=ready]")
         _fits(page, PHONE["width"])
         _click_seeks(page, 0.3)
+    finally:
+        phone.close()
+
+
+def test_a_party_who_only_sends_a_tone_is_said_plainly(
+    wide: BrowserContext, browser: Browser, site: Site, tone_call: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = wide.new_page()
+    sign_in(page, site.key)
+    _open_card(page, site, tone_call)
+    steady = page.locator(".picture-legend li.heard-steady")
+    assert steady.count() == 1
+    assert "tone or steady noise, no speech detected" in steady.inner_text()
+    assert "0:00" not in steady.inner_text()
+    spoke = page.locator(".picture-legend li.heard-speech")
+    assert spoke.count() == 1 and "of speech" in spoke.inner_text()
+    shot(page, "call-card-tone-party.png", capsys)
+    card = site.serve.api.get(f"/api/v1/calls/{tone_call}", headers=site.as_domain()).json()
+    phone = browser.new_context(viewport=PHONE)
+    try:
+        public = phone.new_page()
+        public.goto(_public_url(site, card["recording"]["id"]))
+        public.wait_for_selector("#picture[data-state=ready]")
+        assert (
+            "tone or steady noise, no speech detected" in public.locator(".picture-legend li.heard-steady").inner_text()
+        )
+        _fits(public, PHONE["width"])
     finally:
         phone.close()

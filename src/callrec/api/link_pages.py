@@ -26,6 +26,7 @@ from callrec.api.audio import recording_response
 from callrec.api.deps import ServiceDep
 from callrec.api.interactions import stitch_response
 from callrec.api.picture import recording_picture, stitch_picture
+from callrec.api.ui_pages import with_voices
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, FAILED, Call, Party, Recording, Stitch
 from callrec.errors import ServiceError, StorageError
@@ -281,7 +282,7 @@ def link_picture(token: str, request: Request, service: ServiceDep) -> Response:
             data = stitch_picture(service.ctx, _stitch(opened))
             # the member calls' ids are internal: a chapter shows who and when
             data["chapters"] = [{k: v for k, v in c.items() if k != "call_id"} for c in data["chapters"]]
-        return JSONResponse(data)
+        return JSONResponse(with_voices(data))
 
     return _answer(request, work)
 

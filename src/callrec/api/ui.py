@@ -9,18 +9,20 @@ UI's audio, pictures and changes live under ``/ui`` and authenticate with the se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, Header, Query, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from callrec.api import interactions as interactions_api
 from callrec.api import links as links_api
 from callrec.api import picture as picture_api
 from callrec.api import recordings as recordings_api
+from callrec.api import ui_pages
 from callrec.api.deps import Principal, ServiceDep, get_ctx, principal_of, source_address, throttle
 from callrec.api.ui_auth import check_change, check_origin, sign_in, sign_out, viewer
 from callrec.api.ui_pages import call_view, calls_view, interaction_view, remember_new_link, render, safe_back
@@ -160,7 +162,7 @@ def recording_audio(
 
 @router.get("/ui/recordings/{recording_id}/picture")
 def recording_picture(recording_id: str, request: Request, service: ServiceDep) -> dict[str, Any]:
-    return picture_api.get_recording_picture(recording_id, service, _need(request))
+    return ui_pages.with_voices(picture_api.get_recording_picture(recording_id, service, _need(request)))
 
 
 @router.get("/ui/interactions/{interaction_id:path}/stitched/audio")
@@ -176,7 +178,10 @@ def stitched_audio(
 
 @router.get("/ui/interactions/{interaction_id:path}/picture")
 def stitched_picture(interaction_id: str, request: Request, service: ServiceDep, domain: Short = None) -> Response:
-    return picture_api.get_interaction_picture(interaction_id, service, _need(request), domain)
+    answer = picture_api.get_interaction_picture(interaction_id, service, _need(request), domain)
+    if answer.status_code != 200:
+        return answer
+    return JSONResponse(ui_pages.with_voices(json.loads(bytes(answer.body))))
 
 
 # --- changes: links and stitches -------------------------------------------------------------------

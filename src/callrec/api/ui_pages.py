@@ -116,6 +116,44 @@ def forget_new_link(response: Response) -> Response:
     return response
 
 
+# --- what each voice of a picture holds --------------------------------------------------------------
+
+# a slice of a channel is sound when its peak reaches this (-50 dBFS, the speech meter's absolute floor)
+SOUND_PEAK = 10 ** (-50 / 20)
+# a channel carries a steady signal when at least this share of its slices is sound
+STEADY_SHARE = 0.1
+HEARD_TEXT = {
+    "speech": "speech",
+    "steady": "tone or steady noise, no speech detected",
+    "silent": "no sound",
+    "none": "no speech detected",
+}
+
+
+def voices(picture: dict[str, Any]) -> list[dict[str, str]]:
+    """What the page says each speaker of ``picture`` holds, in the speakers' order: ``heard`` is
+    ``speech`` (some speaking segments), ``steady`` (none, but the speaker's own channel carries a signal:
+    a tone or steady noise, which the speech meter does not take for speech), ``silent`` (none, and
+    the channel is quiet) or ``none`` (none, and the channel is shared, so its level says nothing of
+    this speaker); ``text`` says it in words."""
+    channels = {ch["index"]: ch["peaks"] for ch in picture["channels"]}
+    alone = [s["channel"] for s in picture["speakers"]]
+    out = []
+    for speaker in picture["speakers"]:
+        heard = "speech" if speaker["segments"] else "none"
+        peaks = channels.get(speaker["channel"]) if speaker["channel"] is not None else None
+        if heard == "none" and peaks and alone.count(speaker["channel"]) == 1:
+            loud = sum(1 for lo, hi in peaks if max(-lo, hi) >= SOUND_PEAK)
+            heard = "steady" if loud >= STEADY_SHARE * len(peaks) else "silent" if not loud else "none"
+        out.append({"party": speaker["party"], "heard": heard, "text": HEARD_TEXT[heard]})
+    return out
+
+
+def with_voices(picture: dict[str, Any]) -> dict[str, Any]:
+    """``picture`` as the UI's pages draw it: the API's picture and ``voices``."""
+    return picture | {"voices": voices(picture)}
+
+
 # --- the call list ---------------------------------------------------------------------------------
 
 

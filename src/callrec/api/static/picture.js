@@ -1,6 +1,8 @@
 /* The picture of a conversation, drawn into every element with data-picture (the URL of its JSON):
    each channel's waveform, who spoke when (one row per speaker), silences and overlaps, chapters of a
-   stitch, and a playhead that follows the page's <audio>. Clicking the picture plays from there. */
+   stitch, and a playhead that follows the page's <audio>. Clicking the picture plays from there.
+   A speaker without speech (data.voices: a tone or steady noise, no sound) is said in words, and their
+   channel is drawn in grey as a signal level, not in their colour as speech. */
 (function () {
   "use strict";
 
@@ -9,6 +11,7 @@
   var SILENCE = "rgba(100, 116, 139, 0.14)";
   var OVERLAP = "rgba(220, 38, 38, 0.16)";
   var PLAYHEAD = "#dc2626";
+  var LEVEL = "rgba(100, 116, 139, 0.45)";
   var AXIS_H = 16, CHAPTER_H = 16, ROW_H = 12, GAP = 4;
   var TICKS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
 
@@ -35,11 +38,28 @@
     return made;
   }
 
-  function colors(data) {
+  // what each speaker holds: data.voices from the page's server, else speech when there are segments
+  function voices(data) {
+    return data.speakers.map(function (s, i) {
+      var v = data.voices && data.voices[i];
+      if (v && v.heard) return v;
+      return s.segments.length ? { heard: "speech", text: "speech" } : { heard: "none", text: "no speech detected" };
+    });
+  }
+
+  // the voice a channel carries alone, or null when it carries several (or none)
+  function soleVoice(data, heard, index) {
+    var alone = [];
+    data.speakers.forEach(function (s, i) { if (s.channel === index) alone.push(i); });
+    return alone.length === 1 ? { speaker: alone[0], voice: heard[alone[0]] } : null;
+  }
+
+  function colors(data, heard) {
     var speaker = data.speakers.map(function (_, i) { return PALETTE[i % PALETTE.length]; });
     var channel = data.channels.map(function (ch) {
-      var alone = data.speakers.filter(function (s) { return s.channel === ch.index; });
-      return alone.length === 1 ? speaker[data.speakers.indexOf(alone[0])] : NEUTRAL;
+      var sole = soleVoice(data, heard, ch.index);
+      if (!sole) return NEUTRAL;
+      return sole.voice.heard === "speech" ? speaker[sole.speaker] : LEVEL;
     });
     return { speaker: speaker, channel: channel };
   }
@@ -81,7 +101,8 @@
   Picture.prototype.show = function (data) {
     var self = this;
     this.data = data;
-    this.colors = colors(data);
+    this.voices = voices(data);
+    this.colors = colors(data, this.voices);
     this.el.innerHTML = "";
     this.el.appendChild(this.canvas);
     this.el.appendChild(this.legend);
@@ -106,7 +127,10 @@
     var self = this, items = [];
     this.data.speakers.forEach(function (s, i) {
       var spoken = s.segments.reduce(function (sum, seg) { return sum + (seg[1] - seg[0]); }, 0);
-      items.push([self.colors.speaker[i], s.label, clock(spoken), "speaker"]);
+      var voice = self.voices[i];
+      var said = voice.heard === "speech" ? clock(spoken) + " of speech" : voice.text;
+      var swatch = voice.heard === "speech" ? self.colors.speaker[i] : LEVEL;
+      items.push([swatch, s.label, said, "speaker heard-" + voice.heard]);
     });
     items.push([SILENCE, "silence", this.data.silences.length + "×", "silence"]);
     items.push([OVERLAP, "overlap", this.data.overlaps.length + "×", "overlap"]);
@@ -199,9 +223,10 @@
         var y0 = mid - (hi / loudest) * half, y1 = mid - (lo / loudest) * half;
         g.fillRect(x, y0, 1, Math.max(1, y1 - y0));
       }
-      g.fillStyle = "rgba(71, 85, 105, 0.9)";
-      g.font = "10px system-ui, sans-serif";
-      g.fillText(ch.name, 3, top + 10);
+      var sole = soleVoice(data, self.voices, ch.index);
+      var label = ch.name;
+      if (sole && sole.voice.heard !== "speech") label += " · " + sole.voice.text;
+      self.label(g, label, 3, top + 10);
     });
     // who spoke when: one row per speaker
     data.speakers.forEach(function (s, i) {
@@ -212,7 +237,22 @@
       s.segments.forEach(function (seg) {
         g.fillRect(self.x(seg[0]), y, Math.max(1, self.x(seg[1]) - self.x(seg[0])), ROW_H);
       });
+      if (self.voices[i].heard !== "speech") {
+        g.fillStyle = "rgba(71, 85, 105, 0.9)";
+        g.font = "10px system-ui, sans-serif";
+        g.fillText(s.label + ": " + self.voices[i].text, 3, y + ROW_H - 2);
+      }
     });
+  };
+
+  // a label over the waveform, on a light backing so that a loud signal does not hide it
+  Picture.prototype.label = function (g, text, x, y) {
+    g.font = "10px system-ui, sans-serif";
+    var width = Math.min(g.measureText(text).width, this.width - x - 2);
+    g.fillStyle = "rgba(248, 250, 252, 0.85)";
+    g.fillRect(x - 2, y - 9, width + 4, 12);
+    g.fillStyle = "rgba(71, 85, 105, 0.95)";
+    g.fillText(text, x, y, Math.max(1, this.width - x - 2));
   };
 
   Picture.prototype.drawAxis = function (g, w) {
