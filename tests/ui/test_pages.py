@@ -1,8 +1,10 @@
 """The UI's pages and page data over HTTP (TestClient, SQLite and PostgreSQL): what the picture says of a
-party who sends no speech."""
+party who sends no speech, and an admin's choice of domain for an interaction id that two domains use."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from callrec.api.app import create_app
 from callrec.api.ui_pages import voices
-from tests.api.conftest import Api, Mixed, Tenant
+from callrec.capture.scan import calls_in_capture
+from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, Tenant
 from tests.api.test_links import make_link
 from tests.ui.conftest import tone_capture
 
@@ -89,3 +92,51 @@ def test_what_each_voice_holds() -> None:
     few = _picture([(0, True), (1, False)], [0.3, 0.0])
     few["channels"][1]["peaks"][3] = [-0.2, 0.2]
     assert [v["text"] for v in voices(few)] == ["speech", "no speech detected"]
+
+
+# --- one interaction id in two domains ----------------------------------------------------------------
+
+
+def _interaction_in(api: Api, tenant: Tenant, captures: Captures, interaction: str, k: int) -> str:
+    info = calls_in_capture(captures.seven)[k]
+    info.interaction_id = interaction
+    (call_id,) = api.upload(tenant.headers, captures.seven, call_json=json.dumps(info.to_json()).encode())
+    return call_id
+
+
+def test_an_admin_chooses_the_domain_of_an_interaction_id_two_domains_use(
+    api: Api, browser: TestClient, captures: Captures
+) -> None:
+    first, second = api.tenant(), api.tenant()
+    calls = {first.name: _interaction_in(api, first, captures, "shared ix/1", 1),
+             second.name: _interaction_in(api, second, captures, "shared ix/1", 2)}  # fmt: skip
+    _sign_in(browser, ADMIN_KEY)
+    url = "/ui/interactions/shared%20ix%2F1"
+    page = browser.get(url)
+    assert page.status_code == 200, page.text
+    assert "?domain=" not in re.sub(r'href="[^"]*"', "", page.text)  # no raw instruction, only links
+    assert 'id="choose-domain"' in page.text and "data-call=" not in page.text
+    offered = re.findall(r'<li><a href="([^"]+)">([^<]+)</a></li>', page.text)
+    assert sorted(offered) == sorted((f"{url}?domain={name}", name) for name in calls)
+    for href, name in offered:
+        chosen = browser.get(href)
+        assert chosen.status_code == 200 and 'id="choose-domain"' not in chosen.text
+        # that domain's call only: the two are separate conversations
+        assert re.findall(r'data-call="([^"]+)"', chosen.text) == [calls[name]]
+    # a domain's own key has one domain: the interaction opens directly
+    browser.cookies.clear()
+    _sign_in(browser, _key(first))
+    own = browser.get(url)
+    assert own.status_code == 200 and re.findall(r'data-call="([^"]+)"', own.text) == [calls[first.name]]
+
+
+def test_an_admin_opening_an_interaction_id_of_one_domain_gets_it_directly(
+    api: Api, browser: TestClient, captures: Captures
+) -> None:
+    owner = api.tenant()
+    call_id = _interaction_in(api, owner, captures, "one-domain-ix", 3)
+    _sign_in(browser, ADMIN_KEY)
+    page = browser.get("/ui/interactions/one-domain-ix")
+    assert page.status_code == 200 and 'id="choose-domain"' not in page.text
+    assert re.findall(r'data-call="([^"]+)"', page.text) == [call_id]
+    assert browser.get("/ui/interactions/no-such-ix").status_code == 404

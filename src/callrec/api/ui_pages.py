@@ -10,6 +10,7 @@ from urllib.parse import quote, urlencode
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader
+from sqlalchemy import select
 
 from callrec.api import calls as calls_api
 from callrec.api import interactions as interactions_api
@@ -17,7 +18,7 @@ from callrec.api import links as links_api
 from callrec.api.deps import Principal, get_ctx
 from callrec.api.picture import label_of
 from callrec.api.ui_auth import COOKIE_PATH, csrf_token, secure
-from callrec.db.schema import Domain
+from callrec.db.schema import Call, Domain
 from callrec.errors import ServiceError
 from callrec.service.pipeline import Service
 
@@ -269,10 +270,27 @@ def call_view(
 # --- an interaction --------------------------------------------------------------------------------
 
 
+def domains_with(service: Service, principal: Principal, interaction_id: str) -> list[str]:
+    """The names of the domains, among those the key may see, that have calls of ``interaction_id``."""
+    if not interaction_id or "\x00" in interaction_id or len(interaction_id) > 300:
+        return []
+    query = select(Domain.name).join(Call, Call.domain_id == Domain.id).where(Call.interaction_id == interaction_id)
+    if not principal.admin:
+        query = query.where(Domain.id == principal.domain_id)
+    with service.ctx.sessions() as s:
+        return sorted(set(s.scalars(query.distinct())))
+
+
 def interaction_view(
     request: Request, service: Service, principal: Principal, interaction_id: str, domain: str | None, *,
     error: str | None = None, status: int = 200,
 ) -> Response:  # fmt: skip
+    if domain is None and principal.admin:
+        # an admin key sees every domain: when several have this id, let the reader pick one
+        choices = domains_with(service, principal, interaction_id)
+        if len(choices) > 1:
+            return render(request, "interaction.html", principal, interaction_id=interaction_id, choices=choices,
+                          error=error)  # fmt: skip
     try:
         found = calls_api.get_interaction(interaction_id, request, service, principal, domain)
     except ServiceError as exc:
