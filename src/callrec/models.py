@@ -41,6 +41,11 @@ class Stream:
     remote_port: int = 0
     label: str = ""
     rtpmap: dict[int, RtpMap] = field(default_factory=dict)
+    # packets the recorder dropped because they came from neither the SRC's advertised source nor the one
+    # latched to; and the source the stream was latched to at the end, when the SRC sent from elsewhere
+    foreign_packets: int = 0
+    latched_addr: str = ""
+    latched_port: int = 0
 
 
 @dataclass(slots=True)
@@ -100,6 +105,9 @@ class CallInfo:
                         )
                         for pt, c in s.get("rtpmap", {}).items()
                     },
+                    foreign_packets=int(s.get("foreign_packets", 0)),
+                    latched_addr=str(s.get("latched_addr", "")),
+                    latched_port=int(s.get("latched_port", 0)),
                 )
                 for s in data.get("streams", [])
             ]
@@ -144,8 +152,10 @@ def _check_sizes(call_ids: list[str], parties: list[Party], streams: list[Stream
         if len(items) > limit:
             raise ParseError(f"call.json: more than {limit} {what}")
     for s in streams:
-        if not 0 <= s.local_port <= 65535 or not 0 <= s.remote_port <= 65535:
+        if not all(0 <= p <= 65535 for p in (s.local_port, s.remote_port, s.latched_port)):
             raise ParseError("call.json: a stream port is not between 0 and 65535")
+        if s.foreign_packets < 0:
+            raise ParseError("call.json: a stream's foreign packet count is negative")
         if len(s.rtpmap) > MAX_RTPMAP:
             raise ParseError(f"call.json: a stream has more than {MAX_RTPMAP} payload types")
         if any(not 0 <= pt <= 127 or not 0 < c.clock_rate <= 1_000_000 or not 0 < c.channels <= 64

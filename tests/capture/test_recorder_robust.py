@@ -40,7 +40,7 @@ from tests.capture.sipclient import (
     wait_for,
 )
 from tests.capture.test_recorder_policy import packets_on_tape
-from tests.recorder_proc import RecorderProcess
+from tests.recorder_proc import RecorderProcess, free_udp_block
 
 QUIET_S = 0.3  # how long "no answer" is waited for
 
@@ -523,30 +523,44 @@ def crafted_junk(rng: random.Random) -> list[bytes]:
 
 
 def run_call_with_junk(rec: RecorderThread, junk: list[bytes], real: int, rng: random.Random) -> tuple[Path, int, int]:
-    """A call whose first stream gets ``real`` RTP packets, with ``junk`` sent to every RTP/RTCP port between."""
+    """A call whose first stream gets ``real`` RTP packets, with ``junk`` sent to every RTP/RTCP port between.
+
+    Each datagram comes from the source the SRC's SDP advertised for the port it goes to (RTP on the
+    offer's port, RTCP on the one above): from anywhere else it would be dropped as foreign whatever its
+    shape (see test_recorder_isolation)."""
     dropped_before = rec.call(lambda: rec.recorder._media.dropped)  # type: ignore[union-attr]
-    with SipClient(rec.address) as sip:
-        dialog = Dialog(sip)
-        ports = answered_ports(dialog.call())
-        rtp = RtpSender(ports[0], ssrc=0x5EED0001)
-        targets = [p + off for p in ports for off in (0, 1)]
-        stray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        queue = list(junk)
-        rng.shuffle(queue)
-        share = len(queue) // real + 1  # junk datagrams after each real packet
-        for i in range(real):
-            rtp.send(1, payload=bytes([0xD5 ^ (i & 0x7F)]) * 160)
-            for _ in range(min(share, len(queue))):
-                stray.sendto(queue.pop(), ("127.0.0.1", rng.choice(targets)))
-        assert not queue
-        stray.close()
-        expected = real + sum(1 for j in junk if rtp_shaped(j))
-        wait_for(
-            lambda: rec.call(lambda: rec.recorder.sessions[dialog.call_id].tape.packets) == expected,  # type: ignore[union-attr]
-            what=f"{expected} packets on tape",
-        )
-        assert dialog.bye().status == 200
-        folder = rec.closed_tape_of(dialog.call_id)
+    base = free_udp_block(4, 20000, 60000)
+    sources = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    try:
+        for i, sock in enumerate(sources):
+            sock.bind(("127.0.0.1", base + i))
+        with SipClient(rec.address) as sip:
+            dialog = Dialog(sip)
+            ports = answered_ports(dialog.call([base, base + 2]))
+            rtp = RtpSender(ports[0], ssrc=0x5EED0001)
+            rtp.sock.close()
+            rtp.sock = sources[0]
+            targets = [p + off for p in ports for off in (0, 1)]
+            source_of = dict(zip(targets, sources, strict=True))
+            queue = list(junk)
+            rng.shuffle(queue)
+            share = len(queue) // real + 1  # junk datagrams after each real packet
+            for i in range(real):
+                rtp.send(1, payload=bytes([0xD5 ^ (i & 0x7F)]) * 160)
+                for _ in range(min(share, len(queue))):
+                    target = rng.choice(targets)
+                    source_of[target].sendto(queue.pop(), ("127.0.0.1", target))
+            assert not queue
+            expected = real + sum(1 for j in junk if rtp_shaped(j))
+            wait_for(
+                lambda: rec.call(lambda: rec.recorder.sessions[dialog.call_id].tape.packets) == expected,  # type: ignore[union-attr]
+                what=f"{expected} packets on tape",
+            )
+            assert dialog.bye().status == 200
+            folder = rec.closed_tape_of(dialog.call_id)
+    finally:
+        for sock in sources:
+            sock.close()
     dropped = rec.call(lambda: rec.recorder._media.dropped) - dropped_before  # type: ignore[union-attr]
     return folder, expected, dropped
 
@@ -664,7 +678,8 @@ def test_fuzzed_sdp_is_recorded_or_refused_with_a_reason(data: Path) -> None:
 
 
 def test_fuzzed_metadata_never_refuses_the_call(data: Path) -> None:
-    with RecorderThread(recorder_config(data)) as rec, SipClient(rec.address) as sip:
+    # 80 calls in a row on 20 port pairs: released pairs must not rest (see PortAllocator)
+    with RecorderThread(recorder_config(data), port_rest_s=0) as rec, SipClient(rec.address) as sip:
 
         @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(edits=mutations())

@@ -4,7 +4,9 @@
 (``disk`` and ``detail`` saying why) when the data folder's disk is nearly full: reads keep working.
 
 Metric values are read from the database (and the queue) when Prometheus scrapes, so every API node
-reports the same figures and nothing has to be counted in memory.
+reports the same figures and nothing has to be counted in memory. The live recorder's counters
+(``callrec_recorder_*``: sessions, packets recorded, malformed and foreign, streams latched) are the
+exception: they come from the file the recorder on this host's data folder keeps (``capture/recstats``).
 
 On a shared (PostgreSQL) database, ``/healthz`` adds ``warnings`` naming each domain whose storage is
 ``local``: its recordings would stay on the disk of whichever host stored them, where other hosts cannot
@@ -16,18 +18,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from callrec.capture import tape
+from callrec.capture import recstats, tape
 from callrec.db.schema import COMPLETED, RECORDING, STATES, Domain, Job, Recording
 from callrec.service import disk
 from callrec.service.pipeline import Service
@@ -99,11 +102,28 @@ class ServiceCollector(Collector):
             return float("nan")  # unknown, and /healthz says why
 
 
+class RecorderCollector(Collector):
+    """The counters of the recorder writing into this host's data folder (``recstats``); none without one."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())  # the file is read at scrape time only
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, value in recstats.read(self.data_dir).items():
+            family = CounterMetricFamily(name, recstats.COUNTERS[name])
+            family.add_metric([], value)
+            yield family
+
+
 def make_router(service: Service) -> APIRouter:
     """The ops routes, with a Prometheus registry of this app's own."""
     router = APIRouter(tags=["operations"])
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ServiceCollector(service))
+    registry.register(RecorderCollector(service.ctx.config.data_dir))
 
     @router.get("/healthz", summary="Whether the database and the queue answer, whether the disk is short of "
                 "space (degraded), and what a shared setup lacks")  # fmt: skip

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callrec.capture import tape
+from callrec.capture import recstats, tape
 from callrec.capture.listener import Origin, SipListener
 from callrec.capture.media_io import MediaReceiver
-from callrec.capture.ports import PortAllocator, PortsExhausted
+from callrec.capture.ports import PORT_REST_S, PortAllocator, PortsExhausted
 from callrec.capture.recovery import TapeRegistry
 from callrec.capture.sdp import Sdp
 from callrec.capture.session import (
@@ -84,8 +84,10 @@ class Recorder:
         on_tape_opened: Callable[[Path], object] | None = None,
         on_tape_discarded: Callable[[Path], object] | None = None,
         t1: float = T1_S,
+        port_rest_s: float = PORT_REST_S,
     ) -> None:
-        """``t1`` is SIP's round-trip estimate (RFC 3261 timer T1); retransmissions and timeouts scale with it."""
+        """``t1`` is SIP's round-trip estimate (RFC 3261 timer T1); retransmissions and timeouts scale with it.
+        ``port_rest_s``: how long a closed session's RTP port pair rests before reuse (see ``PortAllocator``)."""
         self.cfg = cfg
         self._t1 = t1
         self.stats = RecorderStats()
@@ -94,7 +96,7 @@ class Recorder:
         # the service's hand-off: a call appears (state "recording") as soon as its tape exists
         self._on_tape_opened = on_tape_opened
         self._on_tape_discarded = on_tape_discarded
-        self._ports = PortAllocator(cfg.rtp_first, cfg.rtp_last)
+        self._ports = PortAllocator(cfg.rtp_first, cfg.rtp_last, rest_s=port_rest_s)
         self._disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callrec-disk")
         # call.json rewrites and tape closes, one at a time in the order asked: a later call.json never
         # loses to an earlier one, and the closing one comes last
@@ -113,6 +115,7 @@ class Recorder:
         self._local_ip: dict[str, str] = {}
         # the Call-IDs of the sessions each SRC address holds (the per-source limit)
         self._by_source: dict[str, set[str]] = {}
+        self._published: dict[str, int] = {}
         self.address: tuple[str, int] = ("", 0)
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -153,6 +156,7 @@ class Recorder:
             self._transactions.close()
         if self._media is not None:
             self._media.close_all()
+        self._publish_figures()
         self._disk.shutdown(wait=True)
         self._meta.shutdown(wait=True)
         if self._registry is not None:
@@ -577,16 +581,84 @@ class Recorder:
         raise PortsExhausted("every RTP port pair of the range is taken")
 
     def _start_media(self, session: RecordingSession, origin: Origin) -> None:
+        """Receive on the session's ports, each pair only from the sources the SRC's offer advertised for it
+        (a later offer that moves a source moves the filter)."""
         assert self._media is not None and session.tape is not None
         advertised = self._advertised(origin)
-        for port in session.ports():
-            self._media.start(port, advertised, session.tape.write_packed)
+        for line in session.lines:
+            if not line.port:
+                continue
+            self._media.start(line.port, advertised, session.tape.write_packed)
+            offer = line.offer
+            if recordable(offer):  # a removed stream (port 0) keeps the filter it had
+                host = offer.address or ""
+                rtcp = offer.rtcp_port if offer.rtcp_port else offer.port + 1
+                self._media.expect(line.port, (host, offer.port), (host, rtcp))
+        self._media_figures(session)
+
+    def _media_figures(self, session: RecordingSession) -> int:
+        """Copy each stream's foreign packet count and latched source into the call's info; the total."""
+        assert self._media is not None
+        total = 0
+        for line in session.lines:
+            if line.port and line.stream is not None:
+                foreign, latched = self._media.pair_filter(line.port)
+                line.stream.foreign_packets = foreign
+                line.stream.latched_addr, line.stream.latched_port = latched or ("", 0)
+                total += foreign
+        return total
+
+    def _held(self, session: RecordingSession) -> int:
+        """Packets held back on the session's ports (a latch being decided): activity, like packets on tape."""
+        media = self._media
+        return sum(media.held(port) for port in session.ports()) if media is not None else 0
 
     def _release_ports(self, session: RecordingSession) -> None:
         assert self._media is not None
+        if session.tape is not None and self._media_figures(session):
+            # once per session, with the counts: another call's media (or a stale fork) was kept off this tape
+            dropped = [
+                f"port {line.port}: {line.stream.foreign_packets} from "
+                + ", ".join(f"{h}:{p}" for h, p in self._media.foreign_sources(line.port))
+                for line in session.lines
+                if line.port and line.stream is not None and line.stream.foreign_packets
+            ]
+            log.warning(
+                "session %s: dropped %d packets from sources other than the SRC's (%s)",
+                session.call_id, sum(line.stream.foreign_packets for line in session.lines if line.stream),
+                "; ".join(dropped),
+            )  # fmt: skip
         for port in session.ports():
             self._media.close(port)
             self._ports.give_back(port)
+
+    def figures(self) -> dict[str, int]:
+        """The counters ``/metrics`` shows (see ``recstats``)."""
+        media = self._media
+        return {
+            "callrec_recorder_sessions": self.stats.sessions_total,
+            "callrec_recorder_sessions_rejected": self.stats.sessions_rejected,
+            "callrec_recorder_packets_recorded": media.received if media is not None else 0,
+            "callrec_recorder_packets_malformed": media.dropped if media is not None else 0,
+            "callrec_recorder_packets_foreign": media.foreign if media is not None else 0,
+            "callrec_recorder_streams_latched": media.latches if media is not None else 0,
+        }
+
+    def _publish_figures(self) -> None:
+        """Rewrite the figures file for ``/metrics`` (off the event loop) when a figure changed."""
+        figures = self.figures()
+        if figures == self._published or self._loop is None:
+            return
+        self._published = figures
+        folder = self.cfg.data_dir
+
+        def write() -> None:
+            try:
+                recstats.write(folder, figures)
+            except OSError as exc:
+                log.warning("cannot write %s for /metrics: %s", folder / recstats.STATS_FILE, exc)
+
+        self._disk.submit(write)
 
     def _drop(self, session: RecordingSession) -> None:
         self._release_ports(session)
@@ -763,9 +835,10 @@ class Recorder:
             task.add_done_callback(self._byes.discard)
 
     async def _housekeep(self) -> None:
-        """Once a second: push every tape's packets to the OS; close sessions gone idle."""
+        """Once a second: push every tape's packets to the OS; close sessions gone idle; publish figures."""
         while True:
             await asyncio.sleep(min(HOUSEKEEPING_S, self.cfg.flush_interval_s))
+            self._publish_figures()
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 writer = session.tape
@@ -775,8 +848,9 @@ class Recorder:
                     writer.flush()
                 except CallrecError as exc:
                     log.error("tape %s: %s", session.folder, exc)
-                if writer.packets != session.packets_at_check:
-                    session.packets_at_check = writer.packets
+                packets = writer.packets + self._held(session)
+                if packets != session.packets_at_check:
+                    session.packets_at_check = packets
                     session.last_activity = now
                 elif now - session.last_activity > self.cfg.idle_timeout_s:
                     log.warning("session %s idle for %.0f s: closing it", session.call_id, self.cfg.idle_timeout_s)
