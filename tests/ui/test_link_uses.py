@@ -1,7 +1,8 @@
 """A public link's "Uses" counts what a person counts: each opening of its page and each download.
 
 The player's requests (every one carries a Range, the first ``bytes=0-``), the picture and HEAD are not
-uses; nor is the waiting page's own reload. Over HTTP with the TestClient, on SQLite and PostgreSQL.
+uses; nor is the waiting page's own reload. Over HTTP with the TestClient, on SQLite and PostgreSQL, and
+in Chromium against a real ``callrec serve``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import json
 import re
 
+from playwright.sync_api import Browser
+
 from callrec.capture.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed
 from tests.api.test_links import HTML, make_link
+from tests.ui.conftest import Site
+from tests.ui.test_browser import _advancing, _press_play, _until
 
 API = "/api/v1"
 
@@ -99,3 +104,41 @@ def test_the_api_documents_what_a_use_is(api: Api) -> None:
     described = schema["components"]["schemas"]["LinkOut"]["properties"]["uses"]["description"]
     for words in ("each opening of its page", "each download", "download=1", "Range requests", "HEAD are not uses"):
         assert words in described, words
+
+
+# --- in Chromium: what a person does with a link ------------------------------------------------------
+
+
+def test_in_a_browser_a_view_with_play_and_seek_is_one_use_and_a_download_another(browser: Browser, site: Site) -> None:
+    made = site.serve.api.post(f"/api/v1/recordings/{site.recording_id}/links", headers=site.as_domain(), json={})
+    assert made.status_code == 201, made.text
+    link_id, url = made.json()["id"], made.json()["url"]
+
+    def uses() -> int:
+        got = site.serve.api.get(f"{API}/links/{link_id}", headers=site.as_domain())
+        assert got.status_code == 200, got.text
+        count: int = got.json()["uses"]
+        return count
+
+    audio: list[str] = []
+    stranger = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = stranger.new_page()
+        page.on("request", lambda r: audio.append(r.headers.get("range", "")) if "/audio" in r.url else None)
+        page.goto(url)
+        page.wait_for_selector("#picture[data-state=ready]")
+        _press_play(page)
+        _advancing(page)
+        box = page.locator("#picture canvas").bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] * 0.7, box["y"] + box["height"] / 2)
+        duration = float(page.get_attribute("#picture", "data-duration") or 0)
+        _until(page, f"document.getElementById('player').currentTime >= {0.7 * duration - 0.5}")
+        assert audio and all(r.startswith("bytes=") for r in audio), audio  # the player's requests: all ranges
+        assert uses() == 1, f"one opening, played and seeked with {len(audio)} requests"
+        with page.expect_download() as download:
+            page.click("#download")
+        assert download.value.path().stat().st_size > 0
+        assert uses() == 2
+    finally:
+        stranger.close()
