@@ -75,6 +75,7 @@ class Party:
     delay: Delay
     seed: int
     silent: tuple[float, float] = (0.0, 0.0)  # frames sent in [from, to) s after the start are left out
+    pt: int = 8  # PCMA; another (not in the SDP, not static) is a stream no one can decode
 
 
 def speech_like(seconds: float, seed: int) -> np.ndarray:
@@ -114,7 +115,7 @@ def build(tmp_path: Path, a: Party, b: Party) -> tuple[Path, dict[str, np.ndarra
             if plan.silent[0] <= k * 0.02 < plan.silent[1]:
                 continue  # silence suppression: nothing sent, the timestamp runs on
             arrival = send + plan.delay(k, k * 0.02)
-            rtp = synth._rtp(synth.Packet(send, arrival, (seq0 + k) & 0xFFFF, ts0 + k * FRAME, ssrc, 8, k == 0,
+            rtp = synth._rtp(synth.Packet(send, arrival, (seq0 + k) & 0xFFFF, ts0 + k * FRAME, ssrc, plan.pt, k == 0,
                                           encoded[k * FRAME : (k + 1) * FRAME]))  # fmt: skip
             datagrams.append((BASE + arrival, src, port - 10000 if port == 30000 else port + 10000, dst, port, rtp))
             at = int(round((send - earliest) * RATE))
@@ -194,6 +195,17 @@ def test_streams_are_placed_at_their_true_place(tmp_path: Path, name: str) -> No
     check_placement(audio, truths, {"A": a.start, "B": b.start})
     # the per-packet path places every packet exactly where the lane does
     assert np.array_equal(mixed(pcap, tmp_path / "packets.wav", lane=False), audio)
+
+
+def test_t0_counts_media_that_cannot_be_decoded(tmp_path: Path) -> None:
+    """The caller's stream is of a payload type no one declared (silence, but media): t = 0 is still
+    where it starts, and the callee, 2 s later, is at its place."""
+    pcap, truths = build(tmp_path, Party(0.0, on_time, 1, pt=99), Party(2.0, on_time, 2))
+    audio = mixed(pcap, tmp_path / "out.wav")
+    assert np.abs(audio[:, 0]).max() == 0
+    n = min(len(audio), len(truths["B"]))
+    assert n >= int((DURATION_S - 0.02) * RATE)
+    assert np.array_equal(audio[:n, 1], truths["B"][:n])
 
 
 # -- corrections once audio is placed: never a skip or a repeat of more than 1 ms ----------------------------

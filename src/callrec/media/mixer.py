@@ -214,6 +214,7 @@ class CallMixer:
                 decoder = self._decoder(source, run.codec, run.pt)
                 self._max_end = max(self._max_end, run.last_position())
                 if decoder is None:
+                    self._first = min(self._first, run.pieces()[0][0])  # silence, but media: t = 0 counts it
                     continue
                 if decoder.name in ("PCMA/8000", "PCMU/8000"):
                     self._render_lane_g711(source, decoder, run)
@@ -224,6 +225,7 @@ class CallMixer:
                 decoder = self._decoder(source, codec, pt)
                 self._max_end = max(self._max_end, positions[-1])
                 if decoder is None:
+                    self._first = min(self._first, positions[0])
                     continue
                 if decoder.name in ("PCMA/8000", "PCMU/8000"):
                     self._render_g711(source, decoder, positions, payloads)
@@ -326,7 +328,7 @@ class CallMixer:
     def _begin(self) -> None:
         """Fix t = 0 at the earliest sample written (at the call's first arrival when none was) and drop
         the silence before it."""
-        start = self._start = self._first if self._first != _NONE else int(LOOKBACK_S * self.rate)
+        start = self._start = max(self._base, self._first if self._first != _NONE else int(LOOKBACK_S * self.rate))
         drop = min(start - self._base, self._cap)
         if drop > 0:
             live = max(0, min(self._max_end - self._base - drop, self._cap - drop))

@@ -197,6 +197,7 @@ class SsrcTimeline:
         self._last_ts = 0
         self._last_segment: Segment | None = None
         self._frame = 0
+        self._last_plan: tuple[LanePlan, int] | None = None  # the last release was a lane block's, up to here
 
     def push(self, arrival: float, seq: int, ts: int, pt: int, payload: bytes, codec: RtpMap | None) -> None:
         """Take one packet that arrived at output position ``arrival``."""
@@ -482,15 +483,15 @@ class SsrcTimeline:
                         pieces.append(LaneRun(plan, item.lo, end))
                 in_list = False
                 released = item.ext_seq + count - 1
-                self._last_seq, self._last_ts, self._last_segment = released, int(plan.ext_ts[end - 1]), segment
-                if end >= 2:
-                    self._frame = int(plan.ext_ts[end - 1] - plan.ext_ts[end - 2])
+                self._last_seq, self._last_segment, self._last_plan = released, segment, (plan, end)
                 if end < item.hi:
                     pending[head] = Block(plan, end, item.hi)
                     break
                 head += 1
                 continue
             seq, ext_ts, pt, payload, segment, codec = cast(Pending, item)
+            if self._last_plan is not None:
+                self._last_from_plan()
             anchor = segment.anchor
             if (
                 segment.started
@@ -531,6 +532,15 @@ class SsrcTimeline:
             head = 0
         self._head = head
         return [_joined(pt, codec, pieces) for pt, codec, pieces in runs]
+
+    def _last_from_plan(self) -> None:
+        """The last packet released came from a lane block: its timestamp and the frame before it."""
+        assert self._last_plan is not None
+        plan, end = self._last_plan
+        self._last_plan = None
+        self._last_ts = int(plan.ext_ts[end - 1])
+        if end >= 2:
+            self._frame = int(plan.ext_ts[end - 1] - plan.ext_ts[end - 2])
 
     def _corrected(self, segment: Segment, ext_ts: int) -> float:
         """Where the anchor goes for this packet, on its way to the target: at once across a pause (the
