@@ -17,6 +17,8 @@ exist and decode; the admin key ``make run`` printed on its first start works.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import queue
@@ -25,6 +27,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +52,7 @@ READY_TIMEOUT_S = 90.0  # make run: migrations, the recorder, two workers, the A
 BLOCK_TIMEOUT_S = 120.0  # the longest block holds a 10 s SIP call (sipp) and two processes' starts and stops
 COMPLETED_TIMEOUT_S = 30.0  # the README: "within a second of the BYE"; a loaded test machine gets more
 STOP_TIMEOUT_S = 30.0
+LOCK_WAIT_S = 600.0  # another run of this test on the same working tree (about 2 minutes)
 PASSES = 2
 
 
@@ -257,7 +261,24 @@ def _clean_env() -> dict[str, str]:
 @contextmanager
 def _mount_points() -> Iterator[list[str]]:
     """data/ and tour/ in the working tree to bind the scratch folders on; those made here are removed after
-    (they stay empty: the writes land in the test's folders)."""
+    (they stay empty: the writes land in the test's folders). One tour at a time per working tree (a lock
+    file outside it), so that no other run's namespace still has its folders bound on one removed here."""
+    lock_path = Path(tempfile.gettempdir()) / f"callrec-readme-tour-{hashlib.sha256(bytes(REPO)).hexdigest()[:16]}.lock"
+    with lock_path.open("w") as lock:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"another README tour held {lock_path} for {LOCK_WAIT_S} s"
+                time.sleep(1)
+        with _made_folders() as made:
+            yield made
+
+
+@contextmanager
+def _made_folders() -> Iterator[list[str]]:
     made = []
     try:
         for name in ("data", "tour"):
