@@ -2,7 +2,7 @@
 
 Usage: python bench/recorder.py [--calls 250,500,1000,2000] [--hold-s 20] [--rate 200]
                                 [--recorder-cmd CMD | --recorder-cmd stand-in] [--no-tcpdump]
-                                [--profile] [--cpu-gen 0] [--cpu-rec 1] [--keep]
+                                [--profile] [--cpu-gen 0] [--cpu-rec 1] [--keep] [--sdp-source actual|elsewhere]
 
 For each N, one run:
   1. start the recorder pinned to core ``--cpu-rec`` and wait for its ``listening on`` line;
@@ -16,6 +16,10 @@ For each N, one run:
      tape (``call.json`` + ``media.pcap`` under DATA/tapes) and count, per stream, the distinct packets
      received against the packets sent. Every packet is identified by its stream's SSRC and its RTP
      timestamp (packet number x 160), so duplicates and misfiled packets (in another call's tape) show.
+Each stream's SDP advertises the generator socket it is sent from, so the recorder's source filter takes
+every packet on its common path; ``--sdp-source elsewhere`` advertises port 9 instead, so every stream is
+latched to its real source (the NAT case). The recorder's own figures (packets recorded, foreign, streams
+latched) are read from the file it keeps for /metrics.
 With ``--tcpdump`` (the default) the same load is then played again against a stand-in that answers SIP
 but never reads its RTP sockets, while ``tcpdump -w`` pinned to the recorder's core writes the same
 traffic to one pcap: the raw cost of recording to pcap in C, the reference figure beside the recorder's.
@@ -72,6 +76,8 @@ READY_RE = re.compile(r"listening on (\S+)")
 SNMP = "/proc/net/snmp"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export it
+DISCARD_PORT = 9  # what --sdp-source elsewhere advertises
+STATS_FILE = "recorder-stats.json"  # the recorder's own figures in its data folder (callrec.capture.recstats)
 
 # the packet buffer: one 172-byte RTP packet per stream slot
 RTP_DTYPE = np.dtype([
@@ -467,6 +473,8 @@ class Generator:
     # messages
     def _invite(self, call: Call) -> bytes:
         ports = [self.media.source_port(STREAMS_PER_CALL * call.index + j) for j in range(STREAMS_PER_CALL)]
+        if self.args.sdp_source == "elsewhere":
+            ports = [DISCARD_PORT] * STREAMS_PER_CALL  # nothing comes from there: every stream is latched
         body = siprec_body(call.call_id, ports, "bench-boundary", call.index)
         th, tp = self.target
         lines = [
@@ -904,6 +912,15 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def recorder_figures(data: Path) -> dict[str, int]:
+    """The recorder's own counters as it wrote them for /metrics at its exit (empty for the stand-in)."""
+    try:
+        found = json.loads((data / STATS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k.removeprefix("callrec_recorder_"): v for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def recorder_cmd(args: argparse.Namespace, listen: tuple[str, int], data: Path, sink: bool = False) -> list[str]:
     fill = {"listen": f"{listen[0]}:{listen[1]}", "rtp_ports": args.rtp_ports, "data": str(data),
             "callrec": str(Path(sys.executable).parent / "callrec")}
@@ -971,7 +988,7 @@ def run_one(args: argparse.Namespace, n: int, workdir: Path) -> dict[str, object
         "invite_retransmits": sum(c.retransmits for c in gen.calls), "late_slices": gen.late_slices,
         "max_late_ms": 1000 * gen.max_late_s, "sip_socket_drops": gen.drops_at_end[0],
         "rtp_socket_drops": gen.drops_in_hold[1], "send_errors": dict(media.send_errors), "stray": dict(gen.stray),
-        "log_tail": rec.log.read_text(errors="replace")[-1500:], **result,
+        "log_tail": rec.log.read_text(errors="replace")[-1500:], "figures": recorder_figures(data), **result,
     }
     if args.profile and prof.exists():
         out["profile"] = summarize_profile(prof)
@@ -1243,6 +1260,9 @@ def report_one(r: dict[str, object], args: argparse.Namespace) -> list[str]:
     if st.pps < 0.98 * target:
         lines.append(f"  WARNING: the generator sent {st.pps:,.0f} packets/s, under the {target:,} the answered "
                      "calls need: it fell behind (a busy core?), the figures are not at full load")
+    figures = r.get("figures")
+    if figures:
+        lines.append("  the recorder's own figures: " + ", ".join(f"{k} {v:,}" for k, v in sorted(figures.items())))  # type: ignore[attr-defined]
     if tape.problems:
         lines.append(f"  tape problems ({len(tape.problems)}): {tape.problems[:3]}")
     if r["exit_code"] != 0:
@@ -1284,6 +1304,9 @@ def main() -> None:
     ap.add_argument("--sockets", type=int, default=4, help="UDP sockets the RTP is sent from (default 4)")
     ap.add_argument("--slices", type=int, default=4, help="slices of each 20 ms tick (default 4)")
     ap.add_argument("--batch", type=int, default=512, help="messages per sendmmsg call (default 512)")
+    ap.add_argument("--sdp-source", choices=["actual", "elsewhere"], default="actual",
+                    help="what each stream's SDP advertises as its source: the generator's socket (default), or "
+                    f"port {DISCARD_PORT}, which never sends (every stream is then latched to its real source)")
     ap.add_argument("--tcpdump", action=argparse.BooleanOptionalAction, default=True,
                     help="also time tcpdump -w recording the same load (default on)")
     ap.add_argument("--profile", action="store_true", help="py-spy the recorder over each steady state")
