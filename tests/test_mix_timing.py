@@ -214,10 +214,16 @@ PCMA = RtpMap("PCMA", 8000)
 STEP = RATE // 1000  # 1 ms
 
 
-def placed(arrivals: list[float | None], seconds_per_tick: float = 0.5) -> dict[int, int]:
-    """Push packet k (20 ms of PCMA, timestamp 160 k) at ``arrivals[k]`` seconds (None: never sent) into a
-    timeline and release it as the mixer does (every half second, its jitter delay behind); return each
-    packet's output position, in samples from arrival 0."""
+def pcma(k: int) -> tuple[int, int, RtpMap]:
+    return 5000 + 160 * k, 8, PCMA
+
+
+def placed(
+    arrivals: list[float | None], kind: Callable[[int], tuple[int, int, RtpMap]] = pcma
+) -> dict[int, int]:
+    """Push packet k (20 ms; timestamp, payload type and codec from ``kind``) at ``arrivals[k]`` seconds
+    (None: never sent) into a timeline and release it as the mixer does (every half second, its jitter
+    delay behind); return each packet's output position, in samples from arrival 0."""
     timeline = SsrcTimeline(0x1234, "A", RATE)
     got: dict[int, int] = {}
     sent = sorted((t, k) for k, t in enumerate(arrivals) if t is not None)
@@ -233,8 +239,9 @@ def placed(arrivals: list[float | None], seconds_per_tick: float = 0.5) -> dict[
     for t, k in sent:
         while t >= tick:
             release(tick * RATE - timeline.jitter_delay)
-            tick += seconds_per_tick
-        timeline.push(t * RATE, k & 0xFFFF, (5000 + 160 * k) & 0xFFFFFFFF, 8, k.to_bytes(4, "big") + bytes(156), PCMA)
+            tick += 0.5
+        ts, pt, codec = kind(k)
+        timeline.push(t * RATE, k & 0xFFFF, ts & 0xFFFFFFFF, pt, k.to_bytes(4, "big") + bytes(156), codec)
     release(float("inf"))
     assert len(got) == len(sent)
     return got
@@ -297,3 +304,22 @@ def test_sender_clock_drift_is_followed_within_20_ms_in_1_ms_steps(ppm: int) -> 
     for k, pos in got.items():
         arrival = arrivals[k]
         assert arrival is not None and abs(pos - arrival * RATE) <= 0.020 * RATE, k
+
+
+def test_a_new_clock_starts_right_after_the_audio_before_it() -> None:
+    """At 2 s the sender switches to a codec of another clock (a new segment, placed afresh by arrival)
+    whose packets come 20 ms less delayed: its first packet would land inside the last one before; it
+    starts right after it instead, and the stream then comes back to its new delay 1 ms at a time."""
+    l16 = RtpMap("L16", 16000)
+
+    def kind(k: int) -> tuple[int, int, RtpMap]:
+        return (5000 + 160 * k, 8, PCMA) if k < 100 else (777 + 320 * (k - 100), 96, l16)
+
+    arrivals: list[float | None] = [send(k) + (0.030 if k < 100 else 0.010) for k in range(400)]
+    got = placed(arrivals, kind)
+    assert got[100] - got[99] == 160  # not inside it
+    steps_within_1ms(got)
+    for k in range(100):
+        assert got[k] == round((send(k) + 0.030) * RATE)
+    for k in range(200, 400):
+        assert got[k] == round((send(k) + 0.010) * RATE)

@@ -198,6 +198,7 @@ class SsrcTimeline:
         self._last_segment: Segment | None = None
         self._frame = 0
         self._last_plan: tuple[LanePlan, int] | None = None  # the last release was a lane block's, up to here
+        self._last_pos = 0.0  # the last packet's output position
 
     def push(self, arrival: float, seq: int, ts: int, pt: int, payload: bytes, codec: RtpMap | None) -> None:
         """Take one packet that arrived at output position ``arrival``."""
@@ -466,6 +467,8 @@ class SsrcTimeline:
                     # the placement is on the move: packet by packet
                     pending[head : head + 1] = item.packets()
                     continue
+                if not segment.started and self._last_segment is not None:
+                    self._after_last(segment, plan.positions()[item.lo])
                 count = plan.count_before(item.lo, item.hi, limit)
                 if not count:
                     break
@@ -483,6 +486,8 @@ class SsrcTimeline:
                         pieces.append(LaneRun(plan, item.lo, end))
                 in_list = False
                 released = item.ext_seq + count - 1
+                if self._last_segment is not segment:
+                    self._frame = 0
                 self._last_seq, self._last_segment, self._last_plan = released, segment, (plan, end)
                 if end < item.hi:
                     pending[head] = Block(plan, end, item.hi)
@@ -506,12 +511,16 @@ class SsrcTimeline:
                 segment.correcting = anchor != segment.target
             else:
                 pos = anchor + (ext_ts - segment.base_ts) * segment.scale
+                if not segment.started and self._last_segment is not None and self._after_last(segment, pos):
+                    pos = segment.anchor + (ext_ts - segment.base_ts) * segment.scale
                 if pos >= limit:
                     break
                 segment.started = True
-            if seq == self._last_seq + 1 and ext_ts > self._last_ts:
+            if self._last_segment is not segment:
+                self._frame = 0  # another clock, or timestamps from elsewhere
+            elif seq == self._last_seq + 1 and ext_ts > self._last_ts:
                 self._frame = ext_ts - self._last_ts
-            self._last_seq, self._last_ts, self._last_segment = seq, ext_ts, segment
+            self._last_seq, self._last_ts, self._last_segment, self._last_pos = seq, ext_ts, segment, pos
             if pt != last_pt or codec is not last_codec or not runs:
                 positions, payloads = [], []
                 runs.append((pt, codec, [(positions, payloads)]))
@@ -539,8 +548,23 @@ class SsrcTimeline:
         plan, end = self._last_plan
         self._last_plan = None
         self._last_ts = int(plan.ext_ts[end - 1])
+        self._last_pos = plan.positions()[end - 1]
         if end >= 2:
             self._frame = int(plan.ext_ts[end - 1] - plan.ext_ts[end - 2])
+
+    def _after_last(self, segment: Segment, pos: float) -> float:
+        """A new segment's first packet, at ``pos``, is about to be placed: if that is inside the audio of
+        the packet before (of the segment before), the segment starts right after it instead (its anchor
+        comes back to its estimate later, as any correction does). Returns how far it moved."""
+        last = self._last_segment
+        assert last is not None
+        if self._last_plan is not None:
+            self._last_from_plan()
+        end = self._last_pos + self._frame * last.scale
+        if pos >= end:
+            return 0.0
+        segment.anchor += end - pos
+        return end - pos
 
     def _corrected(self, segment: Segment, ext_ts: int) -> float:
         """Where the anchor goes for this packet, on its way to the target: at once across a pause (the
