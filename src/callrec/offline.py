@@ -119,6 +119,8 @@ class _Job:
     info: CallInfo
     mixer: CallMixer
     writer: Mp3Writer | WavWriter
+    name: str = ""
+    opened_bytes: int = 0  # what the writer held before any audio: more means the mix has begun
 
 
 @dataclass(slots=True)
@@ -352,6 +354,7 @@ class _Run:
 
     def _route(self, binding: Binding, dst: bytes, dport: int, ssrc: int, now: float) -> _Route:
         """Where one SSRC sent to one endpoint goes (its call's mixer is started on its first packet)."""
+        binding = self._shared(binding, dst, dport, ssrc, now)
         job = self.jobs.get(id(binding.dialog))
         if job is None:
             job = self._start(binding.dialog)
@@ -366,6 +369,28 @@ class _Run:
         self._routes[(dst, dport, ssrc)] = route
         self._epoch += 1
         return route
+
+    def _shared(self, binding: Binding, dst: bytes, dport: int, ssrc: int, now: float) -> Binding:
+        """Call finding by media: a call whose SSRC another live call already has (a proxy that masks the
+        Call-ID) joins that call (``DialogTracker.note_ssrc``) while nothing of it was written yet; a mix it
+        began is dropped (what it took, the other leg carries too); routes are rebuilt after."""
+
+        def unwritten(dialog: Dialog) -> bool:
+            job = self.jobs.get(id(dialog))
+            return job is None or job.writer.bytes == job.opened_bytes
+
+        joined = self.tracker.note_ssrc((dst, dport), ssrc, now, unwritten)
+        if joined is None or joined is binding:
+            return binding
+        dropped = self.jobs.pop(id(binding.dialog), None) if joined.dialog is not binding.dialog else None
+        if dropped is not None:
+            dropped.writer.close()
+            dropped.writer.path.unlink(missing_ok=True)
+            self.names.discard(dropped.name)
+        self._routes.clear()
+        self._fallbacks.clear()
+        self._epoch += 1
+        return joined
 
     def _codec_fallback(self, binding: Binding | None, pt: int) -> RtpMap | None:
         """A payload type the receiver's SDP does not list: senders use what they offered themselves
@@ -408,7 +433,7 @@ class _Run:
             codec=self.opts.codec,
         )
         mixer = CallMixer(info, writer, rate=self.opts.rate, channels=self.opts.channels, left=self.opts.left)
-        job = self.jobs[id(dialog)] = _Job(info, mixer, writer)
+        job = self.jobs[id(dialog)] = _Job(info, mixer, writer, name, writer.bytes)
         return job
 
     def _tick(self, now: float) -> None:

@@ -2,11 +2,21 @@
 
 The SDP a party sends says where *it* receives media, so RTP sent to that address comes from the other
 party. The caller is the party that sent the initial INVITE (party ``A``), the callee is ``B``.
+
+A proxy's two legs of one call are one call: with the same Call-ID they are one dialog already; a proxy that
+masks the Call-ID on one side (Kamailio's topoh) forwards the INVITE with a new Call-ID but the same From (URI
+and tag) and a lower Max-Forwards, while the first leg is still unanswered: that INVITE joins the first leg's
+call (its Call-ID added to ``call_ids``), so both legs' streams are one call's and the relayed packets (same
+SSRCs) are merged as duplicates by the mixer, as for a proxy that keeps the Call-ID. Where signalling does
+not tell (a proxy that also resets Max-Forwards, a B2BUA relaying media as it is), media does: RTP whose SSRC
+is already the same party's in another live call, first seen there within ``SHARED_SSRC_S``, makes its call
+join that one (``note_ssrc``), as long as nothing of it was mixed yet.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from callrec.capture.sdp import Sdp
@@ -15,6 +25,11 @@ from callrec.errors import ParseError
 from callrec.models import CallInfo, Party, Stream
 
 Endpoint = tuple[bytes, int]
+# how long after a call's INVITE the same INVITE may come forwarded under another Call-ID (timer B, 64*T1)
+FORWARD_WINDOW_S = 32.0
+# a relayed packet crosses the capture point again within milliseconds; an SSRC two calls share only farther
+# apart than this (a device with a fixed SSRC) does not join them
+SHARED_SSRC_S = 2.0
 
 
 @dataclass(slots=True)
@@ -27,6 +42,9 @@ class Dialog:
     answered: bool = False
     failed: bool = False
     ended_at: float | None = None
+    # what the initial INVITE said, to recognise the same INVITE forwarded with a masked Call-ID
+    from_uri: str = ""
+    max_forwards: int | None = None
 
 
 @dataclass(slots=True)
@@ -42,6 +60,10 @@ class DialogTracker:
 
     def __init__(self) -> None:
         self.dialogs: dict[str, Dialog] = {}
+        # the other Call-IDs of a call's legs (a proxy that masks the Call-ID): Call-ID -> the call's dialog
+        self.legs: dict[str, Dialog] = {}
+        # each RTP SSRC seen: the call and party it came in first, and when
+        self.ssrcs: dict[int, tuple[Dialog, str, float]] = {}
         self.bindings: dict[Endpoint, Binding] = {}
         self.malformed = 0
         self.sdp_errors = 0
@@ -59,9 +81,9 @@ class DialogTracker:
         if not call_id:
             self.malformed += 1
             return None
-        dialog = self.dialogs.get(call_id)
+        dialog = self.dialogs.get(call_id) or self.legs.get(call_id)
         if msg.method == "INVITE" and dialog is None and msg.to_tag is None:
-            dialog = self._new_dialog(ts, msg)
+            dialog = self._forwarded(ts, msg) or self._new_dialog(ts, msg)
         if dialog is None:
             return None
         info = dialog.info
@@ -98,9 +120,32 @@ class DialogTracker:
             started_at=ts,
             source="pcap",
         )
-        dialog = Dialog(info=info, caller_tag=msg.from_tag)
+        dialog = Dialog(info=info, caller_tag=msg.from_tag, from_uri=_uri(from_value),
+                        max_forwards=_max_forwards(msg))  # fmt: skip
         self.dialogs[msg.call_id] = dialog
         return dialog
+
+    def _forwarded(self, ts: float, msg: SipMessage) -> Dialog | None:
+        """The call whose INVITE this one is, forwarded by a proxy under another Call-ID: the same From URI and
+        tag, a lower Max-Forwards, while that call is still unanswered (and not older than a transaction
+        lives); None when there is none. The Call-ID becomes one of the call's."""
+        hops = _max_forwards(msg)
+        if hops is None or msg.from_tag is None:
+            return None
+        uri = _uri(msg.header("from"))
+        for dialog in self.dialogs.values():
+            if (
+                dialog.caller_tag == msg.from_tag
+                and dialog.from_uri == uri
+                and dialog.max_forwards is not None
+                and hops < dialog.max_forwards
+                and not (dialog.answered or dialog.failed or dialog.ended_at is not None)
+                and 0 <= ts - (dialog.info.started_at or ts) <= FORWARD_WINDOW_S
+            ):
+                dialog.info.call_ids.append(msg.call_id)
+                self.legs[msg.call_id] = dialog
+                return dialog
+        return None
 
     def _take_sdp(self, dialog: Dialog, msg: SipMessage, sender_is_caller: bool) -> None:
         body = msg.sdp_body()
@@ -143,10 +188,59 @@ class DialogTracker:
             dialog.endpoints.add(endpoint)
             self.bindings[endpoint] = Binding(dialog, stream)
 
+    def note_ssrc(
+        self, endpoint: Endpoint, ssrc: int, ts: float, movable: Callable[[Dialog], bool] | None = None
+    ) -> Binding | None:
+        """The binding of RTP with ``ssrc`` sent to ``endpoint`` (None: nobody signalled it): the endpoint's own,
+        unless that SSRC is the same party's in another live call, seen there first less than
+        ``SHARED_SSRC_S`` before: then the endpoint's call (if ``movable`` lets it go) joins that call first."""
+        binding = self.bindings.get(endpoint)
+        if binding is None:
+            return None
+        seen = self.ssrcs.get(ssrc)
+        if seen is None or self.dialogs.get(seen[0].info.call_id) is not seen[0]:
+            self.ssrcs[ssrc] = (binding.dialog, binding.stream.party, ts)
+            return binding
+        owner, party, first = seen
+        if (
+            owner is binding.dialog
+            or party != binding.stream.party
+            or abs(ts - first) > SHARED_SSRC_S
+            or (movable is not None and not movable(binding.dialog))
+        ):
+            return binding
+        self.merge(owner, binding.dialog)
+        return self.bindings.get(endpoint)
+
+    def merge(self, into: Dialog, other: Dialog) -> None:
+        """Make ``other`` a leg of ``into``: its Call-IDs, streams and endpoints become the call's."""
+        info = into.info
+        for call_id in other.info.call_ids:
+            if call_id not in info.call_ids:
+                info.call_ids.append(call_id)
+            self.legs[call_id] = into
+        self.legs.pop(info.call_id, None)
+        self.dialogs.pop(other.info.call_id, None)
+        info.streams += [s for s in other.info.streams if s not in info.streams]
+        for endpoint in other.endpoints:
+            binding = self.bindings.get(endpoint)
+            if binding is not None and binding.dialog is other:
+                self.bindings[endpoint] = Binding(into, binding.stream)
+            into.endpoints.add(endpoint)
+        for ssrc, (owner, party, first) in list(self.ssrcs.items()):
+            if owner is other:
+                self.ssrcs[ssrc] = (into, party, first)
+        into.answered = into.answered or other.answered
+        if other.info.started_at is not None and (info.started_at is None or other.info.started_at < info.started_at):
+            info.started_at = other.info.started_at
+        self.version += 1
+
     def add_call(self, info: CallInfo) -> Dialog:
         """Track a call whose streams are already known (a tape): no signalling needed."""
         dialog = Dialog(info=info, caller_tag=None, answered=True)
         self.dialogs[info.call_id] = dialog
+        for call_id in info.call_ids[1:]:  # the signalling of its other legs, if the tape holds it
+            self.legs[call_id] = dialog
         for stream in info.streams:
             try:
                 endpoint = (_pack(stream.local_addr), stream.local_port)
@@ -164,6 +258,14 @@ class DialogTracker:
                 del self.bindings[endpoint]
                 self.version += 1
         self.dialogs.pop(dialog.info.call_id, None)
+        for call_id in dialog.info.call_ids[1:]:
+            if self.legs.get(call_id) is dialog:
+                del self.legs[call_id]
+
+
+def _max_forwards(msg: SipMessage) -> int | None:
+    value = (msg.header("max-forwards") or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 3 else None
 
 
 def _pack(address: str) -> bytes:

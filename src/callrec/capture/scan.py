@@ -7,6 +7,7 @@ message (an uppercase method name, or ``SIP/2.0``) are parsed, so RTP costs next
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -62,6 +63,8 @@ class _Writers:
         self.paths: dict[int, Path] = {}
         self._writers: dict[int, PcapWriter] = {}
         self._open: OrderedDict[int, PcapWriter] = OrderedDict()
+        # the dialogs (by id) whose files go into another's: the call they joined -> its legs
+        self.joined: dict[int, list[int]] = {}
 
     def write(self, dialog: Dialog, d: Datagram, payload: bytes) -> None:
         key = id(dialog)
@@ -83,6 +86,34 @@ class _Writers:
     def close(self) -> None:
         while self._open:
             self._open.popitem()[1].close()
+
+    def join(self, into: Dialog, other: Dialog) -> None:
+        """``other`` became a leg of ``into``: what was written for it goes into ``into``'s file (at the end)."""
+        self.joined.setdefault(id(into), []).append(id(other))
+        self.joined[id(into)] += self.joined.pop(id(other), [])
+
+    def fold(self, dialog: Dialog) -> Path | None:
+        """The file of ``dialog`` with the files of the legs that joined it merged in, in time order."""
+        path = self.paths.get(id(dialog))
+        legs = [self.paths[k] for k in self.joined.get(id(dialog), []) if k in self.paths]
+        if not legs:
+            return path
+        parts = [p for p in (path, *legs) if p is not None]
+        merged = parts[0].with_name(f"{parts[0].stem}-joined.pcap")
+        readers = [CaptureReader(p) for p in parts]
+        try:
+            writer = PcapWriter(merged)
+            try:
+                for d in heapq.merge(*(iter(r) for r in readers), key=lambda d: d.ts):
+                    writer.write(d.ts, d.src, d.sport, d.dst, d.dport, d.payload)
+            finally:
+                writer.close()
+        finally:
+            for reader in readers:
+                reader.close()
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return merged
 
 
 def split_capture(path: str | os.PathLike[str], folder: Path) -> list[tuple[CallInfo, Path]]:
@@ -111,7 +142,7 @@ def split_capture(path: str | os.PathLike[str], folder: Path) -> list[tuple[Call
         writers.close()
     found: list[tuple[CallInfo, Path]] = []
     for dialog in tracker.dialogs.values():
-        media = writers.paths.get(id(dialog))
+        media = writers.fold(dialog)
         if dialog.failed or not dialog.info.streams or media is None:
             if media is not None:
                 media.unlink(missing_ok=True)
@@ -142,10 +173,24 @@ def _route(tracker: DialogTracker, framers: Flows, writers: _Writers, d: Datagra
             writers.write(dialog, d, d.payload)
         return
     binding = tracker.bindings.get((d.dst, d.dport))
+    ssrc = _rtp_ssrc(d.payload) if binding is not None else None
+    if binding is not None and ssrc is not None:
+        # a call whose SSRC another live call has (a proxy masking the Call-ID) joins it, with its file
+        before = binding.dialog
+        binding = tracker.note_ssrc((d.dst, d.dport), ssrc, d.ts) or binding
+        if binding.dialog is not before:
+            writers.join(binding.dialog, before)
     if binding is None and d.dport & 1:  # RTCP, on the port after the RTP's
         binding = tracker.bindings.get((d.dst, d.dport - 1))
     if binding is not None:
         writers.write(binding.dialog, d, d.payload)
+
+
+def _rtp_ssrc(payload: bytes) -> int | None:
+    """The SSRC of an RTP packet (not RTCP, whose packet types are RTP's payload types 64-95 with the marker)."""
+    if len(payload) < 12 or payload[0] >> 6 != 2 or 192 <= payload[1] <= 223:
+        return None
+    return int.from_bytes(payload[8:12], "big")
 
 
 def _sip_candidates(block: UdpBlock) -> list[int]:
