@@ -5,10 +5,13 @@ and ``GET /api/v1/calls?call_id=`` finds the call by any of them, as by any Call
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from callrec.capture.scan import calls_in_capture
 from callrec.models import CallInfo
+from tests import synth
 from tests.api.conftest import Api, Captures
+from tests.test_mix_topoh import through_topoh
 
 CALLS = "/api/v1/calls"
 
@@ -66,3 +69,19 @@ def test_openapi_documents_the_field(api: Api) -> None:
     schema = api.client.get("/openapi.json").json()
     card = schema["components"]["schemas"]["CallCard"]
     assert card["properties"]["original_call_ids"]["type"] == "array"
+
+
+def test_an_uploaded_topoh_capture_is_one_call_found_by_either_call_id(api: Api, tmp_path: Path) -> None:
+    """A capture at a proxy that masks the Call-ID towards the callee: one call, searchable by both Call-IDs."""
+    owner = api.tenant()
+    scn = synth.Scenario(call_id="leg-1@10.0.0.1", duration=2.0)
+    built = synth.build(scn)
+    pcap = synth.write_pcap(tmp_path / "topoh.pcap", through_topoh(built, scn, "masked-leg-2@10.0.0.9"))
+    (call_id,) = api.upload(owner.headers, pcap)
+    card = api.card(owner.headers, call_id)
+    assert card["call_ids"] == ["leg-1@10.0.0.1", "masked-leg-2@10.0.0.9"]
+    assert card["recording"]["state"] == "completed", card["recording"]
+    assert [p["label"] for p in card["parties"]] == ["A", "B"]
+    for wanted in card["call_ids"]:
+        found = api.client.get(CALLS, headers=owner.headers, params={"call_id": wanted})
+        assert [item["id"] for item in found.json()["items"]] == [call_id], wanted
