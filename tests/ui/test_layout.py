@@ -135,6 +135,9 @@ def test_the_call_card_opened_at_360_px(browser: Browser, site: Site) -> None:
     try:
         page = phone.new_page()
         sign_in(page, site.key)
+        # the call list too: its table becomes a card per call
+        assert page.locator("#calls tbody tr").count() >= 1
+        assert page.evaluate("document.scrollingElement.scrollWidth <= innerWidth")
         _open_card(page, site, site.call_id)
         g = _fits(page, PHONE["width"])
         assert g["ratio"] == 3  # a phone's dense screen: the drawing has three pixels per CSS pixel
