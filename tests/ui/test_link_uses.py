@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import re
 
+from fastapi.testclient import TestClient
 from playwright.sync_api import Browser
 
+from callrec.api.app import create_app
 from callrec.capture.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed
 from tests.api.test_links import HTML, make_link
@@ -97,6 +99,20 @@ def test_the_waiting_pages_own_reload_is_not_a_new_opening(api: Api, mixed: Mixe
     assert _uses(api, mixed, link_id) == 1
     assert api.client.get(f"/r/{token}", headers=HTML).status_code == 200  # opened again by a person
     assert _uses(api, mixed, link_id) == 2
+
+
+def test_the_call_card_says_what_a_use_is(api: Api, mixed: Mixed) -> None:
+    made, token = make_link(api, mixed.tenant, mixed.recording_id)
+    api.client.get(f"/r/{token}", headers=HTML)
+    api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=0-"})
+    key = mixed.tenant.headers["Authorization"].removeprefix("Bearer ")
+    with TestClient(create_app(api.service)) as ui:
+        signed = ui.post("/ui/signin", data={"key": key}, headers={"Origin": "http://testserver"})
+        assert signed.status_code == 200, signed.text
+        page = ui.get(f"/ui/calls/{mixed.call_id}").text
+    row = re.search(rf'<tr data-link="{made["id"]}".*?</tr>', page, re.S)
+    assert row is not None and '<td data-label="Uses">1</td>' in row.group(0)
+    assert "each opening of the link's page and each download" in page
 
 
 def test_the_api_documents_what_a_use_is(api: Api) -> None:
