@@ -20,8 +20,8 @@ import pytest
 
 from callrec import offline
 from callrec.capture.sdp import RtpMap
-from callrec.media.lane import LaneRun
-from callrec.media.timeline import SsrcTimeline
+from callrec.media.lane import Block, LaneRun
+from callrec.media.timeline import Pending, SsrcTimeline
 from tests import synth
 from tests.audio import decode, need, windows, xcorr
 
@@ -87,10 +87,11 @@ def speech_like(seconds: float, seed: int) -> np.ndarray:
     noise = np.convolve(rng.standard_normal(n), np.hanning(9) / np.hanning(9).sum(), mode="same")
     envelope = 0.55 + 0.45 * np.sin(2 * np.pi * (2.5 + seed % 3) * t + seed)
     sig = noise * envelope
-    return (sig / np.abs(sig).max() * 11000).astype(np.int16)
+    out: np.ndarray = (sig / np.abs(sig).max() * 11000).astype(np.int16)
+    return out
 
 
-def build(tmp_path: Path, a: Party, b: Party) -> tuple[Path, dict[str, np.ndarray]]:
+def build(tmp_path: Path, a: Party, b: Party, duration: float = DURATION_S) -> tuple[Path, dict[str, np.ndarray]]:
     """The capture of one call, and each party's truth on the call clock (t = 0: the earliest media)."""
     need(synth.FFMPEG, "ffmpeg")
     offer = synth.sdp(synth.A_IP, 20000, ["PCMA"])
@@ -105,10 +106,10 @@ def build(tmp_path: Path, a: Party, b: Party) -> tuple[Path, dict[str, np.ndarra
     earliest = min(a.start, b.start)
     truths: dict[str, np.ndarray] = {}
     for party, plan, src, dst, port in (("A", a, a_ip, b_ip, 30000), ("B", b, b_ip, a_ip, 20000)):
-        frames = int((DURATION_S - plan.start) / 0.02)
+        frames = int((duration - plan.start) / 0.02)
         encoded = synth.ffmpeg_encode(speech_like(frames * 0.02, plan.seed), "PCMA")
         decoded = synth.ffmpeg_decode(encoded, "PCMA")
-        truth = np.zeros(int((DURATION_S + 1) * RATE), np.int16)
+        truth = np.zeros(int((duration + 1) * RATE), np.int16)
         ssrc, seq0, ts0 = 0x1000 + plan.seed, 4000 * plan.seed, 90000 * plan.seed
         for k in range(frames):
             send = plan.start + k * 0.02
@@ -121,7 +122,7 @@ def build(tmp_path: Path, a: Party, b: Party) -> tuple[Path, dict[str, np.ndarra
             at = int(round((send - earliest) * RATE))
             truth[at : at + FRAME] = decoded[k * FRAME : (k + 1) * FRAME]
         truths[party] = truth
-    end = BASE + DURATION_S + 0.3
+    end = BASE + duration + 0.3
     datagrams.append((end, a_ip, 5060, b_ip, 5060, sip(f"BYE sip:200@{b_ip} SIP/2.0", call, "2 BYE", to_tag="xyz")))
     datagrams.sort(key=lambda d: d[0])
     return synth.write_pcap(tmp_path / "call.pcap", datagrams), truths
@@ -206,6 +207,27 @@ def test_t0_counts_media_that_cannot_be_decoded(tmp_path: Path) -> None:
     n = min(len(audio), len(truths["B"]))
     assert n >= int((DURATION_S - 0.02) * RATE)
     assert np.array_equal(audio[:n, 1], truths["B"][:n])
+
+
+def test_the_lane_moves_a_placement_as_the_per_packet_path_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's delay drops by 60 ms at 3 s, the callee's grows by 40 ms: both placements move while
+    runs of the lane wait in the jitter buffer, which then go packet by packet, to the same result."""
+    expanded = [0]
+    original = Block.packets
+
+    def spy(self: Block) -> list[Pending]:
+        expanded[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(Block, "packets", spy)
+    a = Party(0.0, lambda k, send: 0.06 if send < 3.0 else 0.0, 1)
+    b = Party(0.1, lambda k, send: 0.0 if send < 3.0 else 0.04, 2)
+    pcap, _ = build(tmp_path, a, b, duration=10.0)
+    lane = mixed(pcap, tmp_path / "lane.wav")
+    assert expanded[0] > 0
+    assert np.array_equal(mixed(pcap, tmp_path / "packets.wav", lane=False), lane)
 
 
 # -- corrections once audio is placed: never a skip or a repeat of more than 1 ms ----------------------------
