@@ -158,3 +158,20 @@ def test_in_a_browser_a_view_with_play_and_seek_is_one_use_and_a_download_anothe
         assert uses() == 2
     finally:
         stranger.close()
+
+
+def test_in_a_browser_the_waiting_pages_reload_flag_leaves_the_address(browser: Browser, site: Site) -> None:
+    made = site.serve.api.post(f"/api/v1/recordings/{site.recording_id}/links", headers=site.as_domain(), json={})
+    assert made.status_code == 201, made.text
+    link_id, url = made.json()["id"], made.json()["url"]
+    stranger = browser.new_context()
+    try:
+        page = stranger.new_page()
+        page.goto(f"{url}?waiting=1#top")  # where the waiting page's own reload lands
+        page.wait_for_selector("#picture[data-state=ready]")
+        _until(page, "location.search === ''")
+        assert page.url == f"{url}#top"  # the address to copy is the link itself
+    finally:
+        stranger.close()
+    seen = site.serve.api.get(f"{API}/links/{link_id}", headers=site.as_domain()).json()
+    assert seen["uses"] == 0 and seen["last_used_at"] is not None  # noted, not counted

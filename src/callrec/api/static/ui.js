@@ -1,5 +1,5 @@
 /* Small helpers of the UI's pages: times in the reader's zone, the search form's zone, copying a
-   link, confirming a revoke, chapters that seek the player. */
+   link, confirming a revoke, chapters that seek the player, the public page's clean address. */
 (function () {
   "use strict";
 
@@ -64,7 +64,19 @@
     });
   }
 
+  function waitingFlag() {
+    // the public page's own reload while a recording is prepared carries ?waiting=1 (not counted as a
+    // use); take it off the address, so a copied address opens (and counts) as the link itself
+    if (!document.body.classList.contains("public-link") || !window.history.replaceState) return;
+    var query = new URLSearchParams(window.location.search);
+    if (!query.has("waiting")) return;
+    query.delete("waiting");
+    var rest = query.toString();
+    window.history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : "") + window.location.hash);
+  }
+
   function start() {
+    waitingFlag();
     localTimes();
     searchZone();
     copyButtons();
