@@ -14,12 +14,16 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
+from callrec.capture.pcap import CaptureReader
 from tests.recorder_proc import RecorderProcess, read_call
-from tests.rtpengine_peer import RtpenginePeer
+from tests.rtpengine_peer import PTIME_S, RecordedCall, RtpenginePeer
 from tests.serve_proc import ServeProcess
 from tests.test_rtpengine_mix import check_mix
 
@@ -133,7 +137,8 @@ def test_real_rtpengine_records_into_the_spool_of_a_running_serve(tmp_path: Path
     spool.mkdir()
     with ServeProcess(tmp_path / "data", "--rtpengine-spool", str(spool)) as serve:
         # PCM WAV: what is compared is the mix, not an MP3 encoder
-        made = serve.api.post("/api/v1/domains", json={"name": "acme", "settings": {"format": "wav"}})
+        settings = {"format": "wav", "keep_tape_days": 1}  # the tape stays: where its packets arrived
+        made = serve.api.post("/api/v1/domains", json={"name": "acme", "settings": settings})
         assert made.status_code == 201, made.text
         with SpoolWatchedPeer(spool, log=tmp_path / "rtpengine.log") as peer:
             call = peer.call("e2e-1@pbx.example", seconds=4.0, callee_delay=0.37,
@@ -149,4 +154,28 @@ def test_real_rtpengine_records_into_the_spool_of_a_running_serve(tmp_path: Path
         # the spool's files are gone (the call is stored), nothing set aside
         assert [p for p in spool.rglob("*") if p.is_file()] == []
         assert serve.stop() == 0, serve.log()[-3000:]
-    check_mix(call, wav, min(call.caller.first_send, call.callee.first_send))
+        [media] = (tmp_path / "data" / "storage").rglob("media.pcap")  # the call's tape, in storage
+    # each channel holds what its party said, placed where its packets reached rtpengine (the sender's own
+    # pacing slips under load: its first packet is no reference); t = 0 is the earliest of them
+    starts = arrival_starts(media, call)
+    placed = replace(call, caller=replace(call.caller, first_send=starts["A"]),
+                     callee=replace(call.callee, first_send=starts["B"]))  # fmt: skip
+    check_mix(placed, wav, min(starts.values()))
+
+
+def arrival_starts(pcap: Path, call: RecordedCall) -> dict[str, float]:
+    """Per party, when its first packet would have reached rtpengine had every packet arrived on its
+    20 ms schedule: the median over its packets of arrival time minus sequence number times 20 ms."""
+    parties = {call.caller.engine_port: "A", call.callee.engine_port: "B"}
+    offsets: dict[str, list[float]] = {"A": [], "B": []}
+    first_seq: dict[str, int] = {}
+    with CaptureReader(pcap) as reader:
+        for d in reader:
+            party = parties.get(d.dport)
+            if party is None or len(d.payload) < 12:
+                continue
+            seq = int.from_bytes(d.payload[2:4], "big")
+            n = (seq - first_seq.setdefault(party, seq)) & 0xFFFF
+            offsets[party].append(d.ts - n * PTIME_S)
+    assert all(offsets.values()), f"no RTP of a party in the tape: {[len(v) for v in offsets.values()]}"
+    return {party: float(np.median(values)) for party, values in offsets.items()}
