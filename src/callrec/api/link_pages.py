@@ -205,9 +205,6 @@ def page_facts(opened: Opened) -> dict[str, Any]:
 
 # --- what counts as a use ---------------------------------------------------------------------------
 
-# the query flag the waiting page's own automatic reload carries: that reload is not a new opening
-WAITING = "waiting"
-
 
 def counts_as_use(range_header: str | None, *, attachment: bool) -> bool:
     """Whether a GET of a link's audio is one use: a download, as a person counts one.
@@ -228,7 +225,8 @@ def counts_as_use(range_header: str | None, *, attachment: bool) -> bool:
 @public_router.get("/r/{token}", response_class=HTMLResponse, summary="The page a public link opens")
 @public_router.head("/r/{token}", response_class=HTMLResponse, include_in_schema=False)
 def link_page(token: str, request: Request, service: ServiceDep, waiting: str = "") -> Response:
-    # an opening is one use; the page's own reload while the recording is prepared only notes the time
+    # an opening is one use; the page's own reload while the recording is prepared (``?waiting=1``, see
+    # public.html) is no new opening and only notes the time
     opening = not waiting
 
     def work() -> Response:

@@ -119,7 +119,7 @@ def forget_new_link(response: Response) -> Response:
 
 # --- what each voice of a picture holds --------------------------------------------------------------
 
-# a slice of a channel is sound when its peak reaches this (-50 dBFS, the speech meter's absolute floor)
+# a slice of a channel is sound when its peak reaches this: -50 dBFS, the speech meter's absolute floor
 SOUND_PEAK = 10 ** (-50 / 20)
 # a channel carries a steady signal when at least this share of its slices is sound
 STEADY_SHARE = 0.1
@@ -138,12 +138,13 @@ def voices(picture: dict[str, Any]) -> list[dict[str, str]]:
     the channel is quiet) or ``none`` (none, and the channel is shared, so its level says nothing of
     this speaker); ``text`` says it in words."""
     channels = {ch["index"]: ch["peaks"] for ch in picture["channels"]}
-    alone = [s["channel"] for s in picture["speakers"]]
+    on_channel = [s["channel"] for s in picture["speakers"]]
     out = []
     for speaker in picture["speakers"]:
         heard = "speech" if speaker["segments"] else "none"
         peaks = channels.get(speaker["channel"]) if speaker["channel"] is not None else None
-        if heard == "none" and peaks and alone.count(speaker["channel"]) == 1:
+        # the channel's level is this speaker's only when no other speaker is on that channel
+        if heard == "none" and peaks and on_channel.count(speaker["channel"]) == 1:
             loud = sum(1 for lo, hi in peaks if max(-lo, hi) >= SOUND_PEAK)
             heard = "steady" if loud >= STEADY_SHARE * len(peaks) else "silent" if not loud else "none"
         out.append({"party": speaker["party"], "heard": heard, "text": HEARD_TEXT[heard]})
