@@ -73,18 +73,20 @@ def test_a_spool_folder_that_does_not_exist_is_one_line_and_exit_status_2(tmp_pa
     assert proc.returncode == 2 and "cannot be used with --no-record" in proc.stderr, proc.stderr
 
 
-def test_record_alone_turns_a_finished_recording_into_a_tape_under_data_tapes(tmp_path: Path) -> None:
+def test_record_alone_turns_a_finished_recording_into_a_tape_under_data_tapes_mixed_with_mix(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    with RecorderProcess(tmp_path / "data", "--rtpengine-spool", str(spool)) as rec:
+    with RecorderProcess(tmp_path / "data", "--rtpengine-spool", str(spool), "--mix") as rec:
         pcap, meta = finish_recording(spool)
         tapes: list[Path] = []
-        for _ in range(200):  # at most ~20 s: the watcher looks every second
-            tapes = rec.tapes()
-            if tapes and not meta.exists():
+        mixed: list[Path] = []
+        for _ in range(600):  # at most ~60 s: the watcher looks every second, then --mix mixes the tape
+            tapes, mixed = rec.tapes(), list((tmp_path / "data" / "recordings").glob("*.mp3"))
+            if tapes and not meta.exists() and mixed:
                 break
             time.sleep(0.1)
         assert rec.stop() == 0, rec.log()
+    assert [m.name for m in mixed] == ["abc_host-" + tapes[0].name.rsplit("-", 1)[-1] + ".mp3"], rec.log()
     [folder] = tapes
     call = read_call(folder)
     assert (call["source"], call["domain"], call["interaction_id"], call["closed_cleanly"]) == (
