@@ -50,9 +50,11 @@ def record(
     )
     packets = []
     truths = {}
+    wires = []
     for stream, plan in zip(streams, plans, strict=True):
         wire, truth = synth.build_stream(plan, duration, rng)
         truths[stream.party] = truth
+        wires.append(wire)
         for p in wire:
             rtp = struct.pack("!BBHII", 0x80, (0x80 if p.marker else 0) | p.pt, p.seq, p.ts, p.ssrc) + p.payload
             packets.append((1_700_000_000.0 + p.arrival, stream, rtp))
@@ -61,7 +63,7 @@ def record(
     for ts, stream, rtp in packets:
         tape.write(ts, (SRC, stream.remote_port), (RECORDER, stream.local_port), rtp)
     tape.close(ended_at=packets[-1][0], cleanly=cleanly)
-    t0 = packets[0][0] - 1_700_000_000.0
+    t0 = synth.placed_start(wires)  # t = 0: the earliest media as placed (SPEC, callrec mix, Time)
     for truth in truths.values():
         truth.audio = truth.audio[int(round(t0 * 8000)) :]
     return info, truths, t0
