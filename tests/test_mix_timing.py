@@ -173,6 +173,7 @@ CASES = {
     # call's first to arrive, 100 ms after the caller really started
     "caller_first_300ms_late_in_a_burst": (Party(0.0, burst(0.3), 1), Party(0.1, on_time, 2)),
     "callee_first_300ms_late_in_a_burst": (Party(0.1, on_time, 1), Party(0.0, burst(0.3), 2)),
+    "caller_first_800ms_late_in_a_burst": (Party(0.0, burst(0.8), 1), Party(0.1, on_time, 2)),
     "caller_first_packet_5ms_late": (Party(0.0, first_late(0.005), 1), Party(0.5, on_time, 2)),
     "callee_first_packet_5ms_late": (Party(0.5, on_time, 1), Party(0.0, first_late(0.005), 2)),
     "caller_first_packet_6ms_late": (Party(0.0, first_late(0.006), 1), Party(0.2, on_time, 2)),
