@@ -110,12 +110,18 @@ def _src_media(count: int) -> Iterator[list[tuple[socket.socket, socket.socket]]
 
 
 def _play(streams: list[tuple[socket.socket, socket.socket, int, bytes, int]]) -> None:
-    """Send each stream's PCMA payload paced in real time, with an RTCP receiver report at the start
-    and the end: (RTP socket, RTCP socket, destination RTP port, payload, SSRC)."""
-    rr = [struct.pack("!BBHI", 0x80, 201, 1, ssrc) for *_, ssrc in streams]
-    for (_, rtcp, port, _, _), report in zip(streams, rr, strict=True):
-        rtcp.sendto(report, (HOST, port + 1))
+    """Send each stream's PCMA payload paced in real time, with an RTCP sender report at the start and the
+    end: (RTP socket, RTCP socket, destination RTP port, payload, SSRC)."""
     frames = min(len(payload) for _, _, _, payload, _ in streams) // FRAME
+
+    def reports(sent: int) -> None:
+        for _, rtcp, port, _, ssrc in streams:
+            now = time.time() + 2_208_988_800  # NTP time
+            sr = struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, int(now), int(now % 1 * 2**32), sent * FRAME,
+                             sent, sent * FRAME)  # fmt: skip
+            rtcp.sendto(sr, (HOST, port + 1))
+
+    reports(0)
     start = time.monotonic()
     for n in range(frames):
         delay = start + n * 0.02 - time.monotonic()
@@ -123,8 +129,7 @@ def _play(streams: list[tuple[socket.socket, socket.socket, int, bytes, int]]) -
             time.sleep(delay)
         for rtp, _, port, payload, ssrc in streams:
             rtp.sendto(rtp_packet(n, n * FRAME, ssrc, 8, payload[n * FRAME : (n + 1) * FRAME], n == 0), (HOST, port))
-    for (_, rtcp, port, _, _), report in zip(streams, rr, strict=True):
-        rtcp.sendto(report, (HOST, port + 1))
+    reports(frames)
 
 
 def _tape_sources(tape: Path) -> list[tuple[str, int, int, int]]:
