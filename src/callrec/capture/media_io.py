@@ -267,7 +267,7 @@ class MediaReceiver:
             while True:
                 truncated = batch.truncated
                 got = batch.receive(fd)
-                bad = kept = 0
+                bad = other = 0
                 want_addr, want_port = entry.want_addr, entry.want_port
                 for ts, src, sport, payload in got:
                     if len(payload) < MIN_RTCP_BYTES or payload[0] & 0xC0 != RTP_VERSION_BITS:
@@ -275,11 +275,11 @@ class MediaReceiver:
                         continue
                     if sport != want_port or src != want_addr:
                         if not self._other(entry, ts or time.time(), src, sport, payload):
+                            other += 1  # held back or foreign: counted there
                             continue
                         want_addr, want_port = entry.want_addr, entry.want_port
                     sink(ts or time.time(), src, sport, dst, dport, payload)
-                    kept += 1
-                self.received += kept
+                self.received += len(got) - bad - other
                 self.dropped += bad + batch.truncated - truncated
                 # a full batch may have left more behind; otherwise the next tick will see the rest
                 if len(got) < batch.vlen and not drain or not got:
