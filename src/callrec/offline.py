@@ -180,7 +180,7 @@ class _Run:
                     route = routes.get((d.dst, d.dport, ssrc))
                     if route is None:
                         binding = bindings.get((d.dst, d.dport))
-                        route = _SKIP if binding is None else self._route(binding, d.dst, d.dport, ssrc, now)
+                        route = _SKIP if binding is None else self._route(binding, d.dst, d.dport, ssrc, now, d.src)
                     if route is not _SKIP:
                         if b0 & 0x3F:
                             start, end = payload_offset(payload)
@@ -352,9 +352,9 @@ class _Run:
 
         return codec_of
 
-    def _route(self, binding: Binding, dst: bytes, dport: int, ssrc: int, now: float) -> _Route:
+    def _route(self, binding: Binding, dst: bytes, dport: int, ssrc: int, now: float, src: bytes = b"") -> _Route:
         """Where one SSRC sent to one endpoint goes (its call's mixer is started on its first packet)."""
-        binding = self._shared(binding, dst, dport, ssrc, now)
+        binding = self._shared(binding, src, dst, dport, ssrc, now)
         job = self.jobs.get(id(binding.dialog))
         if job is None:
             job = self._start(binding.dialog)
@@ -370,7 +370,7 @@ class _Run:
         self._epoch += 1
         return route
 
-    def _shared(self, binding: Binding, dst: bytes, dport: int, ssrc: int, now: float) -> Binding:
+    def _shared(self, binding: Binding, src: bytes, dst: bytes, dport: int, ssrc: int, now: float) -> Binding:
         """Call finding by media: a call whose SSRC another live call already has (a proxy that masks the
         Call-ID) joins that call (``DialogTracker.note_ssrc``) while nothing of it was written yet; a mix it
         began is dropped (what it took, the other leg carries too); routes are rebuilt after."""
@@ -379,7 +379,7 @@ class _Run:
             job = self.jobs.get(id(dialog))
             return job is None or job.writer.bytes == job.opened_bytes
 
-        joined = self.tracker.note_ssrc((dst, dport), ssrc, now, unwritten)
+        joined = self.tracker.note_ssrc((dst, dport), ssrc, now, src, unwritten)
         if joined is None or joined is binding:
             return binding
         dropped = self.jobs.pop(id(binding.dialog), None) if joined.dialog is not binding.dialog else None

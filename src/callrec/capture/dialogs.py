@@ -8,9 +8,10 @@ masks the Call-ID on one side (Kamailio's topoh) forwards the INVITE with a new 
 and tag) and a lower Max-Forwards, while the first leg is still unanswered: that INVITE joins the first leg's
 call (its Call-ID added to ``call_ids``), so both legs' streams are one call's and the relayed packets (same
 SSRCs) are merged as duplicates by the mixer, as for a proxy that keeps the Call-ID. Where signalling does
-not tell (a proxy that also resets Max-Forwards, a B2BUA relaying media as it is), media does: RTP whose SSRC
-is already the same party's in another live call, first seen there within ``SHARED_SSRC_S``, makes its call
-join that one (``note_ssrc``), as long as nothing of it was mixed yet.
+not tell (a proxy that also resets Max-Forwards, a B2BUA relaying media as it is), media does: RTP relayed
+from one call into another (its SSRC the same party's in another live call, first seen there within
+``SHARED_SSRC_S``, sent then to the host this copy now comes from) makes its call join that one
+(``note_ssrc``), as long as nothing of it was mixed yet.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class DialogTracker:
         self.dialogs: dict[str, Dialog] = {}
         # the other Call-IDs of a call's legs (a proxy that masks the Call-ID): Call-ID -> the call's dialog
         self.legs: dict[str, Dialog] = {}
-        # each RTP SSRC seen: the call and party it came in first, and when
-        self.ssrcs: dict[int, tuple[Dialog, str, float]] = {}
+        # each RTP SSRC seen: the call and party it came in first, when, and the host it was sent to
+        self.ssrcs: dict[int, tuple[Dialog, str, float, bytes]] = {}
         self.bindings: dict[Endpoint, Binding] = {}
         self.malformed = 0
         self.sdp_errors = 0
@@ -189,22 +190,29 @@ class DialogTracker:
             self.bindings[endpoint] = Binding(dialog, stream)
 
     def note_ssrc(
-        self, endpoint: Endpoint, ssrc: int, ts: float, movable: Callable[[Dialog], bool] | None = None
+        self,
+        endpoint: Endpoint,
+        ssrc: int,
+        ts: float,
+        source: bytes,
+        movable: Callable[[Dialog], bool] | None = None,
     ) -> Binding | None:
-        """The binding of RTP with ``ssrc`` sent to ``endpoint`` (None: nobody signalled it): the endpoint's own,
-        unless that SSRC is the same party's in another live call, seen there first less than
-        ``SHARED_SSRC_S`` before: then the endpoint's call (if ``movable`` lets it go) joins that call first."""
+        """The binding of RTP with ``ssrc`` sent from ``source`` to ``endpoint`` (None: nobody signalled it): the
+        endpoint's own, unless it is relayed from another live call: the same party's SSRC there, seen first
+        less than ``SHARED_SSRC_S`` before, sent to the host this copy comes from. Then the endpoint's call (if
+        ``movable`` lets it go) joins that call first."""
         binding = self.bindings.get(endpoint)
         if binding is None:
             return None
         seen = self.ssrcs.get(ssrc)
         if seen is None or self.dialogs.get(seen[0].info.call_id) is not seen[0]:
-            self.ssrcs[ssrc] = (binding.dialog, binding.stream.party, ts)
+            self.ssrcs[ssrc] = (binding.dialog, binding.stream.party, ts, endpoint[0])
             return binding
-        owner, party, first = seen
+        owner, party, first, relay = seen
         if (
             owner is binding.dialog
             or party != binding.stream.party
+            or source != relay
             or abs(ts - first) > SHARED_SSRC_S
             or (movable is not None and not movable(binding.dialog))
         ):
@@ -227,9 +235,9 @@ class DialogTracker:
             if binding is not None and binding.dialog is other:
                 self.bindings[endpoint] = Binding(into, binding.stream)
             into.endpoints.add(endpoint)
-        for ssrc, (owner, party, first) in list(self.ssrcs.items()):
+        for ssrc, (owner, party, first, relay) in list(self.ssrcs.items()):
             if owner is other:
-                self.ssrcs[ssrc] = (into, party, first)
+                self.ssrcs[ssrc] = (into, party, first, relay)
         into.answered = into.answered or other.answered
         if other.info.started_at is not None and (info.started_at is None or other.info.started_at < info.started_at):
             info.started_at = other.info.started_at

@@ -177,7 +177,7 @@ def _route(tracker: DialogTracker, framers: Flows, writers: _Writers, d: Datagra
     if binding is not None and ssrc is not None:
         # a call whose SSRC another live call has (a proxy masking the Call-ID) joins it, with its file
         before = binding.dialog
-        binding = tracker.note_ssrc((d.dst, d.dport), ssrc, d.ts) or binding
+        binding = tracker.note_ssrc((d.dst, d.dport), ssrc, d.ts, d.src) or binding
         if binding.dialog is not before:
             writers.join(binding.dialog, before)
     if binding is None and d.dport & 1:  # RTCP, on the port after the RTP's
