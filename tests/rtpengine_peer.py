@@ -168,7 +168,10 @@ class Sent:
     payload: bytes
     pcm: np.ndarray  # int16 at 8000 Hz: the payload decoded by ffmpeg, what the party "said"
     ssrc: int
-    first_send: float = 0.0  # epoch seconds of the first packet
+    # epoch seconds when the first packet was due: packet k is due at first_send + k x 20 ms (what the
+    # steady stream lines up with; under load the first packet itself may leave a few ms late)
+    first_send: float = 0.0
+    first_sent_at: float = 0.0  # when the first packet really left
     packets: int = 0
     engine_port: int = 0  # where rtpengine received it (from the SDP rtpengine gave the other party)
 
@@ -311,7 +314,8 @@ class RtpenginePeer:
         result = self._drive(job, timeout=seconds + callee_delay + 30)
         for sent in parties:
             got = result["parties"][sent.party]
-            sent.first_send, sent.packets, sent.engine_port = got["first_send"], got["packets"], got["engine_port"]
+            sent.first_send, sent.first_sent_at = got["first_send"], got["first_sent_at"]
+            sent.packets, sent.engine_port = got["packets"], got["engine_port"]
         call = RecordedCall(call_id, self.spool, caller, callee, offer_sdp=result["offer"], answer_sdp=result["answer"])
         call.metadata_file, call.pcap_file = self._wait_finished(call_id)
         return call
@@ -511,7 +515,12 @@ def _play(
         for sock in socks:
             sock.close()
     return {
-        p["party"]: {"first_send": first[i], "packets": sent[i], "engine_port": p["first_engine_port"]}
+        p["party"]: {
+            "first_send": start + delays[i],
+            "first_sent_at": first[i],
+            "packets": sent[i],
+            "engine_port": p["first_engine_port"],
+        }
         for i, p in enumerate(parties)
     }
 
