@@ -21,7 +21,7 @@ from tests.serve_proc import ServeProcess, free_tcp_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PDEATHSIG is Linux's")
 GONE_WITHIN_S = 10.0
-REFUSED_WITHIN_S = 30.0
+REFUSED_WITHIN_S = 30.0  # a bound on the wait (twice this), never an assertion on time
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -80,11 +80,10 @@ def _serve_argv(data: Path, *, http: int, listen: str = "127.0.0.1:0") -> list[s
             "--workers", "1"]  # fmt: skip
 
 
-def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str], float]:
-    """Run a command that must end by itself: exit status, its stderr lines, how long it took."""
-    began = time.monotonic()
+def _run(argv: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run a command that must end by itself (within a bound): exit status and its stderr lines."""
     done = subprocess.run(argv, env=env, capture_output=True, timeout=REFUSED_WITHIN_S * 2, stdin=subprocess.DEVNULL)
-    return done.returncode, done.stderr.decode(errors="replace").strip().splitlines(), time.monotonic() - began
+    return done.returncode, done.stderr.decode(errors="replace").strip().splitlines()
 
 
 def test_sigkill_of_serve_takes_every_child_with_it_and_a_restart_gets_ready(tmp_path: Path) -> None:
@@ -173,14 +172,14 @@ def test_a_second_serve_worker_or_recorder_on_the_same_folder_is_refused(tmp_pat
     with ServeProcess(data) as first:
         assert first.proc is not None
         expected = f"the data folder {data.resolve()} is in use by pid {first.proc.pid} (callrec serve); stop it first"
-        code, lines, took = _run(_serve_argv(data, http=free_tcp_port()), _env())
-        assert (code, lines) == (2, [f"callrec serve: {expected}"]) and took < REFUSED_WITHIN_S
-        code, lines, took = _run([sys.executable, "-m", "callrec", "worker"], _env(CALLREC_DATA=str(data)))
-        assert (code, lines) == (2, [f"callrec worker: {expected}"]) and took < REFUSED_WITHIN_S
+        code, lines = _run(_serve_argv(data, http=free_tcp_port()), _env())
+        assert (code, lines) == (2, [f"callrec serve: {expected}"])
+        code, lines = _run([sys.executable, "-m", "callrec", "worker"], _env(CALLREC_DATA=str(data)))
+        assert (code, lines) == (2, [f"callrec worker: {expected}"])
         argv = [sys.executable, "-m", "callrec", "record", "--data", str(data), "--listen", "127.0.0.1:0",
                 "--allow", "127.0.0.1"]  # fmt: skip
-        code, lines, took = _run(argv, _env())
-        assert (code, lines) == (2, [f"callrec record: {expected}"]) and took < REFUSED_WITHIN_S
+        code, lines = _run(argv, _env())
+        assert (code, lines) == (2, [f"callrec record: {expected}"])
         # the first one is unharmed
         assert first.proc.poll() is None
         assert first.api.get("/healthz").status_code == 200
@@ -192,13 +191,13 @@ def test_a_taken_sip_port_stops_serve_with_one_line_naming_it(tmp_path: Path) ->
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        code, lines, took = _run(_serve_argv(data, http=free_tcp_port(), listen=f"127.0.0.1:{port}"), _env())
+        code, lines = _run(_serve_argv(data, http=free_tcp_port(), listen=f"127.0.0.1:{port}"), _env())
     log = "\n".join(lines)
     assert code == 2, log
     assert lines[-1] == (
         f"callrec serve: the recorder cannot run: cannot listen on 127.0.0.1:{port} (udp): address already in use"
     ), log
-    assert "starting it again" not in log and took < REFUSED_WITHIN_S, log
+    assert "starting it again" not in log, log
     # nothing serve started holds the folder any more: the worker was stopped too
     DataLock.acquire(data, "test").release()
 
@@ -208,7 +207,7 @@ def test_a_taken_http_port_is_one_line_before_anything_starts(tmp_path: Path) ->
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, lines, _ = _run(_serve_argv(tmp_path / "data", http=port), _env())
+        code, lines = _run(_serve_argv(tmp_path / "data", http=port), _env())
     assert (code, lines) == (2, [f"callrec serve: cannot listen on 127.0.0.1:{port} (http): address already in use"])
 
 
@@ -221,7 +220,7 @@ def test_a_recorder_names_the_protocol_whose_port_is_taken(tmp_path: Path, kind:
         port = taken.getsockname()[1]
         argv = [sys.executable, "-m", "callrec", "record", "--data", str(tmp_path / "data"),
                 "--listen", f"127.0.0.1:{port}", "--allow", "127.0.0.1"]  # fmt: skip
-        code, lines, _ = _run(argv, _env())
+        code, lines = _run(argv, _env())
     assert code == 2, lines
     assert lines[-1] == f"callrec record: cannot listen on 127.0.0.1:{port} ({kind}): address already in use", lines
 
@@ -255,7 +254,7 @@ def test_a_worker_clears_the_scratch_killed_runs_left(tmp_path: Path) -> None:
 def test_a_worker_sharing_a_database_without_a_queue_url_refuses_in_one_line(tmp_path: Path) -> None:
     env = _env(CALLREC_DATA=str(tmp_path / "data"), CALLREC_DATABASE_URL="postgresql://callrec@127.0.0.1:1/none",
                CALLREC_SECRET_KEY="k" * 44)  # fmt: skip
-    code, lines, _ = _run([sys.executable, "-m", "callrec", "worker"], env)
+    code, lines = _run([sys.executable, "-m", "callrec", "worker"], env)
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("callrec: error: CALLREC_DATABASE_URL is a shared database but CALLREC_QUEUE_URL")
     assert not (tmp_path / "data").exists(), "refused before touching anything"

@@ -201,7 +201,16 @@ def _wait_for(recorder: RecorderProcess, text: str, timeout: float = 20) -> str:
 def _wait_recordings(folder: Path, count: int, timeout: float = 60) -> list[Path]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sorted(folder.rglob("*.mp3")) if folder.exists() else []
+        # the mixer writes into a hidden staging folder and renames the finished file out of it
+        found = (
+            sorted(
+                f
+                for f in folder.rglob("*.mp3")
+                if not any(part.startswith(".") for part in f.relative_to(folder).parts)
+            )
+            if folder.exists()
+            else []
+        )
         if len(found) >= count:
             return found
         time.sleep(0.1)
