@@ -90,3 +90,18 @@ def test_truncated_capture_still_yields_its_calls(tmp_path: Path) -> None:
     audio = decode(out)
     # about two thirds of the call made it into the file
     assert len(audio) / 8000 == pytest.approx(built.duration * 2 / 3, abs=0.5)
+
+
+@pytest.mark.parametrize("tail", [b"\x81\xc9\x00\x01\x00\x00\x00\x01", b""], ids=["8-byte-rtcp-rr", "empty-udp"])
+def test_a_short_datagram_last_in_the_capture_is_no_internal_error(tmp_path: Path, tail: bytes) -> None:
+    # the vectorised reader reads each datagram's RTP header fields at once: the capture's last datagram
+    # being shorter than an RTP header (an RTCP receiver report with no blocks, an empty datagram) must not
+    # read past the end of the file's chunk (it was an IndexError)
+    built = synth.build(synth.Scenario(call_id="short-tail@test", duration=3.0))
+    last = built.datagrams[-1][0]
+    datagrams = [*built.datagrams, (last + 0.01, synth.A_IP, 20001, synth.B_IP, 30001, tail)]
+    pcap = synth.write_pcap(tmp_path / "short-tail.pcap", datagrams)
+    proc = callrec("mix", str(pcap), "-o", str(tmp_path / "out.wav"), "--format", "wav", check=False)
+    assert proc.returncode == 0, proc.stderr
+    audio = decode(tmp_path / "out.wav")
+    assert audio.shape[1] == 2 and len(audio) >= 2.5 * synth.RATE

@@ -108,10 +108,15 @@ class UdpBlock:
         return len(self.ts)
 
     def field(self, at: int, size: int) -> IntArray:
-        """The big-endian ``size``-byte field ``at`` bytes after each IPv4 header (28: the UDP payload)."""
+        """The big-endian ``size``-byte field ``at`` bytes after each IPv4 header (28: the UDP payload).
+
+        A datagram too short to hold the field gets a meaningless value (read from inside the chunk, never
+        past its end: the chunk's last datagram may be an 8-byte RTCP report); callers mask by ``length``.
+        """
+        offsets = np.minimum(self.ip + at, len(self.data) - size)
         if size == 1:
-            return self.data[self.ip + at].astype(np.int64)
-        return gather(self.data, self.ip + at, size, f">u{size}")
+            return self.data[offsets].astype(np.int64)
+        return gather(self.data, offsets, size, f">u{size}")
 
     def datagram(self, i: int) -> Datagram:
         """Datagram ``i``, as the reader's iterator yields it."""
