@@ -15,6 +15,8 @@ command -v sox >/dev/null || need+=(sox)
 # the UI's browser tests drive Debian's Chromium through Playwright (no downloaded browsers)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v rtpengine >/dev/null || need+=(rtpengine-daemon)
+# the README tour (tests/test_readme_tour.py) talks to the API with curl
+command -v curl >/dev/null || need+=(curl)
 [ -e /usr/lib/x86_64-linux-gnu/libsndfile.so.1 ] || have_lib libsndfile.so.1 || need+=(libsndfile1)
 have_lib libbcg729 || need+=(libbcg729-0)
 have_lib libmp3lame.so.0 || need+=(libmp3lame0)
