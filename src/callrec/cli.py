@@ -37,6 +37,17 @@ class WavCodec(StrEnum):
     gsm = "gsm"
 
 
+# ``record`` and ``serve`` both take it
+RtpengineSpools = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--rtpengine-spool",
+        help="rtpengine's recording-dir (recording-method pcap): each finished recording there becomes a call,"
+        " its files removed once stored (repeatable; env CALLREC_RTPENGINE_SPOOL, folders separated by ':')",
+    ),
+]
+
+
 def _fail(message: str) -> None:
     # one line, no traceback: the message is the whole story
     print(f"callrec: error: {message}", file=sys.stderr)
@@ -173,14 +184,7 @@ def record_command(
         float, typer.Option("--idle-timeout", help="Close a session with no media nor SIP for this long, s")
     ] = 300.0,
     max_sessions: Annotated[int, typer.Option("--max-sessions", help="Sessions at once; more get 503")] = 5000,
-    rtpengine_spool: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--rtpengine-spool",
-            help="rtpengine's recording-dir (recording-method pcap): each finished recording there becomes a call,"
-            " its files removed once stored (repeatable; env CALLREC_RTPENGINE_SPOOL, folders separated by ':')",
-        ),
-    ] = None,
+    rtpengine_spool: RtpengineSpools = None,
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Mix each tape when it closes")] = False,
     service: Annotated[
         bool,
@@ -309,14 +313,7 @@ def serve_command(
             " at least 16)",
         ),
     ] = 0,
-    rtpengine_spool: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--rtpengine-spool",
-            help="rtpengine's recording-dir (recording-method pcap): each finished recording there becomes a call,"
-            " its files removed once stored (repeatable; env CALLREC_RTPENGINE_SPOOL, folders separated by ':')",
-        ),
-    ] = None,
+    rtpengine_spool: RtpengineSpools = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Mixing processes (default: CPU count)")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Run the SIPREC recorder")] = True,
     work: Annotated[bool, typer.Option("--work/--no-work", help="Run the background workers")] = True,
