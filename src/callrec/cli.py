@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from callrec.errors import CallrecError
-from callrec.media.encode import MP3_BITRATES_KBPS
+from callrec.media_limits import MP3_BITRATES_KBPS, SAMPLE_RATES
 
 if TYPE_CHECKING:
     from callrec.config import RecorderConfig
@@ -22,7 +20,6 @@ if TYPE_CHECKING:
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="callrec: call recording for cloud telephony"
 )
-err = Console(stderr=True)
 
 
 class Format(StrEnum):
@@ -88,18 +85,23 @@ def mix_command(
 ) -> None:
     """Mix every call in a capture (or a tape, or an rtpengine recording) into a stereo recording: caller
     left, callee right."""
-    from callrec.offline import MixOptions, mix
-
     out = output if output is not None else Path(".")
     chosen = fmt.value if fmt is not None else ("wav" if out.suffix.lower() == ".wav" else "mp3")
     if chosen == "mp3" and codec is not None:
         _fail("--codec applies to WAV output; MP3 is always MPEG layer 3")
     if bitrate not in MP3_BITRATES_KBPS:
         _fail(f"--bitrate must be one of {', '.join(map(str, MP3_BITRATES_KBPS))}")
-    if rate not in (8000, 16000):
-        _fail("--rate must be 8000 or 16000")
+    if rate not in SAMPLE_RATES:
+        _fail(f"--rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
     if not input.exists():
         _fail(f"{input}: no such file or folder")
+    # the media stack (numpy, av, soxr) and rich's progress bar load only once the arguments are good
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from callrec.offline import MixOptions, mix
+
+    err = Console(stderr=True)
     opts = MixOptions(
         fmt=chosen, codec=codec.value if codec else "pcm", bitrate_kbps=bitrate, rate=rate, call_id=call_id
     )

@@ -16,8 +16,8 @@ import numpy.typing as npt
 
 from callrec.errors import OutputError
 from callrec.media.lame import mp3_encoder
+from callrec.media_limits import MP3_BITRATES_KBPS as MP3_BITRATES_KBPS  # light, for the CLI
 
-MP3_BITRATES_KBPS = (8, 16, 24, 32)
 WAV_CODECS = {"pcm": "PCM_16", "alaw": "ALAW", "ulaw": "ULAW", "gsm": "GSM610"}
 # lame quality 7 is ~2x faster than 2 with no audible loss at telephone bitrates
 MP3_QUALITY = 7
