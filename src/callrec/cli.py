@@ -7,7 +7,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from callrec.config import RecorderConfig
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="callrec: call recording for cloud telephony"
+    add_completion=False,
+    no_args_is_help=True,
+    help="callrec: call recording for cloud telephony",
+    # subcommands' contexts inherit it: -h works on every command
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -39,10 +43,65 @@ RtpengineSpools = Annotated[
     list[Path] | None,
     typer.Option(
         "--rtpengine-spool",
+        metavar="DIR",
         help="rtpengine's recording-dir (recording-method pcap): each finished recording there becomes a call,"
         " its files removed once stored (repeatable; env CALLREC_RTPENGINE_SPOOL, folders separated by ':')",
     ),
 ]
+
+
+def _plain(shown: str) -> str:
+    # Typer's "<path>", "<list[str]>", "<int>" as a Unix help page writes them: PATH, TEXT, INTEGER
+    inner = shown.removeprefix("<").removesuffix(">")
+    inner = inner.removeprefix("list[").removesuffix("]")
+    if "|" in inner:
+        return inner  # choices stay as they are typed
+    return {"str": "TEXT", "int": "INTEGER", "float": "NUMBER"}.get(inner, inner.upper())
+
+
+def _option_type(self: Any, ctx: Any) -> str | None:
+    if self.metavar is not None:
+        return str(self.metavar)
+    if self.is_flag:
+        return None  # a flag takes no value: no "<bool>"
+    return _plain(self.display_type(ctx))
+
+
+def _argument_type(self: Any, ctx: Any) -> str | None:
+    return None if self.metavar is not None else _plain(self.display_type(ctx))
+
+
+def _plain_help_types() -> None:
+    # Typer renders every value's type as "<type>" and flags as "<bool>"; help reads as a Unix tool's
+    from typer.core import TyperArgument, TyperOption
+
+    setattr(TyperOption, "display_type_rich", _option_type)  # noqa: B010 - a method of Typer's class
+    setattr(TyperArgument, "display_type_rich", _argument_type)  # noqa: B010
+
+
+_plain_help_types()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("callrec")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from callrec import __version__ as shown
+        print(f"callrec {shown}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    ] = False,
+) -> None:
+    """callrec: call recording for cloud telephony"""
 
 
 def _fail(message: str) -> None:
@@ -65,23 +124,25 @@ def mix_command(
     input: Annotated[
         Path,
         typer.Argument(
+            metavar="INPUT",
             help="A pcap/pcapng capture with SIP and RTP, a tape folder, or an rtpengine recording "
-            "(its SPOOL/pcaps/*.pcap or SPOOL/metadata/rtpengine-meta-*.txt)"
+            "(its SPOOL/pcaps/*.pcap or SPOOL/metadata/rtpengine-meta-*.txt)",
         ),
     ],
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Output folder, or a .mp3/.wav file for one call")
+        Path | None,
+        typer.Option("-o", "--output", metavar="PATH", help="Output folder, or a .mp3/.wav file for one call"),
     ] = None,
     fmt: Annotated[Format | None, typer.Option("--format", help="mp3 (default) or wav")] = None,
     codec: Annotated[WavCodec | None, typer.Option("--codec", help="WAV codec: pcm, alaw, ulaw, gsm")] = None,
-    bitrate: Annotated[int, typer.Option("--bitrate", help="MP3 bitrate, kbit/s: 8, 16, 24 or 32")] = 16,
-    rate: Annotated[int, typer.Option("--rate", help="Sample rate: 8000 or 16000")] = 8000,
+    bitrate: Annotated[
+        int, typer.Option("--bitrate", metavar="KBPS", help="MP3 bitrate, kbit/s: 8, 16, 24 or 32")
+    ] = 16,
+    rate: Annotated[int, typer.Option("--rate", metavar="HZ", help="Sample rate: 8000 or 16000")] = 8000,
     call_id: Annotated[
-        str | None, typer.Option("--call-id", help="Mix only the call with this Call-ID")
+        str | None, typer.Option("--call-id", metavar="CALL-ID", help="Mix only the call with this Call-ID")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per call (JSON Lines)")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per call (JSON Lines)")] = False,
 ) -> None:
     """Mix every call in a capture (or a tape, or an rtpengine recording) into a stereo recording: caller
     left, callee right."""
@@ -118,9 +179,7 @@ def mix_command(
                 transient=True,
             ) as bar:
                 task = bar.add_task(f"mixing {input.name}", total=None)
-                report = mix(
-                    input, out, opts, lambda done, total: bar.update(task, completed=done, total=total)
-                )
+                report = mix(input, out, opts, lambda done, total: bar.update(task, completed=done, total=total))
         else:
             report = mix(input, out, opts)
     except CallrecError as exc:
@@ -153,13 +212,20 @@ def mix_command(
 
 @app.command("record")
 def record_command(
-    listen: Annotated[str, typer.Option("--listen", help="SIP address, UDP and TCP")] = "0.0.0.0:5060",
-    rtp_ports: Annotated[str, typer.Option("--rtp-ports", help="RTP port range FIRST-LAST")] = "30000-39999",
-    data: Annotated[Path, typer.Option("--data", help="Data folder; tapes go to DATA/tapes")] = Path("data"),
+    listen: Annotated[
+        str, typer.Option("--listen", metavar="HOST:PORT", help="SIP address, UDP and TCP")
+    ] = "0.0.0.0:5060",
+    rtp_ports: Annotated[
+        str, typer.Option("--rtp-ports", metavar="FIRST-LAST", help="RTP port range FIRST-LAST")
+    ] = "30000-39999",
+    data: Annotated[Path, typer.Option("--data", metavar="DIR", help="Data folder; tapes go to DATA/tapes")] = Path(
+        "data"
+    ),
     allow: Annotated[
         list[str] | None,
         typer.Option(
             "--allow",
+            metavar="CIDR",
             help="SRC address or CIDR trusted for every domain (repeatable); with no --allow nor"
             " --allow-domain only loopback SRCs may record; 0.0.0.0/0 opens it to all",
         ),
@@ -168,6 +234,7 @@ def record_command(
         list[str] | None,
         typer.Option(
             "--allow-domain",
+            metavar="DOMAIN=CIDR",
             help="DOMAIN=CIDR[,CIDR...]: SRCs that record into DOMAIN only (repeatable)",
         ),
     ] = None,
@@ -175,17 +242,24 @@ def record_command(
         int,
         typer.Option(
             "--max-sessions-per-source",
+            metavar="N",
             help="Sessions one SRC address may hold at once; more get 503 (0: an eighth of the RTP port pairs,"
             " at least 16)",
         ),
     ] = 0,
     media_address: Annotated[
-        str, typer.Option("--media-address", help="Address given to SRCs for RTP (default: the one they reach)")
+        str,
+        typer.Option(
+            "--media-address", metavar="ADDRESS", help="Address given to SRCs for RTP (default: the one they reach)"
+        ),
     ] = "",
     idle_timeout: Annotated[
-        float, typer.Option("--idle-timeout", help="Close a session with no media nor SIP for this long, s")
+        float,
+        typer.Option("--idle-timeout", metavar="S", help="Close a session with no media nor SIP for this long, s"),
     ] = 300.0,
-    max_sessions: Annotated[int, typer.Option("--max-sessions", help="Sessions at once; more get 503")] = 5000,
+    max_sessions: Annotated[
+        int, typer.Option("--max-sessions", metavar="N", help="Sessions at once; more get 503")
+    ] = 5000,
     rtpengine_spool: RtpengineSpools = None,
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Mix each tape when it closes")] = False,
     service: Annotated[
@@ -195,7 +269,9 @@ def record_command(
             help="Hand each tape to the service (database, storage, queue); on when CALLREC_DATABASE_URL is set",
         ),
     ] = False,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    ] = "info",
 ) -> None:
     """Record SIPREC sessions (RFC 7866) to tapes without transcoding, until SIGTERM or SIGINT."""
     import logging
@@ -288,14 +364,23 @@ def _logging(level: str) -> None:
 
 @app.command("serve")
 def serve_command(
-    data: Annotated[Path | None, typer.Option("--data", help="Data folder (database, storage, tapes)")] = None,
-    http: Annotated[str, typer.Option("--http", help="HTTP API and web UI address")] = "127.0.0.1:8080",
-    listen: Annotated[str, typer.Option("--listen", help="SIP address, UDP and TCP")] = "0.0.0.0:5060",
-    rtp_ports: Annotated[str, typer.Option("--rtp-ports", help="RTP port range FIRST-LAST")] = "30000-39999",
+    data: Annotated[
+        Path | None, typer.Option("--data", metavar="DIR", help="Data folder (database, storage, tapes)")
+    ] = None,
+    http: Annotated[
+        str, typer.Option("--http", metavar="HOST:PORT", help="HTTP API and web UI address")
+    ] = "127.0.0.1:8080",
+    listen: Annotated[
+        str, typer.Option("--listen", metavar="HOST:PORT", help="SIP address, UDP and TCP")
+    ] = "0.0.0.0:5060",
+    rtp_ports: Annotated[
+        str, typer.Option("--rtp-ports", metavar="FIRST-LAST", help="RTP port range FIRST-LAST")
+    ] = "30000-39999",
     allow: Annotated[
         list[str] | None,
         typer.Option(
             "--allow",
+            metavar="CIDR",
             help="SRC address or CIDR trusted for every domain (repeatable); with no --allow nor"
             " --allow-domain only loopback SRCs may record; 0.0.0.0/0 opens it to all",
         ),
@@ -304,6 +389,7 @@ def serve_command(
         list[str] | None,
         typer.Option(
             "--allow-domain",
+            metavar="DOMAIN=CIDR",
             help="DOMAIN=CIDR[,CIDR...]: SRCs that record into DOMAIN only (repeatable)",
         ),
     ] = None,
@@ -311,15 +397,20 @@ def serve_command(
         int,
         typer.Option(
             "--max-sessions-per-source",
+            metavar="N",
             help="Sessions one SRC address may hold at once; more get 503 (0: an eighth of the RTP port pairs,"
             " at least 16)",
         ),
     ] = 0,
     rtpengine_spool: RtpengineSpools = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Mixing processes (default: CPU count)")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", metavar="N", help="Mixing processes (default: CPU count)")
+    ] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Run the SIPREC recorder")] = True,
     work: Annotated[bool, typer.Option("--work/--no-work", help="Run the background workers")] = True,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    ] = "info",
 ) -> None:
     """Run the whole system on one machine: recorder, background workers and HTTP API, until SIGTERM."""
     from callrec.config import (
@@ -371,9 +462,13 @@ def serve_command(
 
 @app.command("worker")
 def worker_command(
-    workers: Annotated[int | None, typer.Option("--workers", help="Mixing processes (default: CPU count)")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", metavar="N", help="Mixing processes (default: CPU count)")
+    ] = None,
     sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Re-queue stuck work, apply retention")] = True,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    ] = "info",
 ) -> None:
     """Mix and store recordings from the queue (CALLREC_QUEUE_URL, CALLREC_DATABASE_URL), until SIGTERM."""
     from callrec.config import service_config_from_env

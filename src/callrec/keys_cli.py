@@ -31,7 +31,7 @@ keys_app = typer.Typer(
     help="API keys, straight in the service's database (CALLREC_DATABASE_URL, or --data's SQLite): list, "
     "create (shown once), revoke. A lost admin key is recovered with `callrec keys create --admin`.",
 )
-DataOption = Annotated[Path | None, typer.Option("--data", help="Data folder (its SQLite database)")]
+DataOption = Annotated[Path | None, typer.Option("--data", metavar="DIR", help="Data folder (its SQLite database)")]
 
 
 def _key_sessions(data: Path | None) -> tuple[Engine, sessionmaker[Session]]:
@@ -52,7 +52,7 @@ def _key_sessions(data: Path | None) -> tuple[Engine, sessionmaker[Session]]:
 @keys_app.command("list")
 def keys_list_command(
     data: DataOption = None,
-    domain: Annotated[str | None, typer.Option("--domain", help="Only this domain's keys")] = None,
+    domain: Annotated[str | None, typer.Option("--domain", metavar="DOMAIN", help="Only this domain's keys")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="Only admin keys")] = False,
     revoked: Annotated[bool, typer.Option("--revoked", help="Revoked keys too")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key (JSON Lines)")] = False,
@@ -101,11 +101,12 @@ def keys_list_command(
 def keys_create_command(
     data: DataOption = None,
     admin: Annotated[bool, typer.Option("--admin", help="An admin key")] = False,
-    domain: Annotated[str | None, typer.Option("--domain", help="A key of this domain")] = None,
+    domain: Annotated[str | None, typer.Option("--domain", metavar="DOMAIN", help="A key of this domain")] = None,
     scope: Annotated[
-        list[str] | None, typer.Option("--scope", help="settings, read or upload (repeatable; default all three)")
+        list[str] | None,
+        typer.Option("--scope", metavar="SCOPE", help="settings, read or upload (repeatable; default all three)"),
     ] = None,
-    name: Annotated[str, typer.Option("--name", help="What the key is for")] = "",
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="What the key is for")] = "",
 ) -> None:
     """Make a key and print its secret, this once (only its hash is stored)."""
     from datetime import UTC, datetime
