@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import synth
+from tests.audio import need
+
 HEAVY = ("numpy", "av", "soxr", "soundfile", "sqlalchemy", "fastapi", "uvicorn", "rich.progress")
 
 
@@ -67,3 +70,81 @@ def test_proper_metavars() -> None:
     text = _run("serve", "-h").stdout
     for shown in ("DIR", "CIDR", "DOMAIN=CIDR", "HOST:PORT", "FIRST-LAST", "LEVEL"):
         assert shown in text
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess[str], contains: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("callrec: error: ")
+    assert contains in err, err
+
+
+SAMPLE = Path(__file__).parent.parent / "samples" / "sample-call.pcap"
+
+
+def test_a_folder_that_is_not_a_tape(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "media.pcap").write_bytes(SAMPLE.read_bytes())  # half a tape: no call.json
+    _assert_one_line_error(_run("mix", str(folder), "-o", str(tmp_path / "out")), "is a folder but not a tape")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_input(tmp_path: Path) -> None:
+    _assert_one_line_error(_run("mix", str(tmp_path / "nope.pcap")), "no such file or folder")
+
+
+@pytest.mark.parametrize("name", ["call.ogg", "call.MP4", "x.flac"])
+def test_an_output_extension_that_is_neither_mp3_nor_wav_is_refused(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    _assert_one_line_error(_run("mix", str(SAMPLE), "-o", str(out)), ".mp3 or .wav")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_folder_with_a_dot_is_still_an_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "calls.2026"
+    out.mkdir()
+    proc = _run("mix", str(SAMPLE), "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [p.suffix for p in out.iterdir()] == [".mp3"]
+
+
+def test_format_and_extension_must_agree(tmp_path: Path) -> None:
+    _assert_one_line_error(_run("mix", str(SAMPLE), "-o", str(tmp_path / "c.wav"), "--format", "mp3"), "--format mp3")
+
+
+def test_an_output_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    _assert_one_line_error(_run("mix", str(SAMPLE), "-o", str(tmp_path / "file" / "c.mp3")), "not a folder")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--bitrate", "0"), ("--bitrate", "320"), ("--rate", "0"), ("--rate", "48000")]
+)
+def test_out_of_range_numbers(option: str, value: str) -> None:
+    _assert_one_line_error(_run("mix", str(SAMPLE), option, value), option)
+
+
+def test_calls_sharing_a_call_id_are_numbered(tmp_path: Path) -> None:
+    need(synth.FFMPEG, "ffmpeg")
+    built = [
+        synth.build(
+            synth.Scenario(call_id="same@host", duration=2.0, a_port=20000 + 100 * i, b_port=30000 + 100 * i, seed=i),
+            base_time=1_700_000_000.0 + 10 * i,
+        )
+        for i in range(3)
+    ]
+    datagrams = sorted((d for b in built for d in b.datagrams), key=lambda d: d[0])
+    pcap = synth.write_pcap(tmp_path / "three.pcap", datagrams)
+    out = tmp_path / "out"
+    proc = _run("mix", str(pcap), "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    reports = [json.loads(line) for line in proc.stdout.splitlines()]
+    names = ["same_host.mp3", "same_host-2.mp3", "same_host-3.mp3"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    # --json names the file that is really there
+    assert sorted(Path(r["output"]).name for r in reports) == sorted(names)
+    assert all(Path(r["output"]).is_file() for r in reports)

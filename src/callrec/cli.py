@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from callrec.errors import CallrecError
-from callrec.media_limits import MP3_BITRATES_KBPS, SAMPLE_RATES
+from callrec.media_limits import MP3_BITRATES_KBPS, OUTPUT_SUFFIXES, SAMPLE_RATES
 
 if TYPE_CHECKING:
     from callrec.config import RecorderConfig
@@ -147,6 +147,7 @@ def mix_command(
     """Mix every call in a capture (or a tape, or an rtpengine recording) into a stereo recording: caller
     left, callee right."""
     out = output if output is not None else Path(".")
+    _check_output(out, fmt)
     chosen = fmt.value if fmt is not None else ("wav" if out.suffix.lower() == ".wav" else "mp3")
     if chosen == "mp3" and codec is not None:
         _fail("--codec applies to WAV output; MP3 is always MPEG layer 3")
@@ -160,8 +161,11 @@ def mix_command(
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+    from callrec.capture import tape
     from callrec.offline import MixOptions, mix
 
+    if input.is_dir() and not tape.is_tape(input):
+        _fail(f"{input} is a folder but not a tape (no {tape.MEDIA_FILE} and {tape.META_FILE})")
     err = Console(stderr=True)
     opts = MixOptions(
         fmt=chosen, codec=codec.value if codec else "pcm", bitrate_kbps=bitrate, rate=rate, call_id=call_id
@@ -208,6 +212,25 @@ def mix_command(
     if not written:
         where = f" with Call-ID {call_id}" if call_id else ""
         _fail(f"{input}: no call{where} with media found")
+
+
+def _check_output(out: Path, fmt: Format | None) -> None:
+    # -o is a folder, or one .mp3/.wav file: a name with another extension is a mistake, not a folder to make
+    suffix = out.suffix.lower()
+    if out.is_dir() or not suffix:
+        return
+    if suffix not in OUTPUT_SUFFIXES:
+        allowed = " or ".join(OUTPUT_SUFFIXES)
+        _fail(f"{out}: the output is a folder or a {allowed} file, not {out.suffix}")
+    if fmt is not None and suffix != f".{fmt.value}":
+        _fail(f"{out}: --format {fmt.value} does not match the file's extension {out.suffix}")
+    if out.exists():
+        return  # an earlier mix's file: replaced
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        _fail(f"{out}: cannot create it: {parent} is not a folder")
 
 
 @app.command("record")

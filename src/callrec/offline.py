@@ -114,6 +114,16 @@ def safe_name(call_id: str) -> str:
     return _UNSAFE.sub("_", call_id) or "_"
 
 
+def _unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or for the second, third... call sharing it ``name-2``, ``name-3``..."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"
+
+
 @dataclass(slots=True)
 class _Job:
     info: CallInfo
@@ -419,9 +429,7 @@ class _Run:
         info = dialog.info
         if self.opts.call_id is not None and self.opts.call_id not in info.call_ids:
             return None
-        name = safe_name(info.call_id)
-        while name in self.names:
-            name += "_"
+        name = _unique_name(safe_name(info.call_id), self.names)
         self.names.add(name)
         path = self.staging / (name + self.opts.extension)
         writer = open_writer(
