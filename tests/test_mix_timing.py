@@ -76,6 +76,10 @@ class Party:
     seed: int
     silent: tuple[float, float] = (0.0, 0.0)  # frames sent in [from, to) s after the start are left out
     pt: int = 8  # PCMA; another (not in the SDP, not static) is a stream no one can decode
+    # the packets of the stream's first ``written_late`` s reach the capture file only then (+50 ms),
+    # after everything that arrived before, with their true arrival times: the recorder holds an
+    # unlatched stream back until its latch is decided
+    written_late: float = 0.0
 
 
 def speech_like(seconds: float, seed: int) -> np.ndarray:
@@ -105,12 +109,14 @@ def build(tmp_path: Path, a: Party, b: Party, duration: float = DURATION_S) -> t
     ]
     earliest = min(a.start, b.start)
     truths: dict[str, np.ndarray] = {}
+    held: list[tuple[float, tuple[float, str, int, str, int, bytes]]] = []  # (when written, the datagram)
     for party, plan, src, dst, port in (("A", a, a_ip, b_ip, 30000), ("B", b, b_ip, a_ip, 20000)):
         frames = int((duration - plan.start) / 0.02)
         encoded = synth.ffmpeg_encode(speech_like(frames * 0.02, plan.seed), "PCMA")
         decoded = synth.ffmpeg_decode(encoded, "PCMA")
         truth = np.zeros(int((duration + 1) * RATE), np.int16)
         ssrc, seq0, ts0 = 0x1000 + plan.seed, 4000 * plan.seed, 90000 * plan.seed
+        written = plan.start + plan.written_late + 0.05  # when the held packets are written (s)
         for k in range(frames):
             send = plan.start + k * 0.02
             if plan.silent[0] <= k * 0.02 < plan.silent[1]:
@@ -118,13 +124,21 @@ def build(tmp_path: Path, a: Party, b: Party, duration: float = DURATION_S) -> t
             arrival = send + plan.delay(k, k * 0.02)
             rtp = synth._rtp(synth.Packet(send, arrival, (seq0 + k) & 0xFFFF, ts0 + k * FRAME, ssrc, plan.pt, k == 0,
                                           encoded[k * FRAME : (k + 1) * FRAME]))  # fmt: skip
-            datagrams.append((BASE + arrival, src, port - 10000 if port == 30000 else port + 10000, dst, port, rtp))
+            datagram = (BASE + arrival, src, port - 10000 if port == 30000 else port + 10000, dst, port, rtp)
+            if k * 0.02 < plan.written_late:
+                held.append((BASE + written, datagram))
+            else:
+                datagrams.append(datagram)
             at = int(round((send - earliest) * RATE))
             truth[at : at + FRAME] = decoded[k * FRAME : (k + 1) * FRAME]
         truths[party] = truth
     end = BASE + duration + 0.3
     datagrams.append((end, a_ip, 5060, b_ip, 5060, sip(f"BYE sip:200@{b_ip} SIP/2.0", call, "2 BYE", to_tag="xyz")))
     datagrams.sort(key=lambda d: d[0])
+    for when, datagram in sorted(held, key=lambda h: h[0]):
+        # written after everything that arrived before then, in the order they arrived
+        at = next((i for i, d in enumerate(datagrams) if d[0] > when), len(datagrams))
+        datagrams.insert(at, datagram)
     return synth.write_pcap(tmp_path / "call.pcap", datagrams), truths
 
 
@@ -186,6 +200,16 @@ CASES = {
         Party(0.0, first_early(0.006), 1, silent=(0.02, 1.0)),
         Party(0.1, on_time, 2),
     ),
+    # a stream's first second written to the file 1.05 s late (the recorder's latch hold; true arrival
+    # times): the callee's, the caller's, both streams' (both latched, one decided 500 ms after the
+    # other), and a hold of 1.4 s
+    "callee_first_second_written_late": (Party(0.0, on_time, 1), Party(0.05, on_time, 2, written_late=1.0)),
+    "caller_first_second_written_late": (Party(0.0, on_time, 1, written_late=1.0), Party(0.05, on_time, 2)),
+    "both_first_seconds_written_late": (
+        Party(0.0, on_time, 1, written_late=1.0),
+        Party(0.5, on_time, 2, written_late=1.0),
+    ),
+    "callee_first_1400ms_written_late": (Party(0.0, on_time, 1), Party(0.05, on_time, 2, written_late=1.4)),
 }
 
 

@@ -5,6 +5,12 @@ whose first packets came late in a burst is placed before the call's first arriv
 from an origin ``LOOKBACK_S`` earlier, and the output starts at the earliest sample written once emitting
 reaches it (nothing arriving later can be placed before it then: it would be late for the jitter buffer).
 
+Packets may reach the capture file later than they arrived: the live recorder holds a stream from an
+unadvertised source back (up to 1 s) until its latch is decided, then writes it with its true arrival
+times. Such a packet is placed by its arrival time like any other, so output is emitted only
+``JITTER_DELAY_S + COMMIT_LAG_S`` (1.6 s) behind the capture clock: a stream written up to 1.5 s late in
+file order loses nothing (what is written before the emitted point cannot be placed any more).
+
 Memory is bounded by a fixed window of output (``BUFFER_S``) plus each stream's small jitter buffer, so a
 call of any length mixes in the same memory. Layout: two parties → caller left, callee right; three or
 more (a conference) → every voice in both channels; mono output → every voice in the one channel. Sums
@@ -32,11 +38,11 @@ from callrec.models import CallInfo
 # how much output is released per step (short steps keep the window small)
 STEP_S = 0.5
 # output is emitted this far behind the release point: resamplers hand audio over a little late
-COMMIT_LAG_S = 0.5
+COMMIT_LAG_S = 1.2
 # the output window held in memory
 BUFFER_S = 4.0
 # how far before the call's first arrival media may be placed (a stream whose first packets came late)
-LOOKBACK_S = 1.0
+LOOKBACK_S = 2.0
 # no sample written yet
 _NONE = 1 << 62
 # the limiter works on blocks of this length
