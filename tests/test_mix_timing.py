@@ -210,6 +210,11 @@ CASES = {
         Party(0.5, on_time, 2, written_late=1.0),
     ),
     "callee_first_1400ms_written_late": (Party(0.0, on_time, 1), Party(0.05, on_time, 2, written_late=1.4)),
+    # both held 1.4 s: the call's first packet in the file arrived 1.4 s after its earliest media
+    "both_first_1400ms_written_late": (
+        Party(0.0, on_time, 1, written_late=1.4),
+        Party(0.1, on_time, 2, written_late=1.4),
+    ),
 }
 
 
