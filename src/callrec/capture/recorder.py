@@ -109,6 +109,7 @@ class Recorder:
         self._housekeeping: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._byes: set[asyncio.Task[None]] = set()  # BYEs sent on TCP connections of their own
+        self._closing: set[asyncio.Future[None]] = set()  # tapes being closed on the meta thread
         self._disk_ok = True
         self._stopping = False
         self._disk_checked = 0.0
@@ -157,6 +158,7 @@ class Recorder:
         if self._media is not None:
             self._media.close_all()
         self._publish_figures()
+        await self._closed_tapes_handed_on()
         self._disk.shutdown(wait=True)
         self._meta.shutdown(wait=True)
         if self._registry is not None:
@@ -701,10 +703,19 @@ class Recorder:
                 registry.unregister(folder)
 
         future = self._loop.run_in_executor(self._meta, finish)
+        self._closing.add(future)
+        future.add_done_callback(self._closing.discard)
         if notify is not None and not discard:
             future.add_done_callback(lambda f: f.exception() is None and notify(folder))
         if discarded is not None and discard:
             future.add_done_callback(lambda f: f.exception() is None and not folder.exists() and discarded(folder))
+
+    async def _closed_tapes_handed_on(self) -> None:
+        # the tapes closed by the shutdown are announced (on_tape_closed) before stop() returns: the caller
+        # then stops whatever the announcement hands the tape to
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=STOP_WAIT_S)
+        await asyncio.sleep(0)  # the futures' done callbacks, scheduled with their results, run now
 
     def _save_info(self, session: RecordingSession) -> None:
         writer = session.tape
