@@ -38,7 +38,9 @@ class WavCodec(StrEnum):
     gsm = "gsm"
 
 
-# ``record`` and ``serve`` both take it
+# options ``record`` and ``serve`` both take
+SipListen = Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help="SIP address, UDP and TCP")]
+RtpPorts = Annotated[str, typer.Option("--rtp-ports", metavar="FIRST-LAST", help="RTP port range FIRST-LAST")]
 RtpengineSpools = Annotated[
     list[Path] | None,
     typer.Option(
@@ -235,12 +237,8 @@ def _check_output(out: Path, fmt: Format | None) -> None:
 
 @app.command("record")
 def record_command(
-    listen: Annotated[
-        str, typer.Option("--listen", metavar="HOST:PORT", help="SIP address, UDP and TCP")
-    ] = "0.0.0.0:5060",
-    rtp_ports: Annotated[
-        str, typer.Option("--rtp-ports", metavar="FIRST-LAST", help="RTP port range FIRST-LAST")
-    ] = "30000-39999",
+    listen: SipListen = "0.0.0.0:5060",
+    rtp_ports: RtpPorts = "30000-39999",
     data: Annotated[Path, typer.Option("--data", metavar="DIR", help="Data folder; tapes go to DATA/tapes")] = Path(
         "data"
     ),
@@ -393,12 +391,8 @@ def serve_command(
     http: Annotated[
         str, typer.Option("--http", metavar="HOST:PORT", help="HTTP API and web UI address")
     ] = "127.0.0.1:8080",
-    listen: Annotated[
-        str, typer.Option("--listen", metavar="HOST:PORT", help="SIP address, UDP and TCP")
-    ] = "0.0.0.0:5060",
-    rtp_ports: Annotated[
-        str, typer.Option("--rtp-ports", metavar="FIRST-LAST", help="RTP port range FIRST-LAST")
-    ] = "30000-39999",
+    listen: SipListen = "0.0.0.0:5060",
+    rtp_ports: RtpPorts = "30000-39999",
     allow: Annotated[
         list[str] | None,
         typer.Option(
