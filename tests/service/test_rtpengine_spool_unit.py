@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,7 +30,9 @@ from tests.service.backends import Backend
 FIXTURE = Path(__file__).parent.parent / "data" / "rtpengine" / "simple"
 SAMPLE_PCAP = next((FIXTURE / "pcaps").glob("*.pcap"))
 SAMPLE_META = next((FIXTURE / "metadata").glob("*.txt"))
-LATER_S = 10_000.0  # a monotonic time past any back-off of these tests
+# a monotonic time past any back-off of these tests; relative to now, since a round without an explicit time
+# reads time.monotonic(), which is the host's uptime (days on a CI machine)
+LATER_S = time.monotonic() + 10_000.0
 
 
 def add_recording(
