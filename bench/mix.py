@@ -39,7 +39,7 @@ from typing import BinaryIO
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import synth  # noqa: E402 - the SIP/SDP messages and voice signal the tests use
+from tests.support import synth  # noqa: E402 - the SIP/SDP messages and voice signal the tests use
 
 RATE = 8000
 PTIME_US = 20_000

@@ -11,7 +11,7 @@ temporary data folder, SIP/HTTP on 127.0.0.1 with free ports, ``--workers`` mixi
      time from sending BYE until ``GET /api/v1/calls/{id}`` shows ``recording.state`` ``completed``, and
      where that time went, from the database's own stamps (recorder close, hand-off, queue pick-up, mix,
      store);
-  2. a burst: ``--calls`` tapes of ``--call-seconds`` each (one made by ``tests/service/tapes.make_long_tape``,
+  2. a burst: ``--calls`` tapes of ``--call-seconds`` each (one made by ``tests/support/tapes.make_long_tape``,
      copied under new Call-IDs before the clock starts), opened in the database as the recorder does at
      INVITE, then all handed off at one instant through the recorder's own hand-off
      (``service.handoff.TapeHandOff``: one thread calling ``Pipeline.tape_closed``) run in this process against
@@ -65,7 +65,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from callrec import offline  # noqa: E402
 from callrec.capture import tape  # noqa: E402
-from tests.capture.sipclient import (  # noqa: E402 - the SIPREC client the recorder's tests use
+from tests.support.sipclient import (  # noqa: E402 - the SIPREC client the recorder's tests use
     HOST,
     Dialog,
     RtpSender,
@@ -73,7 +73,7 @@ from tests.capture.sipclient import (  # noqa: E402 - the SIPREC client the reco
     answered_ports,
     free_rtp_range,
 )
-from tests.service.tapes import make_long_tape  # noqa: E402
+from tests.support.tapes import make_long_tape  # noqa: E402
 
 PTIME_S = 0.02
 FRAMES_PER_S = 50

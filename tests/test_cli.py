@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import synth
-from tests.audio import need
+from tests.support import synth
+from tests.support.audio import need
 
 HEAVY = ("numpy", "av", "soxr", "soundfile", "sqlalchemy", "fastapi", "uvicorn", "rich.progress")
 

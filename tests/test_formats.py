@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import synth
-from tests.audio import decode, mix_json, need, probe, xcorr
+from tests.support import synth
+from tests.support.audio import decode, mix_json, need, probe, xcorr
 
 CASES = [
     # (args, codec_name, sample_rate, channels)

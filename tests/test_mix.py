@@ -1,7 +1,7 @@
 """``callrec mix`` on captures with every impairment of SPEC.md, each alone and all together.
 
 Payloads come from ffmpeg's encoders, the capture from dpkt's writer, the output is decoded by ffmpeg,
-and the truth (what each channel must hold, and every counter) is computed by tests/synth.py.
+and the truth (what each channel must hold, and every counter) is computed by tests/support/synth.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests import synth
-from tests.audio import decode, mix_json, need, rfc3550_jitter_ms, windows, xcorr
+from tests.support import synth
+from tests.support.audio import decode, mix_json, need, rfc3550_jitter_ms, windows, xcorr
 
 RATE = 8000
 MAX_OFFSET = int(0.020 * RATE)  # both channels within 20 ms of the truth

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import synth
-from tests.audio import callrec, decode, need
+from tests.support import synth
+from tests.support.audio import callrec, decode, need
 
 
 def assert_one_line_error(proc: object, contains: str) -> None:

@@ -10,8 +10,8 @@ import dpkt
 import numpy as np
 import pytest
 
-from tests import synth
-from tests.audio import callrec, decode, mix_json, need, windows, xcorr
+from tests.support import synth
+from tests.support.audio import callrec, decode, mix_json, need, windows, xcorr
 
 RATE = 8000
 

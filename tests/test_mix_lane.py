@@ -20,7 +20,7 @@ import pytest
 from callrec import offline
 from callrec.capture.pcap import CaptureReader, Datagram, UdpBlock
 from callrec.media.timeline import SsrcTimeline
-from tests import synth
+from tests.support import synth
 from tests.test_mix import SCENARIOS, scenario
 
 Datagrams = list[tuple[float, str, int, str, int, bytes]]

@@ -17,8 +17,8 @@ import pytest
 
 from callrec import offline
 from callrec.media.mixer import CallMixer
-from tests import synth
-from tests.audio import need
+from tests.support import synth
+from tests.support.audio import need
 
 ROOT = Path(__file__).resolve().parent.parent
 

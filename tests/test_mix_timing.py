@@ -22,8 +22,8 @@ from callrec import offline
 from callrec.capture.sdp import RtpMap
 from callrec.media.lane import Block, LaneRun
 from callrec.media.timeline import Pending, SsrcTimeline
-from tests import synth
-from tests.audio import decode, need, windows, xcorr
+from tests.support import synth
+from tests.support.audio import decode, need, windows, xcorr
 
 RATE = 8000
 FRAME = 160  # 20 ms of PCMA

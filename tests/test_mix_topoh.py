@@ -12,8 +12,8 @@ import pytest
 from callrec.capture.pcap import CaptureReader
 from callrec.capture.scan import calls_in_capture, split_capture
 from callrec.capture.tape import MEDIA_FILE, write_info
-from tests import synth
-from tests.audio import decode, mix_json, need, windows, xcorr
+from tests.support import synth
+from tests.support.audio import decode, mix_json, need, windows, xcorr
 
 RATE = 8000
 PROXY_IP = "10.0.0.9"  # as long as synth's A_IP and B_IP: SDP lengths stay as they are

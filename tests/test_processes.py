@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from callrec.service.ownership import DataLock
-from tests.multihost.rig import capture
-from tests.recorder_proc import free_udp_block
-from tests.serve_proc import ServeProcess, free_tcp_port
+from tests.support.recorder_proc import free_udp_block
+from tests.support.rig import capture
+from tests.support.serve_proc import ServeProcess, free_tcp_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PDEATHSIG is Linux's")
 GONE_WITHIN_S = 10.0

@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import pytest
 
-from tests.audio import need
+from tests.support.audio import need
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.audio import FFMPEG, decode, mix_json, need, xcorr
-from tests.recorder_proc import RecorderProcess, read_call
+from tests.support.audio import FFMPEG, decode, mix_json, need, xcorr
+from tests.support.recorder_proc import RecorderProcess, read_call
 
 RATE = 8000
 FRAME = 160  # 20 ms of G.711

@@ -1,7 +1,7 @@
 """A real SIPREC client: sipp runs the scenarios in tests/sipp/ against ``callrec record`` on 127.0.0.1.
 
 The recorded call's two streams are real RTP: sipp plays its own ``g711a.pcap`` to the first answered
-port, ``tests/rtp_send.py`` (started by the scenario) sends a µ-law noise file made by ffmpeg to the
+port, ``tests/support/rtp_send.py`` (started by the scenario) sends a µ-law noise file made by ffmpeg to the
 second. The tape must mix into a stereo file holding each where the metadata says: sipp's audio on the
 left (participant 1 sends label 1), the noise on the right, each at its arrival time within 20 ms, with
 no crosstalk. Oracles: ffmpeg's decodings of what was sent, and the tape's own packets read by dpkt.
@@ -19,14 +19,14 @@ import dpkt
 import numpy as np
 import pytest
 
-from tests.audio import FFMPEG, decode, mix_json, need, xcorr
-from tests.recorder_proc import RecorderProcess, free_udp_block, read_call
+from tests.support.audio import FFMPEG, decode, mix_json, need, xcorr
+from tests.support.recorder_proc import RecorderProcess, free_udp_block, read_call
 from tests.test_sipp_capture import _sipp_pcap_dir, _sipp_reference
 
 RATE = 8000
 MAX_LAG = int(0.020 * RATE)
 SCENARIOS = Path(__file__).parent / "sipp"
-SENDER = Path(__file__).parent / "rtp_send.py"
+SENDER = Path(__file__).parent / "support" / "rtp_send.py"
 TIMEOUT_S = 60
 NOISE_S = 8
 CROSSTALK = 0.05  # normalised correlation of a channel with the other party's signal

@@ -1,6 +1,6 @@
 """``callrec mix`` on rtpengine's own recordings (``--recording-method pcap``).
 
-The end-to-end tests drive Debian's real rtpengine (tests/rtpengine_peer.py: userspace, in a network
+The end-to-end tests drive Debian's real rtpengine (tests/support/rtpengine_peer.py: userspace, in a network
 namespace of the test's own, ng control, two parties speaking different speech-like signals in real
 time) and mix its spool through the real command line, given either file. The others use the small
 recordings rtpengine wrote into tests/data/rtpengine/ (see tests/capture/test_rtpengine_meta.py).
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio import callrec, decode, xcorr
-from tests.rtpengine_peer import RecordedCall, RtpenginePeer, Sent
+from tests.support.audio import callrec, decode, xcorr
+from tests.support.rtpengine_peer import RecordedCall, RtpenginePeer, Sent
 
 DATA = Path(__file__).resolve().parent / "data" / "rtpengine"
 RATE = 8000

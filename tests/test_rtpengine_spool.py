@@ -22,9 +22,9 @@ from urllib.parse import quote
 import numpy as np
 
 from callrec.capture.pcap import CaptureReader
-from tests.recorder_proc import RecorderProcess, read_call
-from tests.rtpengine_peer import PTIME_S, RecordedCall, RtpenginePeer
-from tests.serve_proc import ServeProcess
+from tests.support.recorder_proc import RecorderProcess, read_call
+from tests.support.rtpengine_peer import PTIME_S, RecordedCall, RtpenginePeer
+from tests.support.serve_proc import ServeProcess
 from tests.test_rtpengine_mix import check_mix
 
 FIXTURE = Path(__file__).parent / "data" / "rtpengine" / "simple"

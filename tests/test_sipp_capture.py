@@ -24,8 +24,8 @@ import dpkt
 import numpy as np
 import pytest
 
-from tests.audio import FFMPEG, decode, mix_json, need, rfc3550_jitter_ms, xcorr
-from tests.recorder_proc import free_udp_block
+from tests.support.audio import FFMPEG, decode, mix_json, need, rfc3550_jitter_ms, xcorr
+from tests.support.recorder_proc import free_udp_block
 
 RATE = 8000
 MAX_LAG = int(0.020 * RATE)  # the left channel must hold sipp's audio within 20 ms of where it arrived
@@ -117,7 +117,7 @@ def test_sipp_call_captured_on_loopback(tmp_path: Path) -> None:
             f"duplicates={mine['duplicates']} max_jitter_ms={mine['max_jitter_ms']}; "
             f"tshark packets={t.packets} lost={t.lost} mean_jitter_ms={t.mean_jitter_ms} "
             f"max_jitter_ms={t.max_jitter_ms}; capture lost={s.lost} duplicates={s.duplicates}; "
-            f"tests.audio RFC 3550 max {jitter_ref.get(ssrc, 0.0):.3f}"
+            f"tests.support.audio RFC 3550 max {jitter_ref.get(ssrc, 0.0):.3f}"
         )
         assert mine["packets"] == t.packets == s.packets, figures
         # tshark's "lost" nets duplicates against losses; the capture separates them

@@ -28,7 +28,7 @@ from callrec.db.engine import transaction
 from callrec.jobs.worker import build
 from callrec.secretbox import new_key
 from callrec.service.pipeline import Service
-from tests import synth
+from tests.support import synth
 
 POSTGRES = os.environ.get("CALLREC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 ADMIN_KEY = "cr_test_admin_" + secrets.token_hex(16)

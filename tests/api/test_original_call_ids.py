@@ -9,8 +9,8 @@ from pathlib import Path
 
 from callrec.capture.scan import calls_in_capture
 from callrec.models import CallInfo
-from tests import synth
 from tests.api.conftest import Api, Captures
+from tests.support import synth
 from tests.test_mix_topoh import through_topoh
 
 CALLS = "/api/v1/calls"

@@ -14,8 +14,8 @@ from callrec.capture.scan import calls_in_capture
 from callrec.db.engine import transaction
 from callrec.db.schema import Recording, Stitch, StreamRow
 from callrec.models import CallInfo, Party, Stream
-from tests import synth
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
+from tests.support import synth
 
 
 def _picture(api: Api, headers: dict[str, str], recording_id: str) -> dict[str, Any]:

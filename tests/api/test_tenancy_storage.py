@@ -17,8 +17,8 @@ import pytest
 from callrec.db.schema import Call, Domain, Recording
 from callrec.jobs import retention
 from callrec.storage import keys
-from tests import synth
 from tests.api.conftest import Api, Captures, Tenant, detail
+from tests.support import synth
 
 DOMAINS = "/api/v1/domains"
 

@@ -28,8 +28,8 @@ from callrec.jobs import steps
 from callrec.service import outbox as outbox_module
 from callrec.service.outbox import TapeOutbox
 from callrec.service.pipeline import pending_tapes
-from tests import synth
 from tests.api.conftest import Api, Captures, Tenant, detail
+from tests.support import synth
 
 UPLOADS = "/api/v1/uploads"
 # calls in the many-call capture: 4.5 MB and 1,000 calls in the report; this many keep the test quick

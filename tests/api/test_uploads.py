@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from callrec.api.app import create_app
 from callrec.capture.scan import calls_in_capture
-from tests import synth
 from tests.api.conftest import Api, Captures, Tenant, detail
+from tests.support import synth
 
 UPLOADS = "/api/v1/uploads"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.capture.sipclient import RecorderThread, recorder_config
+from tests.support.sipclient import RecorderThread, recorder_config
 
 
 @pytest.fixture

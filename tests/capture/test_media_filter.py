@@ -15,7 +15,7 @@ from callrec.capture import media_io, mmsg
 from callrec.capture.media_io import MediaReceiver
 from callrec.capture.ports import PORT_REST_S, PortAllocator, PortsExhausted
 from callrec.models import CallInfo, Stream
-from tests.recorder_proc import free_udp_block
+from tests.support.recorder_proc import free_udp_block
 
 HOST = "127.0.0.1"
 Packet = tuple[float, bytes, int, bytes, int, bytes]

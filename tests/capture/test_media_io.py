@@ -20,7 +20,7 @@ from callrec.capture.media_io import MediaReceiver
 from callrec.capture.ports import PortAllocator, PortsExhausted
 from callrec.capture.recovery import TapeRegistry
 from callrec.models import CallInfo, Stream
-from tests.recorder_proc import free_udp_block
+from tests.support.recorder_proc import free_udp_block
 
 
 def _rtp(seq: int, payload: bytes = b"\xd5" * 160) -> bytes:

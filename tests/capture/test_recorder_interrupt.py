@@ -10,8 +10,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from tests.capture.sipclient import Dialog, RtpSender, SipClient, answered_ports, info_of, tapes, wait_for
-from tests.recorder_proc import RecorderProcess
+from tests.support.recorder_proc import RecorderProcess
+from tests.support.sipclient import Dialog, RtpSender, SipClient, answered_ports, info_of, tapes, wait_for
 
 
 def test_sigint_during_a_live_call_with_the_service(data: Path) -> None:

@@ -26,8 +26,9 @@ import pytest
 
 from callrec.api.ops import RecorderCollector
 from callrec.capture import recstats
-from tests.audio import FFMPEG, decode, mix_json, need, xcorr
-from tests.capture.sipclient import (
+from tests.support.audio import FFMPEG, decode, mix_json, need, xcorr
+from tests.support.recorder_proc import RecorderProcess, free_udp_block, read_call
+from tests.support.sipclient import (
     Dialog,
     RecorderThread,
     SipClient,
@@ -38,8 +39,7 @@ from tests.capture.sipclient import (
     siprec_sdp,
     wait_for,
 )
-from tests.recorder_proc import RecorderProcess, free_udp_block, read_call
-from tests.synth import ffmpeg_encode, voice
+from tests.support.synth import ffmpeg_encode, voice
 
 HOST = "127.0.0.1"
 RATE = 8000

@@ -3,7 +3,7 @@ metadata update adds those it names."""
 
 from __future__ import annotations
 
-from tests.capture.sipclient import METADATA, Dialog, RecorderThread, SipClient, info_of, siprec_sdp
+from tests.support.sipclient import METADATA, Dialog, RecorderThread, SipClient, info_of, siprec_sdp
 
 
 def test_sip_session_id_lands_in_call_json_and_updates_add(rec: RecorderThread) -> None:

@@ -19,7 +19,8 @@ import pytest
 from callrec.capture import recorder as recorder_module
 from callrec.capture import tape
 from callrec.capture.pcap import CaptureReader
-from tests.capture.sipclient import (
+from tests.support.recorder_proc import RecorderProcess
+from tests.support.sipclient import (
     METADATA,
     Dialog,
     RecorderThread,
@@ -33,7 +34,6 @@ from tests.capture.sipclient import (
     tapes,
     wait_for,
 )
-from tests.recorder_proc import RecorderProcess
 
 SHORT_T1 = 0.02  # 2xx retransmissions every 20, 40, 80 ... ms; no ACK closes the session after 1.28 s
 

@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from callrec.capture import tape
 from callrec.capture.pcap import CaptureReader
 from callrec.capture.sip import SipMessage
-from tests.capture.sipclient import (
+from tests.capture.test_recorder_policy import packets_on_tape
+from tests.support.recorder_proc import RecorderProcess, free_udp_block
+from tests.support.sipclient import (
     METADATA,
     Dialog,
     RecorderThread,
@@ -39,8 +41,6 @@ from tests.capture.sipclient import (
     tapes,
     wait_for,
 )
-from tests.capture.test_recorder_policy import packets_on_tape
-from tests.recorder_proc import RecorderProcess, free_udp_block
 
 QUIET_S = 0.3  # how long "no answer" is waited for
 

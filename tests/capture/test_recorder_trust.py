@@ -17,7 +17,8 @@ import pytest
 from callrec import config
 from callrec.config import ConfigError, RecorderConfig, ServiceConfig, parse_networks, recorder_config_from_env
 from callrec.serve import children_for
-from tests.capture.sipclient import (
+from tests.support.recorder_proc import RecorderProcess
+from tests.support.sipclient import (
     METADATA,
     Dialog,
     RecorderThread,
@@ -32,7 +33,6 @@ from tests.capture.sipclient import (
     tapes,
     wait_for,
 )
-from tests.recorder_proc import RecorderProcess
 
 OTHER_SRC = "127.0.0.2"
 

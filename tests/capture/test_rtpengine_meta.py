@@ -9,7 +9,7 @@ The fixtures in tests/data/rtpengine/ were written by Debian's rtpengine 10.5.3.
   both sides), raw IP, metadata ``domain:acme|interaction:int-7|from:+4911``;
 - ``eth``: the same call as ``reinvite`` with ``--recording-format eth``;
 - ``nat``: rtpengine behind NAT (``--interface=10.77.0.1!203.0.113.5``): its SDPs give 203.0.113.5, the
-  packets reached 10.77.0.1 (caller 10.77.0.2, callee 10.77.0.3; tests/rtpengine_peer.py made it);
+  packets reached 10.77.0.1 (caller 10.77.0.2, callee 10.77.0.3; tests/support/rtpengine_peer.py made it);
 - ``ipv6``: the ``reinvite`` call over IPv6 (rtpengine fd77::1, caller fd77::2, callee fd77::3).
 The truth of who sent what is read from the pcaps with dpkt (the source address of each packet).
 """

@@ -15,7 +15,7 @@ import pytest
 
 from callrec.capture.siprec import RecordingMetadata
 from callrec.errors import ParseError
-from tests.capture.sipclient import Dialog, RecorderThread, RtpSender, SipClient, answered_ports, info_of, wait_for
+from tests.support.sipclient import Dialog, RecorderThread, RtpSender, SipClient, answered_ports, info_of, wait_for
 
 
 def opensips(name_a: str = "AT&T Sales", name_b: str = "Bob Callee", aor_a: str = "sip:+15551230001@pbx.example.com",

@@ -15,8 +15,8 @@ import pytest
 from callrec.capture.sdp import RtpMap
 from callrec.capture.tape import TapeWriter, is_tape, read_info
 from callrec.models import CallInfo, Party, Stream
-from tests import synth
-from tests.audio import decode, mix_json, need, windows, xcorr
+from tests.support import synth
+from tests.support.audio import decode, mix_json, need, windows, xcorr
 
 RECORDER = "192.0.2.10"
 SRC = "192.0.2.20"

@@ -15,7 +15,7 @@ from callrec.capture.sdp import RtpMap, Sdp
 from callrec.capture.sip import SipMessage, StreamFramer, split_multipart
 from callrec.errors import ParseError
 from callrec.media.seq import unwrap_seq, unwrap_ts
-from tests import synth
+from tests.support import synth
 
 
 # RTP

@@ -17,7 +17,7 @@ import pytest
 from callrec.errors import OutputError
 from callrec.media import lame
 from callrec.media.encode import Mp3Writer, WavWriter, open_writer
-from tests.audio import FFMPEG, decode, need, probe
+from tests.support.audio import FFMPEG, decode, need, probe
 
 WRITE = """
 import sys, numpy as np

@@ -8,7 +8,7 @@ import numpy as np
 
 from callrec import offline
 from callrec.media.speech import SpeechMeter
-from tests import audio, synth
+from tests.support import audio, synth
 
 RATE = 8000
 

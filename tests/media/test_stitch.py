@@ -13,7 +13,7 @@ import soundfile
 from callrec.errors import OutputError
 from callrec.media.encode import open_writer
 from callrec.media.stitch import ArraySource, Piece, Placement, WavSource, place, stitch
-from tests.audio import decode, xcorr
+from tests.support.audio import decode, xcorr
 
 RATE = 8000
 T0 = 1_700_000_000.0

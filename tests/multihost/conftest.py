@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.multihost.rig import Rig, require_tools
 from tests.service.backends import need_server
+from tests.support.rig import Rig, require_tools
 
 
 def _require() -> None:

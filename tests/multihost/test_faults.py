@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tests.multihost.rig import (
+from tests.support.rig import (
     API_HOSTS,
     WORKER_HOSTS,
     RecordingRow,

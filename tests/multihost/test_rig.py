@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.multihost.rig import HOSTS, Rig
+from tests.support.rig import HOSTS, Rig
 
 CONNECT = """
 import socket, sys

@@ -15,8 +15,8 @@ from callrec.jobs.worker import build
 from callrec.service.domain_settings import merge_settings
 from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
-from tests.s3server import MotoServer
 from tests.service.backends import Backend, postgres_database, redis_queue, service_config
+from tests.support.s3server import MotoServer
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
-from tests.service.tapes import make_tape
 from tests.service.test_webhooks import Receiver, _client, _hooks, _record
+from tests.support.tapes import make_tape
 
 
 @pytest.fixture

@@ -31,10 +31,10 @@ from callrec.service.egress import Policy, category
 from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
 from callrec.storage.s3 import S3Storage
-from tests.s3server import MotoServer, s3_config
 from tests.service.backends import Backend, service_config
 from tests.service.conftest import drain, set_settings
-from tests.service.tapes import make_tape
+from tests.support.s3server import MotoServer, s3_config
+from tests.support.tapes import make_tape
 
 SECRET = "whsec_" + "egr" * 8
 ANSWER = b"SECRET-ANSWER-OF-THE-TARGET"

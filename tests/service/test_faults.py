@@ -19,11 +19,11 @@ from callrec.jobs.sweep import requeue
 from callrec.service.outbox import TapeOutbox
 from callrec.service.pipeline import WAITING_FOR_TAPE, Service
 from callrec.service.schedule import FakeClock
-from tests.faultproxy import FaultProxy
-from tests.s3server import MotoServer
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
-from tests.service.tapes import make_long_tape, make_tape
+from tests.support.faultproxy import FaultProxy
+from tests.support.s3server import MotoServer
+from tests.support.tapes import make_long_tape, make_tape
 
 
 def _rec(service: Service, call_id: str) -> Recording:

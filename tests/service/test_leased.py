@@ -18,7 +18,7 @@ from callrec.service.pipeline import RECORDINGS, Service
 from callrec.service.schedule import FakeClock, OffsetClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain
-from tests.service.tapes import make_tape
+from tests.support.tapes import make_tape
 
 
 def _queued(service: Service, backend: Backend) -> str:

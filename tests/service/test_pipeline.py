@@ -11,10 +11,10 @@ from callrec.db.schema import COMPLETED, QUEUED, Call, Recording
 from callrec.jobs.sweep import requeue
 from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
-from tests.audio import decode, probe, xcorr
 from tests.service.backends import Backend
 from tests.service.conftest import drain
-from tests.service.tapes import make_tape
+from tests.support.audio import decode, probe, xcorr
+from tests.support.tapes import make_tape
 
 
 def _recording(service: Service, call_id: str) -> Recording:

@@ -15,7 +15,7 @@ from callrec.service.retention import refresh_expiry
 from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
-from tests.service.tapes import make_tape
+from tests.support.tapes import make_tape
 
 DAY = timedelta(days=1).total_seconds()
 

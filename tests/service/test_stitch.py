@@ -21,10 +21,10 @@ from callrec.jobs import stitch, stitch_audio
 from callrec.jobs.retention import delete_recording
 from callrec.service import stitches
 from callrec.service.pipeline import Service
-from tests.audio import decode, xcorr
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
-from tests.service.tapes import MadeTape, make_tape
+from tests.support.audio import decode, xcorr
+from tests.support.tapes import MadeTape, make_tape
 
 RATE = 8000
 CUSTOMER = "+74951230001"

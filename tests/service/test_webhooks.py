@@ -29,7 +29,7 @@ from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
-from tests.service.tapes import make_tape
+from tests.support.tapes import make_tape
 
 SECRET = "whsec_" + "k3y" * 8
 HOUR = 3600.0

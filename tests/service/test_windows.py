@@ -12,7 +12,7 @@ from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
-from tests.service.tapes import make_tape
+from tests.support.tapes import make_tape
 
 NIGHT_MOSCOW = {
     "mode": "windows",

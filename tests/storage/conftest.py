@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.s3server import MotoServer
+from tests.support.s3server import MotoServer
 
 
 @pytest.fixture(scope="session")

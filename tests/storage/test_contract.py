@@ -20,7 +20,7 @@ import pytest
 
 from callrec.errors import StorageError
 from callrec.storage import LocalStorage, MemoryStorage, ObjectInfo, S3Storage, Storage
-from tests.s3server import MotoServer, s3_config, unique_bucket
+from tests.support.s3server import MotoServer, s3_config, unique_bucket
 
 MIB = 1024 * 1024
 # moto, like S3, refuses parts below 5 MiB (except the last)

@@ -1,6 +1,6 @@
 """S3 failing the ways it fails in production, each surfacing as one fast, one-line ``StorageError``.
 
-The faults are real: a TCP proxy (tests.faultproxy) refuses, swallows or corrupts traffic to a real
+The faults are real: a TCP proxy (tests.support.faultproxy) refuses, swallows or corrupts traffic to a real
 S3-compatible server (moto). moto does not check Content-MD5, so a corrupted body is stored there and our
 read-back of size and ETag is what catches it (real S3 refuses it earlier with BadDigest).
 """
@@ -19,8 +19,8 @@ import pytest
 
 from callrec.errors import StorageError
 from callrec.storage import S3Storage
-from tests.faultproxy import FaultProxy
-from tests.s3server import MotoServer, s3_config
+from tests.support.faultproxy import FaultProxy
+from tests.support.s3server import MotoServer, s3_config
 
 MIB = 1024 * 1024
 PART = 5 * MIB

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from tests import synth
 from tests.api.conftest import _numbered, api, captures, database_url, mixed, tenant  # noqa: F401 (fixtures)
-from tests.serve_proc import ServeProcess
+from tests.support import synth
+from tests.support.serve_proc import ServeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]

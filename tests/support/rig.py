@@ -48,9 +48,9 @@ import numpy as np
 import psycopg
 from cryptography.fernet import Fernet
 
-from tests import synth
-from tests.faultproxy import FaultProxy
-from tests.s3server import MotoServer
+from tests.support import synth
+from tests.support.faultproxy import FaultProxy
+from tests.support.s3server import MotoServer
 
 T = TypeVar("T")
 
@@ -728,7 +728,7 @@ def new_call_id(stem: str) -> str:
 def siprec_call(rig: Rig, host: str = "rec", seconds: float = 3.0) -> str:
     """A SIPREC session from the test (the SRC, at the bridge's address) into ``host``'s recorder: INVITE,
     ``seconds`` of RTP on two streams, BYE. Returns the dialog's Call-ID (the call's SIP Call-ID)."""
-    from tests.capture.sipclient import METADATA, Dialog, SipClient, answered_ports, rtp_packet
+    from tests.support.sipclient import METADATA, Dialog, SipClient, answered_ports, rtp_packet
 
     target = rig.hosts[host]
     call_id = new_call_id("siprec")

@@ -12,7 +12,7 @@ import numpy as np
 from callrec.capture import tape
 from callrec.capture.sdp import RtpMap
 from callrec.models import CallInfo, Party, Stream
-from tests import synth
+from tests.support import synth
 
 
 @dataclass

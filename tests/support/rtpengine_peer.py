@@ -191,19 +191,19 @@ class RecordedCall:
 
 def speech(seconds: float, seed: int) -> np.ndarray:
     """A speech-like signal (the project's test voice), distinct per seed."""
-    from tests.synth import voice
+    from tests.support.synth import voice
 
     return voice(seconds, seed)
 
 
 def encode_pcma(pcm: np.ndarray) -> bytes:
-    from tests.synth import ffmpeg_encode
+    from tests.support.synth import ffmpeg_encode
 
     return ffmpeg_encode(pcm, "PCMA")
 
 
 def decode_pcma(payload: bytes) -> np.ndarray:
-    from tests.synth import ffmpeg_decode
+    from tests.support.synth import ffmpeg_decode
 
     return ffmpeg_decode(payload, "PCMA")
 
@@ -339,10 +339,10 @@ class RtpenginePeer:
         assert IP is not None
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"rtpengine is not running (see {self.log})")
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         proc = subprocess.run(
-            [IP, "netns", "exec", self.netns, sys.executable, "-m", "tests.rtpengine_peer"],
+            [IP, "netns", "exec", self.netns, sys.executable, "-m", "tests.support.rtpengine_peer"],
             input=json.dumps(job).encode(),
             capture_output=True,
             timeout=timeout,

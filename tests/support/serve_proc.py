@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.recorder_proc import free_udp_block
+from tests.support.recorder_proc import free_udp_block
 
 READY_TIMEOUT_S = 60
 
