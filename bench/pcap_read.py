@@ -14,7 +14,7 @@ import time
 
 import dpkt
 
-from callrec.capture.pcap import CaptureReader
+from callrec.files.pcap import CaptureReader
 
 
 def make_call(path: str, packets: int = 360_000) -> None:

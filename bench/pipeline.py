@@ -64,7 +64,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from callrec import offline  # noqa: E402
-from callrec.capture import tape  # noqa: E402
+from callrec.files import tape  # noqa: E402
 from tests.support.sipclient import (  # noqa: E402 - the SIPREC client the recorder's tests use
     HOST,
     Dialog,

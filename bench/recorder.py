@@ -77,7 +77,7 @@ SNMP = "/proc/net/snmp"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export it
 DISCARD_PORT = 9  # what --sdp-source elsewhere advertises
-STATS_FILE = "recorder-stats.json"  # the recorder's own figures in its data folder (callrec.capture.recstats)
+STATS_FILE = "recorder-stats.json"  # the recorder's own figures in its data folder (callrec.recorder.recstats)
 
 # the packet buffer: one 172-byte RTP packet per stream slot
 RTP_DTYPE = np.dtype([

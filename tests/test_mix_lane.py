@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from callrec import offline
-from callrec.capture.pcap import CaptureReader, Datagram, UdpBlock
+from callrec.files.pcap import CaptureReader, Datagram, UdpBlock
 from callrec.media.timeline import SsrcTimeline
 from tests.support import synth
 from tests.test_mix import SCENARIOS, scenario

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from callrec import offline
-from callrec.capture.sdp import RtpMap
 from callrec.media.lane import Block, LaneRun
 from callrec.media.timeline import Pending, SsrcTimeline
+from callrec.wire.sdp import RtpMap
 from tests.support import synth
 from tests.support.audio import decode, need, windows, xcorr
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from callrec.capture.pcap import CaptureReader
-from callrec.capture.scan import calls_in_capture, split_capture
-from callrec.capture.tape import MEDIA_FILE, write_info
+from callrec.files.pcap import CaptureReader
+from callrec.files.scan import calls_in_capture, split_capture
+from callrec.files.tape import MEDIA_FILE, write_info
 from tests.support import synth
 from tests.support.audio import decode, mix_json, need, windows, xcorr
 

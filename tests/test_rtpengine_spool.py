@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from callrec.capture.pcap import CaptureReader
+from callrec.files.pcap import CaptureReader
 from tests.support.recorder_proc import RecorderProcess, read_call
 from tests.support.rtpengine_peer import PTIME_S, RecordedCall, RtpenginePeer
 from tests.support.serve_proc import ServeProcess

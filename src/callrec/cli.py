@@ -163,7 +163,7 @@ def mix_command(
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    from callrec.capture import tape
+    from callrec.files import tape
     from callrec.offline import MixOptions, mix
 
     if input.is_dir() and not tape.is_tape(input):

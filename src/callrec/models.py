@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from callrec.capture.sdp import RtpMap
 from callrec.errors import ParseError
+from callrec.wire.sdp import RtpMap
 
 PARTY_ROLES = ("caller", "callee", "participant")
 SOURCES = ("siprec", "pcap", "upload", "rtpengine")

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from callrec.capture import tape
-from callrec.capture.recorder import Recorder
 from callrec.config import RecorderConfig, ServiceConfig
+from callrec.files import tape
 from callrec.offline import safe_name
+from callrec.recorder.recorder import Recorder
 from callrec.service.ownership import DataLock
 from callrec.service.sanity import cannot_listen
 

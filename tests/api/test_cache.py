@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from callrec.api.app import create_app
-from callrec.capture.scan import calls_in_capture
 from callrec.db.engine import transaction
 from callrec.db.schema import Recording, Stitch
+from callrec.files.scan import calls_in_capture
 from callrec.jobs.retention import delete_recording
 from callrec.service import cache
 from callrec.service.pipeline import Service

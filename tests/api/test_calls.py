@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from callrec.capture.scan import calls_in_capture
+from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
 
 CALLS = "/api/v1/calls"

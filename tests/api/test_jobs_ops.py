@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from callrec.capture.scan import calls_in_capture
 from callrec.db.engine import make_engine, session_factory
 from callrec.db.schema import RECORDING, Job, Recording
+from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
 
 JOBS = "/api/v1/jobs"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from callrec.capture import recstats
+from callrec.recorder import recstats
 from tests.api.conftest import Api
 
 

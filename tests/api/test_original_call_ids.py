@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from callrec.capture.scan import calls_in_capture
+from callrec.files.scan import calls_in_capture
 from callrec.models import CallInfo
 from tests.api.conftest import Api, Captures
 from tests.support import synth

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import select
 
 from callrec.api import audio, picture
-from callrec.capture.scan import calls_in_capture
 from callrec.db.engine import transaction
 from callrec.db.schema import Recording, Stitch, StreamRow
+from callrec.files.scan import calls_in_capture
 from callrec.models import CallInfo, Party, Stream
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail
 from tests.support import synth

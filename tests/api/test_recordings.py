@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from callrec.capture import tape
-from callrec.capture.scan import calls_in_capture
 from callrec.db.schema import Recording
+from callrec.files import tape
+from callrec.files.scan import calls_in_capture
 from callrec.jobs.retention import delete_recording
 from callrec.service.schedule import DAYS
 from tests.api.conftest import Api, Captures, Mixed, Tenant, detail

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from callrec.capture import scan, tape
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, Call, Recording
+from callrec.files import scan, tape
 from callrec.jobs import steps
 from callrec.service import outbox as outbox_module
 from callrec.service.outbox import TapeOutbox

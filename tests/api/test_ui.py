@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from callrec.api import ui_auth
 from callrec.api.app import create_app
-from callrec.capture.scan import calls_in_capture
+from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed, Tenant
 
 OWN = {"Origin": "http://testserver"}

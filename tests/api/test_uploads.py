@@ -9,7 +9,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from callrec.api.app import create_app
-from callrec.capture.scan import calls_in_capture
+from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Tenant, detail
 from tests.support import synth
 

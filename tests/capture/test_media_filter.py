@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from callrec.capture import media_io, mmsg
-from callrec.capture.media_io import MediaReceiver
-from callrec.capture.ports import PORT_REST_S, PortAllocator, PortsExhausted
 from callrec.models import CallInfo, Stream
+from callrec.recorder import media_io, mmsg
+from callrec.recorder.media_io import MediaReceiver
+from callrec.recorder.ports import PORT_REST_S, PortAllocator, PortsExhausted
 from tests.support.recorder_proc import free_udp_block
 
 HOST = "127.0.0.1"

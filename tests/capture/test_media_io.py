@@ -15,11 +15,12 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from callrec.capture import mmsg, tape
-from callrec.capture.media_io import MediaReceiver
-from callrec.capture.ports import PortAllocator, PortsExhausted
-from callrec.capture.recovery import TapeRegistry
+from callrec.files import tape
 from callrec.models import CallInfo, Stream
+from callrec.recorder import mmsg
+from callrec.recorder.media_io import MediaReceiver
+from callrec.recorder.ports import PortAllocator, PortsExhausted
+from callrec.recorder.recovery import TapeRegistry
 from tests.support.recorder_proc import free_udp_block
 
 
@@ -115,7 +116,7 @@ def test_recovery_closes_the_tapes_of_a_dead_recorder_and_spares_a_live_ones(tmp
     # a recorder in another process that dies with its tape open, the last packet half written
     script = (
         "import sys, os; from pathlib import Path; sys.path.insert(0, os.getcwd())\n"
-        "from callrec.capture.recovery import TapeRegistry\n"
+        "from callrec.recorder.recovery import TapeRegistry\n"
         "from tests.capture.test_media_io import _open_tape\n"
         f"r = TapeRegistry(Path({str(root)!r})); f = _open_tape(r, Path({str(root)!r}), 'dead', 50)\n"
         "open(f / 'media.pcap', 'ab').write(b'\\x01\\x02\\x03')\n"

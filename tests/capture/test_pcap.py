@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callrec.capture.pcap import CaptureReader, Datagram, PcapWriter, format_addr, pack_addr
 from callrec.errors import CaptureError, ParseError
+from callrec.files.pcap import CaptureReader, Datagram, PcapWriter, format_addr, pack_addr
 
 A4, B4 = pack_addr("192.0.2.1"), pack_addr("198.51.100.7")
 A6, B6 = pack_addr("2001:db8::1"), pack_addr("2001:db8:1::beef")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from callrec.capture.sip import SipMessage, StreamFramer
+from callrec.wire.sip import SipMessage, StreamFramer
 from tests.support.sipclient import HOST, Dialog, RecorderThread, SipClient, recorder_config, siprec_body, siprec_sdp
 
 QUIET_S = 0.3  # after what was expected, how long to listen for anything more (a second BYE)

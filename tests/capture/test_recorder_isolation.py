@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from callrec.api.ops import RecorderCollector
-from callrec.capture import recstats
+from callrec.recorder import recstats
 from tests.support.audio import FFMPEG, decode, mix_json, need, xcorr
 from tests.support.recorder_proc import RecorderProcess, free_udp_block, read_call
 from tests.support.sipclient import (

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from callrec.capture import recorder as recorder_module
-from callrec.capture import tape
-from callrec.capture.pcap import CaptureReader
+from callrec.files import tape
+from callrec.files.pcap import CaptureReader
+from callrec.recorder import recorder as recorder_module
 from tests.support.recorder_proc import RecorderProcess
 from tests.support.sipclient import (
     METADATA,

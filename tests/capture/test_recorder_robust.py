@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callrec.capture import tape
-from callrec.capture.pcap import CaptureReader
-from callrec.capture.sip import SipMessage
+from callrec.files import tape
+from callrec.files.pcap import CaptureReader
+from callrec.wire.sip import SipMessage
 from tests.capture.test_recorder_policy import packets_on_tape
 from tests.support.recorder_proc import RecorderProcess, free_udp_block
 from tests.support.sipclient import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from callrec.capture import tape
-from callrec.capture.recovery import OPEN_DIR, TapeRegistry
+from callrec.files import tape
+from callrec.recorder.recovery import OPEN_DIR, TapeRegistry
 from tests.capture.test_media_io import _open_tape
 
 

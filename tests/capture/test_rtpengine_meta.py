@@ -24,9 +24,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from callrec.capture import rtpengine
-from callrec.capture.rtpengine import Metadata, SpoolRecording, parse_pairs
 from callrec.errors import ParseError
+from callrec.files import rtpengine
+from callrec.files.rtpengine import Metadata, SpoolRecording, parse_pairs
 from callrec.models import CallInfo
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "rtpengine"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callrec.capture.siprec import MAX_METADATA_BYTES, MetaParticipant, RecordingMetadata
 from callrec.errors import ParseError
+from callrec.wire.siprec import MAX_METADATA_BYTES, MetaParticipant, RecordingMetadata
 
 FIXTURES = Path(__file__).parent / "fixtures" / "siprec"
 NS = "urn:ietf:params:xml:ns:recording:1"

@@ -13,8 +13,8 @@ import re
 
 import pytest
 
-from callrec.capture.siprec import RecordingMetadata
 from callrec.errors import ParseError
+from callrec.wire.siprec import RecordingMetadata
 from tests.support.sipclient import Dialog, RecorderThread, RtpSender, SipClient, answered_ports, info_of, wait_for
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callrec.capture.sdp import RtpMap
-from callrec.capture.tape import TapeWriter, is_tape, read_info
+from callrec.files.tape import TapeWriter, is_tape, read_info
 from callrec.models import CallInfo, Party, Stream
+from callrec.wire.sdp import RtpMap
 from tests.support import synth
 from tests.support.audio import decode, mix_json, need, windows, xcorr
 

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callrec.capture.dialogs import DialogTracker
-from callrec.capture.rtp import RtpPacket, is_rtcp, payload_offset
-from callrec.capture.sdp import RtpMap, Sdp
-from callrec.capture.sip import SipMessage, StreamFramer, split_multipart
 from callrec.errors import ParseError
 from callrec.media.seq import unwrap_seq, unwrap_ts
+from callrec.wire.dialogs import DialogTracker
+from callrec.wire.rtp import RtpPacket, is_rtcp, payload_offset
+from callrec.wire.sdp import RtpMap, Sdp
+from callrec.wire.sip import SipMessage, StreamFramer, split_multipart
 from tests.support import synth
 
 

@@ -18,11 +18,11 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import func, select
 
-from callrec.capture import tape
 from callrec.config import ConfigError, recorder_config_from_env
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Call, Domain
+from callrec.files import tape
 from callrec.service.pipeline import Service
 from callrec.service.rtpengine_spool import FAILED_DIR, SpoolWatcher, check_spools, tape_name
 from tests.service.backends import Backend

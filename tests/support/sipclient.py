@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from callrec.capture.recorder import Recorder
-from callrec.capture.sdp import Sdp
-from callrec.capture.sip import SipMessage, StreamFramer
 from callrec.config import RecorderConfig
 from callrec.models import CallInfo
+from callrec.recorder.recorder import Recorder
+from callrec.wire.sdp import Sdp
+from callrec.wire.sip import SipMessage, StreamFramer
 
 T = TypeVar("T")
 HOST = "127.0.0.1"

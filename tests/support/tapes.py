@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from callrec.capture import tape
-from callrec.capture.sdp import RtpMap
+from callrec.files import tape
 from callrec.models import CallInfo, Party, Stream
+from callrec.wire.sdp import RtpMap
 from tests.support import synth
 
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import Browser
 
 from callrec.api.app import create_app
-from callrec.capture.scan import calls_in_capture
+from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed
 from tests.api.test_links import HTML, make_link
 from tests.ui.conftest import Site

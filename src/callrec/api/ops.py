@@ -30,8 +30,9 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from callrec.capture import recstats, tape
 from callrec.db.schema import COMPLETED, RECORDING, STATES, Domain, Job, Recording
+from callrec.files import tape
+from callrec.recorder import recstats
 from callrec.service import disk
 from callrec.service.pipeline import Service
 

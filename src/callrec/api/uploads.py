@@ -38,12 +38,12 @@ from starlette.concurrency import run_in_threadpool
 from callrec.api import idempotency
 from callrec.api.deps import Principal, ServiceDep, UploadDep
 from callrec.api.schemas import DOMAIN_NAME, UploadOut
-from callrec.capture import tape
-from callrec.capture.scan import split_capture
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Call, Domain
 from callrec.errors import CallrecError, CaptureError, ParseError, ServiceError, StorageError
+from callrec.files import tape
+from callrec.files.scan import split_capture
 from callrec.models import CallInfo
 from callrec.service.context import Context
 from callrec.service.pipeline import Service

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from callrec import offline
-from callrec.capture import tape
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, STORING, Call, Domain, Job, Recording
 from callrec.errors import CallrecError, EgressRefused, OutputError, Permanent, StorageError, Transient
+from callrec.files import tape
 from callrec.jobs.retention import delete_tape
 from callrec.service import fairness, leased
 from callrec.service.context import Context

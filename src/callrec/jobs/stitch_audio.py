@@ -19,9 +19,9 @@ import av
 import numpy as np
 
 from callrec import offline
-from callrec.capture import tape
 from callrec.db.schema import Call, Recording
 from callrec.errors import CallrecError, OutputError, StorageError, Transient
+from callrec.files import tape
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Layout, Piece, WavSource
 from callrec.service.context import Context

@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
-from callrec.capture.sdp import RtpMap
 from callrec.media.lane import ByteRows, FloatArray, IntArray
 from callrec.media.timeline import SsrcTimeline
+from callrec.wire.sdp import RtpMap
 
 # a shorter run is cheaper packet by packet than planned with numpy
 LANE_MIN_PACKETS = 8

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from callrec.capture.sdp import RtpMap
 from callrec.media.codecs.base import Decoder, PcmArray
+from callrec.wire.sdp import RtpMap
 
 if TYPE_CHECKING:
     from callrec.media.timeline import Pending, Segment

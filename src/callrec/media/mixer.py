@@ -25,7 +25,6 @@ from typing import Any, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from callrec.capture.sdp import RtpMap
 from callrec.errors import ParseError, UnsupportedCodec
 from callrec.media.codecs import decoder_for
 from callrec.media.codecs.base import Decoder, PcmArray
@@ -34,6 +33,7 @@ from callrec.media.resample import StreamResampler
 from callrec.media.speech import SpeechMeter
 from callrec.media.timeline import Run, SsrcTimeline, StreamStats
 from callrec.models import CallInfo
+from callrec.wire.sdp import RtpMap
 
 # how much output is released per step (short steps keep the window small)
 STEP_S = 0.5

@@ -27,7 +27,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from callrec.capture.sdp import RtpMap
 from callrec.media.lane import (
     Block,
     ByteRows,
@@ -39,6 +38,7 @@ from callrec.media.lane import (
     jitter_course,
     plan_anchor,
 )
+from callrec.wire.sdp import RtpMap
 
 # release a packet this long after its slot: reordering/jitter up to 200 ms must still be absorbed
 JITTER_DELAY_S = 0.4

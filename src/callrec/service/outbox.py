@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from callrec.capture import tape
 from callrec.errors import CallrecError, ParseError
+from callrec.files import tape
 from callrec.service.pipeline import Pipeline, pending_tapes
 
 log = logging.getLogger("callrec.outbox")

@@ -23,11 +23,11 @@ from typing import Any
 
 from sqlalchemy import update
 
-from callrec.capture import tape
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import FAILED, MIXING, QUEUED, RECORDING, STORING, Call, Domain, Recording
 from callrec.errors import CallrecError, ParseError, StorageError
+from callrec.files import tape
 from callrec.service import leased
 from callrec.service.context import Context
 from callrec.service.domain_settings import DomainSettings

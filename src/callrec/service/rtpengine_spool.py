@@ -1,7 +1,7 @@
 """rtpengine's spool as a source of calls: each finished pcap-method recording becomes a tape.
 
 rtpengine (``recording-method = pcap``) leaves per call ``SPOOL/pcaps/<x>.pcap`` and, once the call is
-over, ``SPOOL/metadata/rtpengine-meta-<x>.txt`` (``callrec.capture.rtpengine``). The watcher turns each
+over, ``SPOOL/metadata/rtpengine-meta-<x>.txt`` (``callrec.files.rtpengine``). The watcher turns each
 such pair into a tape folder under ``DATA/tapes/`` exactly as the SIPREC recorder leaves a closed one:
 ``media.pcap`` (rtpengine's pcap as it is) and ``call.json`` (source ``rtpengine``).
 
@@ -31,13 +31,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from callrec.capture import rtpengine, tape
-from callrec.capture.pcap import CaptureReader
-from callrec.capture.session import SAFE_CHARS
 from callrec.config import ConfigError, RecorderConfig
 from callrec.db import queries
 from callrec.errors import CallrecError
+from callrec.files import rtpengine, tape
+from callrec.files.pcap import CaptureReader
 from callrec.models import CallInfo
+from callrec.recorder.session import SAFE_CHARS
 from callrec.service.pipeline import Pipeline
 
 log = logging.getLogger("callrec.rtpengine_spool")

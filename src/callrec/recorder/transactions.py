@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from callrec.capture.sip import SipMessage
+from callrec.wire.sip import SipMessage
 
 T1_S = 0.5
 T2_S = 4.0

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from callrec.capture.netparse import (
+from callrec.wire.netparse import (
     MAX_FRAME_BYTES,
     PROTO_UDP,
     Datagram,

@@ -26,11 +26,11 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from callrec.capture.pcap import CaptureReader, UdpBlock, format_addr
-from callrec.capture.sdp import Sdp, SdpMedia
-from callrec.capture.sip import display_name, uri_user
 from callrec.errors import CallrecError, ParseError
+from callrec.files.pcap import CaptureReader, UdpBlock, format_addr
 from callrec.models import MAX_TIME_S, CallInfo, Party, Stream
+from callrec.wire.sdp import Sdp, SdpMedia
+from callrec.wire.sip import display_name, uri_user
 
 log = logging.getLogger("callrec.rtpengine")
 

@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callrec.capture.listener import Origin
-from callrec.capture.sdp import SdpMedia
-from callrec.capture.sip import SipMessage, display_name, uri_user
-from callrec.capture.siprec import MetaParticipant, RecordingMetadata
-from callrec.capture.tape import TapeWriter
 from callrec.config import RecorderConfig
+from callrec.files.tape import TapeWriter
 from callrec.models import CallInfo, Party, Stream
+from callrec.recorder.listener import Origin
+from callrec.wire.sdp import SdpMedia
+from callrec.wire.sip import SipMessage, display_name, uri_user
+from callrec.wire.siprec import MetaParticipant, RecordingMetadata
 
 RECORDABLE_PROFILES = ("RTP/AVP", "RTP/AVPF")
 SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")

@@ -12,8 +12,8 @@ import struct
 from types import TracebackType
 from typing import BinaryIO
 
-from callrec.capture.netparse import LINKTYPE_RAW, MAX_FRAME_BYTES, PROTO_UDP
 from callrec.errors import CaptureError, OutputError
+from callrec.wire.netparse import LINKTYPE_RAW, MAX_FRAME_BYTES, PROTO_UDP
 
 CHUNK_BYTES = 1 << 20
 SNAPLEN = 262144

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from callrec.capture.sip import MAX_MESSAGE_BYTES, StreamFramer
 from callrec.errors import ParseError
+from callrec.wire.sip import MAX_MESSAGE_BYTES, StreamFramer
 
 log = logging.getLogger("callrec.sip")
 PORT_ATTEMPTS = 20  # port 0: tries at a port free for both UDP and TCP

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from callrec.capture.sip import SipMessage, _canonical
 from callrec.errors import ParseError
+from callrec.wire.sip import SipMessage, _canonical
 
 REQUIRED_HEADERS = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
 # a response is matched to its request by the top Via's branch and the CSeq (RFC 3261 section 17.1.3):

@@ -12,8 +12,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from callrec.capture.netreasm import FragmentTable, TcpStreams
 from callrec.errors import ParseError
+from callrec.wire.netreasm import FragmentTable, TcpStreams
 
 # no real link has frames this big (libpcap's own snaplen maximum); a bigger record means damage
 MAX_FRAME_BYTES = 256 * 1024

@@ -8,8 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from callrec.capture.pcap import PcapWriter, pack_addr
 from callrec.errors import ParseError
+from callrec.files.pcap import PcapWriter, pack_addr
 from callrec.models import CallInfo
 
 log = logging.getLogger("callrec.tape")

@@ -17,9 +17,9 @@ import secrets
 import socket
 from pathlib import Path
 
-from callrec.capture import tape
-from callrec.capture.pcapwriter import PcapWriter
 from callrec.errors import CallrecError
+from callrec.files import tape
+from callrec.files.pcapwriter import PcapWriter
 
 log = logging.getLogger("callrec.recovery")
 

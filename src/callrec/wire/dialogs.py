@@ -20,10 +20,10 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from callrec.capture.sdp import Sdp
-from callrec.capture.sip import SipMessage, display_name, uri_user
 from callrec.errors import ParseError
 from callrec.models import CallInfo, Party, Stream
+from callrec.wire.sdp import Sdp
+from callrec.wire.sip import SipMessage, display_name, uri_user
 
 Endpoint = tuple[bytes, int]
 # how long after a call's INVITE the same INVITE may come forwarded under another Call-ID (timer B, 64*T1)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from callrec.capture.dialogs import Dialog, DialogTracker, looks_like_sip
-from callrec.capture.netparse import Datagram
-from callrec.capture.pcap import CaptureReader, UdpBlock
-from callrec.capture.pcapwriter import PcapWriter
-from callrec.capture.sip import StreamFramer
+from callrec.files.pcap import CaptureReader, UdpBlock
+from callrec.files.pcapwriter import PcapWriter
 from callrec.models import CallInfo
+from callrec.wire.dialogs import Dialog, DialogTracker, looks_like_sip
+from callrec.wire.netparse import Datagram
+from callrec.wire.sip import StreamFramer
 
 PROTO_TCP = 6
 PROTO_UDP = 17

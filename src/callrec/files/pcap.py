@@ -3,7 +3,7 @@
 This is the hot path of the mixer (an hour-long call is 360,000 RTP packets), so the file is read in
 1 MiB chunks and parsed with precompiled structs at offsets. Plain Ethernet (or raw, cooked, loopback)
 IPv4/UDP without fragmentation is decoded inline; anything else goes to
-:class:`~callrec.capture.netparse.NetDecoder`. Damage never raises mid-iteration: a cut-off file ends
+:class:`~callrec.wire.netparse.NetDecoder`. Damage never raises mid-iteration: a cut-off file ends
 the iteration with ``truncated`` set and a warning, bad packets are counted in ``stats``.
 
 :meth:`CaptureReader.batches` goes further for the mixer: the plain IPv4/UDP records of a chunk of a
@@ -21,7 +21,10 @@ from typing import BinaryIO, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from callrec.capture.netparse import (
+from callrec.errors import CaptureError
+from callrec.files.pcapng import BYTE_ORDER_MAGIC, iter_pcapng
+from callrec.files.pcapwriter import PcapWriter
+from callrec.wire.netparse import (
     MAX_FRAME_BYTES,
     PROTO_UDP,
     Datagram,
@@ -31,9 +34,6 @@ from callrec.capture.netparse import (
     format_addr,
     pack_addr,
 )
-from callrec.capture.pcapng import BYTE_ORDER_MAGIC, iter_pcapng
-from callrec.capture.pcapwriter import PcapWriter
-from callrec.errors import CaptureError
 
 __all__ = ["CaptureReader", "Datagram", "PcapWriter", "UdpBlock", "format_addr", "pack_addr"]
 

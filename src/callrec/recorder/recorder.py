@@ -20,13 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callrec.capture import recstats, tape
-from callrec.capture.listener import Origin, SipListener
-from callrec.capture.media_io import MediaReceiver
-from callrec.capture.ports import PORT_REST_S, PortAllocator, PortsExhausted
-from callrec.capture.recovery import TapeRegistry
-from callrec.capture.sdp import Sdp
-from callrec.capture.session import (
+from callrec.config import RecorderConfig, source_ip
+from callrec.errors import CallrecError, ParseError
+from callrec.files import tape
+from callrec.models import CallInfo, Party, Stream
+from callrec.recorder import recstats
+from callrec.recorder.listener import Origin, SipListener
+from callrec.recorder.media_io import MediaReceiver
+from callrec.recorder.ports import PORT_REST_S, PortAllocator, PortsExhausted
+from callrec.recorder.recovery import TapeRegistry
+from callrec.recorder.session import (
     MediaLine,
     RecordingSession,
     build_answer,
@@ -37,13 +40,11 @@ from callrec.capture.session import (
     refresh_parties,
     tape_folder,
 )
-from callrec.capture.sip import SipMessage, make_response
-from callrec.capture.siprec import RecordingMetadata
-from callrec.capture.sipvalidate import salvage_request, validate_request
-from callrec.capture.transactions import T1_S, T2_S, ServerTransactions
-from callrec.config import RecorderConfig, source_ip
-from callrec.errors import CallrecError, ParseError
-from callrec.models import CallInfo, Party, Stream
+from callrec.recorder.transactions import T1_S, T2_S, ServerTransactions
+from callrec.wire.sdp import Sdp
+from callrec.wire.sip import SipMessage, make_response
+from callrec.wire.siprec import RecordingMetadata
+from callrec.wire.sipvalidate import salvage_request, validate_request
 
 log = logging.getLogger("callrec.recorder")
 

@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from callrec.capture import mmsg
-from callrec.capture.netparse import format_addr, pack_addr
 from callrec.errors import ParseError
+from callrec.recorder import mmsg
+from callrec.wire.netparse import format_addr, pack_addr
 
 log = logging.getLogger("callrec.recorder")
 
