@@ -30,11 +30,44 @@ class StorageError(CallrecError):
 
 
 class ServiceError(CallrecError):
-    """A request to the service cannot be carried out; ``status`` is the HTTP status the API answers with."""
+    """A request to the service cannot be carried out.
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    The API layer raises it with the HTTP status it answers (``status``); the layers below it raise the kinds
+    that follow, which know nothing of HTTP: the API maps each to its status in one place
+    (``callrec.api.handlers.status_of``; a plain ``ServiceError`` without a status is 400).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NotFound(ServiceError):
+    """What the request names does not exist, or is not the asker's to see."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class Conflict(ServiceError):
+    """The request clashes with the thing's present state (it is busy or being made); it may work later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class Gone(ServiceError):
+    """What the request names existed but cannot be used any more (an expired link, deleted recordings)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class Refused(ServiceError):
+    """The request is well formed but one of its values is refused (out of the allowed range, by policy)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class Transient(CallrecError):

@@ -314,7 +314,7 @@ def _run_api(
     """Serve the HTTP API on ``http`` until SIGTERM/SIGINT, or until a child cannot run."""
     import asyncio
 
-    from callrec.api.app import create_app
+    from callrec.app import create_app
 
     app = create_app(built)
     server = _Server(

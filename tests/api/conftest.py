@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.config import ServiceConfig
 from callrec.db import queries
 from callrec.db.engine import transaction

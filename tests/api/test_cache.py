@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.db.engine import transaction
 from callrec.db.schema import Recording, Stitch
 from callrec.files.scan import calls_in_capture

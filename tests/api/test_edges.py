@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, update
 
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.db.schema import Call
 from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, bearer, detail, make_service
 from tests.api.test_links import HTML, clock_moved, full, make_link  # noqa: F401 - full is a fixture

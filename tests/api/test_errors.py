@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from callrec.api import deps
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.errors import ParseError
 from tests.api.conftest import Api, Captures, Tenant, detail
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from callrec import cli
 from callrec.api import deps
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.config import ConfigError
 from callrec.db import queries
 from callrec.db.engine import transaction

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from callrec.api import ui_auth
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.files.scan import calls_in_capture
+from callrec.web import ui_auth
 from tests.api.conftest import Api, Captures, Mixed, Tenant
 
 OWN = {"Origin": "http://testserver"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Tenant, detail
 from tests.support import synth

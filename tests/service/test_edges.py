@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from huey import SqliteHuey
 from sqlalchemy import select
 
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.db.engine import transaction
 from callrec.db.schema import Link, Recording, WebhookDelivery
 from callrec.service import links, webhooks

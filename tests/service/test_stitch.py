@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, QUEUED, Call, Domain, Party, Recording, Stitch

@@ -13,7 +13,7 @@ import re
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser
 
-from callrec.api.app import create_app
+from callrec.app import create_app
 from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed
 from tests.api.test_links import HTML, make_link

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from callrec.api.app import create_app
-from callrec.api.ui_pages import voices
+from callrec.app import create_app
 from callrec.files.scan import calls_in_capture
+from callrec.web.ui_pages import voices
 from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, Tenant
 from tests.api.test_links import make_link
 from tests.ui.conftest import tone_capture

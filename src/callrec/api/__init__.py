@@ -1,1 +1,1 @@
-"""The HTTP API of ``callrec serve`` (FastAPI): ``create_app(service)`` in ``callrec.api.app``."""
+"""The JSON API of ``callrec serve`` (FastAPI, under ``/api/v1``); assembled with the web in ``callrec.app``."""

@@ -1,6 +1,6 @@
 """Public links: made, listed and revoked with an API key; opened at ``/r/{token}`` without one.
 
-The key-side routes live here; the public pages are in ``callrec.api.link_pages``.
+The key-side routes live here; the public pages are in ``callrec.web.link_pages``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, find_owned
 from callrec.api.interactions import interaction_domain
-from callrec.api.link_pages import public_router
 from callrec.api.recordings import find_recording
 from callrec.api.schemas import LinkOut
 from callrec.db.engine import transaction
@@ -21,8 +20,6 @@ from callrec.db.schema import COMPLETED, DELETED, Link
 from callrec.errors import ServiceError
 from callrec.service import links, stitches
 from callrec.service.cards import link_json
-
-__all__ = ["public_router", "router"]
 
 router = APIRouter(tags=["links"])
 DomainName = Annotated[str | None, Query(max_length=64, description="the domain (admin keys only, when the "

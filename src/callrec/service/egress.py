@@ -32,7 +32,7 @@ import httpcore
 import httpx
 
 from callrec.config import ConfigError
-from callrec.errors import EgressRefused, ServiceError
+from callrec.errors import EgressRefused, Refused
 
 if TYPE_CHECKING:
     from callrec.service.domain_settings import DomainSettings
@@ -258,7 +258,7 @@ def _getaddrinfo(name: str, port: int, timeout: float | None) -> Sequence[Any]:
 
 
 def check_settings(rules: Policy, before: DomainSettings | None, after: DomainSettings) -> None:
-    """Settings time: a ``ServiceError`` (422) naming the field and the reason when a webhook URL or the S3
+    """Settings time: ``Refused`` naming the field and the reason when a webhook URL or the S3
     endpoint that ``after`` adds or changes aims at a refused destination (what was stored before is checked
     again when it is used)."""
     known = {w.url for w in before.webhooks} if before is not None else set()
@@ -275,7 +275,7 @@ def _check_field(rules: Policy, field: str, url: str) -> None:
     try:
         rules.check_url(url)
     except EgressRefused as exc:
-        raise ServiceError(f"{field} is refused: {exc}", 422) from exc
+        raise Refused(f"{field} is refused: {exc}") from exc
 
 
 @lru_cache(maxsize=16)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from callrec.db import queries
 from callrec.db.schema import Domain, Link
-from callrec.errors import ServiceError
+from callrec.errors import Gone, NotFound, Refused
 from callrec.service.context import Context
 
 RECORDING = "recording"
@@ -69,14 +69,13 @@ def create(
         raise ValueError(f"a link is for one of {KINDS}, not {kind!r}")
     domain = s.get(Domain, domain_id)
     if domain is None:
-        raise ServiceError(f"no domain with id {domain_id}", 404)
+        raise NotFound(f"no domain with id {domain_id}")
     limits = queries.load_settings(s, domain).links
     seconds = limits.default_expires_s if expires_in_s is None else expires_in_s
     if not MIN_EXPIRES_S <= seconds <= limits.max_expires_s:
-        raise ServiceError(
+        raise Refused(
             f"expires_in_s must be between {MIN_EXPIRES_S} and {limits.max_expires_s} seconds "
-            f"(the domain's maximum is {limits.max_expires_s})",
-            422,
+            f"(the domain's maximum is {limits.max_expires_s})"
         )
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = ctx.clock.now()
@@ -91,13 +90,13 @@ def create(
 
 
 def resolve(s: Session, ctx: Context, token: str) -> Link:
-    """The active link ``token`` opens: 404 when it is unknown or revoked, 410 when it has expired."""
+    """The active link ``token`` opens: ``NotFound`` when it is unknown or revoked, ``Gone`` when it has expired."""
     # no check of the token's shape first: every token costs one hash and one indexed lookup
     link = s.scalar(select(Link).where(Link.token_hash == hash_token(token)))
     if link is None or link.revoked_at is not None:
-        raise ServiceError("this link does not exist or was revoked", 404)
+        raise NotFound("this link does not exist or was revoked")
     if ctx.clock.now() >= link.expires_at:
-        raise ServiceError("this link has expired", 410)
+        raise Gone("this link has expired")
     return link
 
 

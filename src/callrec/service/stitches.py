@@ -31,7 +31,7 @@ from callrec.db.schema import (
     Domain,
     Stitch,
 )  # fmt: skip
-from callrec.errors import ServiceError
+from callrec.errors import NotFound
 from callrec.service import leased
 from callrec.service.cards import newest
 from callrec.service.context import Context
@@ -105,7 +105,7 @@ def waiting_reason(n: int) -> str:
 def domain_settings_of(s: Session, domain_id: int) -> tuple[Domain, DomainSettings]:
     domain = s.get(Domain, domain_id)
     if domain is None:
-        raise ServiceError("no such domain", 404)
+        raise NotFound("no such domain")
     return domain, queries.load_settings(s, domain)
 
 
@@ -134,7 +134,7 @@ def _request(ctx: Context, domain_id: int, interaction_id: str, force: bool) -> 
     with transaction(ctx.sessions) as s:
         calls = members(s, domain_id, interaction_id)
         if not calls:
-            raise ServiceError(f"no interaction {interaction_id[:60]!r}", 404)
+            raise NotFound(f"no interaction {interaction_id[:60]!r}")
         _, settings = domain_settings_of(s, domain_id)
         sig = signature(calls, settings)
         row = current(s, domain_id, interaction_id)

@@ -35,7 +35,7 @@ from callrec.config import ConfigError, ServiceConfig
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Domain, Recording, WebhookDelivery
-from callrec.errors import ServiceError
+from callrec.errors import Conflict, NotFound, ServiceError
 from callrec.secretbox import is_encrypted
 from callrec.service import leased, links
 from callrec.service.cards import call_card, recording_json
@@ -88,9 +88,9 @@ def redeliver(ctx: Context, queue: JobQueue, delivery_id: str) -> None:
     with transaction(ctx.sessions) as s:
         row = s.get(WebhookDelivery, delivery_id)
         if row is None:
-            raise ServiceError(f"no delivery {delivery_id[:40]!r}", 404)
+            raise NotFound(f"no delivery {delivery_id[:40]!r}")
         if row.state == DELIVERING and row.lease_until is not None and row.lease_until > now:
-            raise ServiceError("the delivery is being sent right now; ask again once it is done", 409)
+            raise Conflict("the delivery is being sent right now; ask again once it is done")
         # the log keeps every attempt; ``attempts`` counts this round's, against MAX_ATTEMPTS
         row.state, row.attempts, row.next_attempt_at, row.enqueued_at = PENDING, 0, now, None
         row.lease_until, row.updated_at = None, now

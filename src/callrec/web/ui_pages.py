@@ -16,11 +16,12 @@ from callrec.api import calls as calls_api
 from callrec.api import interactions as interactions_api
 from callrec.api import links as links_api
 from callrec.api.deps import Principal, get_ctx
+from callrec.api.handlers import status_of
 from callrec.api.picture import label_of
-from callrec.api.ui_auth import COOKIE_PATH, csrf_token, secure
 from callrec.db.schema import Call, Domain
 from callrec.errors import ServiceError
 from callrec.service.pipeline import Service
+from callrec.web.ui_auth import COOKIE_PATH, csrf_token, secure
 
 PAGE_SIZE = 50
 DIRECTIONS = ("inbound", "outbound", "internal")
@@ -60,7 +61,7 @@ def _utc(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "—"
 
 
-_env = Environment(loader=PackageLoader("callrec", "api/templates"), autoescape=True)
+_env = Environment(loader=PackageLoader("callrec", "web/templates"), autoescape=True)
 _env.filters.update(duration=_duration, size=_size, utc=_utc, seg=lambda text: quote(str(text), safe=""))
 
 
@@ -88,7 +89,7 @@ def render(request: Request, template: str, principal: Principal | None, status:
 
 
 def error_page(request: Request, principal: Principal, exc: ServiceError) -> Response:
-    return render(request, "error.html", principal, status=exc.status, message=str(exc))
+    return render(request, "error.html", principal, status=status_of(exc), message=str(exc))
 
 
 # --- a link just made: shown once, on the page the browser is sent to after making it -------------
@@ -228,7 +229,7 @@ def calls_view(
             kept = {k: v for k, v in filters.items() if v}
             next_url = "/ui/calls?" + urlencode(kept | {"cursor": page["next_cursor"]})
     except ServiceError as exc:
-        error, status = str(exc), exc.status
+        error, status = str(exc), status_of(exc)
     return render(request, "calls.html", principal, status=status, filters=filters, rows=rows, next_url=next_url,
                   error=error, directions=DIRECTIONS, states=STATES, paged=cursor is not None)  # fmt: skip
 
@@ -303,7 +304,7 @@ def interaction_view(
         stitched = json.loads(bytes(answer.body))
         links = links_api.list_interaction_links(interaction_id, service, principal, domain)["items"]
     except ServiceError as exc:
-        error, status = error or str(exc), exc.status if status == 200 else status
+        error, status = error or str(exc), status_of(exc) if status == 200 else status
     query = f"?domain={quote(domain)}" if domain else ""
     new_link = take_new_link(request, links)
     page = render(request, "interaction.html", principal, status=status, interaction_id=interaction_id,

@@ -1,9 +1,11 @@
-"""The HTTP API of ``callrec serve``: the FastAPI application and the one place errors become HTTP.
+"""The one place errors become HTTP, for the JSON API and the web pages alike.
 
 Every error answers JSON ``{"detail": "<one sentence>"}``. Storage, the database or the job queue out of
-reach answers 503 with ``Retry-After``; everything a client can cause is a 4xx saying what to change. Any
-other failure is a bug: JSON 500 ``{"detail": "internal error", "error_id": ...}``, its traceback logged
-once with that id (``_LastResort``), never Starlette's plain-text "Internal Server Error".
+reach answers 503 with ``Retry-After``; everything a client can cause is a 4xx saying what to change: the
+service's own kinds (``NotFound``, ``Conflict``, ``Gone``, ``Refused``) are mapped to their status here
+(``status_of``), a ``ServiceError`` the API raised carries its own. Any other failure is a bug: JSON 500
+``{"detail": "internal error", "error_id": ...}``, its traceback logged once with that id (``LastResort``),
+never Starlette's plain-text "Internal Server Error".
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -27,31 +27,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from callrec.api import (
-    admin_keys,
-    calls,
-    domains,
-    interactions,
-    jobs,
-    links,
-    ops,
-    picture,
-    recordings,
-    ui,
-    uploads,
-    webhooks,
-)
-from callrec.api.bodylimit import BodyLimit
-from callrec.api.link_pages import PUBLIC_HEADERS
 from callrec.config import ConfigError
-from callrec.errors import CallrecError, ServiceError, StorageError
-from callrec.service import cache
-from callrec.service.pipeline import Service
+from callrec.errors import CallrecError, Conflict, Gone, NotFound, Refused, ServiceError, StorageError
 
 log = logging.getLogger("callrec.api")
-API_PREFIX = "/api/v1"
-# uploads larger than this are refused with 413 while they arrive
-MAX_UPLOAD_BYTES = 2 * 1024**3
 # where a validation error was found, as pydantic names it; not part of the field's name
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 # when to try again after a 503 for something out of reach
@@ -62,29 +41,12 @@ _QUEUE_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutEr
                                               sqlite3.OperationalError)  # fmt: skip
 
 
-def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The API for ``service`` (its context, queue and pipeline); OpenAPI at ``/openapi.json``."""
+# the HTTP status of each kind of refusal the layers below the API raise (they know nothing of HTTP)
+STATUS: dict[type[ServiceError], int] = {NotFound: 404, Conflict: 409, Gone: 410, Refused: 422}
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ops.warn_local_storage(service)  # a shared database with storage on this host's disk
-        with cache.Cleaner(service.ctx):  # this host's cached copies of deleted recordings go
-            yield
 
-    app = FastAPI(
-        title="callrec",
-        version="1",
-        description="Call recording: domains, API keys, calls, recordings and their audio, uploads, jobs.",
-        lifespan=lifespan,
-    )
-    app.state.service = service
-    app.state.max_upload_bytes = max_upload_bytes
-    for module in (domains, admin_keys, calls, recordings, picture, uploads, jobs, interactions, links, webhooks):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(links.public_router)
-    app.include_router(ui.router)
-    ui.mount(app)
-    app.include_router(ops.make_router(service))
+def install(app: FastAPI) -> None:
+    """Every exception handler of the app (the last-resort middleware is added by the app's assembly)."""
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ValidationError, _model_invalid)
     app.add_exception_handler(HTTPException, _http_error)
@@ -95,11 +57,16 @@ def create_app(service: Service, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
     app.add_exception_handler(DBAPIError, _failure)
     for queue_error in _QUEUE_DOWN:
         app.add_exception_handler(queue_error, _failure)
-    # the last one added is the outermost of the app's own: it sees what every other layer let through
-    app.add_middleware(BodyLimit)  # 413 for a body past the limit, before anything reads it
-    app.add_middleware(_LastResort)
-    app.add_middleware(_EdgeHeaders)  # outermost: even a last-resort 500 carries them
-    return app
+
+
+def status_of(exc: ServiceError) -> int:
+    """The HTTP status ``exc`` answers: the one the API gave it, else its kind's, else 400."""
+    if exc.status is not None:
+        return exc.status
+    for kind, status in STATUS.items():
+        if isinstance(exc, kind):
+            return status
+    return 400
 
 
 def describe(errors: list[Any]) -> str:
@@ -149,7 +116,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return _detail(exc.status, str(exc))
+    return _detail(status_of(exc), str(exc))
 
 
 async def _config_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -192,41 +159,7 @@ async def _failure(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error", "error_id": error_id}, status_code=500)
 
 
-class _EdgeHeaders:
-    """Headers every answer carries unless the route set its own: never framed by another site, never
-    sniffed; a public link's answers (``/r/...``) also carry ``link_pages.PUBLIC_HEADERS`` (no-store,
-    no-referrer, noindex), whatever produced them, a 500 included."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = str(scope.get("path", ""))
-        wanted = dict(_EVERY_ANSWER)
-        if path.startswith("/r/"):
-            wanted |= PUBLIC_HEADERS
-        elif path == "/ui" or path.startswith("/ui/"):
-            wanted["Content-Security-Policy"] = "frame-ancestors 'none'"
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in wanted.items()
-                            if k.lower().encode("latin-1") not in present]  # fmt: skip
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, sending)
-
-
-_EVERY_ANSWER = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
-
-
-class _LastResort:
+class LastResort:
     """Answers ``_failure`` for an exception no handler took, unless part of an answer is already out.
 
     Not an exception handler for ``Exception``: Starlette runs that one in its ServerErrorMiddleware,

@@ -24,16 +24,17 @@ from sqlalchemy import select
 
 from callrec.api.audio import recording_response
 from callrec.api.deps import ServiceDep
+from callrec.api.handlers import status_of
 from callrec.api.interactions import stitch_response
 from callrec.api.picture import recording_picture, stitch_picture
-from callrec.api.ui_pages import with_voices
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, FAILED, Call, Party, Recording, Stitch
-from callrec.errors import ServiceError, StorageError
+from callrec.errors import NotFound, ServiceError, StorageError
 from callrec.service import links
 from callrec.service import stitches as stitching
 from callrec.service.context import Context
 from callrec.service.pipeline import Service
+from callrec.web.ui_pages import with_voices
 
 public_router = APIRouter(tags=["public links"])
 PUBLIC_HEADERS = {
@@ -44,7 +45,7 @@ PUBLIC_HEADERS = {
 # how soon a client should ask again for a stitch that is still being made
 RETRY_AFTER_S = 5
 ROLES = {"caller": "Caller", "callee": "Callee", "participant": "Participant"}
-_templates = Environment(loader=PackageLoader("callrec", "api/templates"), autoescape=True)
+_templates = Environment(loader=PackageLoader("callrec", "web/templates"), autoescape=True)
 
 
 class Pending(ServiceError):
@@ -114,7 +115,7 @@ def _answer(request: Request, work: Callable[[], Response]) -> Response:
     try:
         response = work()
     except ServiceError as exc:
-        status, message = exc.status, str(exc)
+        status, message = status_of(exc), str(exc)
         if isinstance(exc, Pending):
             headers["Retry-After"] = str(RETRY_AFTER_S)
     except StorageError:
@@ -306,6 +307,6 @@ def _ask_for_stitch(service: Service, opened: Opened) -> Stitch:
     try:
         return stitching.request(service.ctx, service.queue, opened.domain_id, opened.target_id)
     except ServiceError as exc:
-        if exc.status == 404:  # the interaction has no calls any more
+        if isinstance(exc, NotFound):  # the interaction has no calls any more
             raise ServiceError("the recordings of this conversation were deleted", 410) from exc
         raise

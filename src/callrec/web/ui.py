@@ -22,12 +22,13 @@ from callrec.api import interactions as interactions_api
 from callrec.api import links as links_api
 from callrec.api import picture as picture_api
 from callrec.api import recordings as recordings_api
-from callrec.api import ui_pages
 from callrec.api.deps import Principal, ServiceDep, get_ctx, principal_of, source_address, throttle
-from callrec.api.ui_auth import check_change, check_origin, sign_in, sign_out, viewer
-from callrec.api.ui_pages import call_view, calls_view, interaction_view, remember_new_link, render, safe_back
+from callrec.api.handlers import status_of
 from callrec.db import queries
 from callrec.errors import ServiceError
+from callrec.web import ui_pages
+from callrec.web.ui_auth import check_change, check_origin, sign_in, sign_out, viewer
+from callrec.web.ui_pages import call_view, calls_view, interaction_view, remember_new_link, render, safe_back
 
 router = APIRouter(include_in_schema=False)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -212,7 +213,7 @@ def create_recording_link(
             recording_id, request, service, principal, _link_in(expires_in_s, download_only)
         )
     except ServiceError as exc:
-        return call_view(request, service, principal, call_id, error=str(exc), status=exc.status)
+        return call_view(request, service, principal, call_id, error=str(exc), status=status_of(exc))
     response = RedirectResponse(f"/ui/calls/{call_id}#links", status_code=303)
     remember_new_link(request, response, made)
     return response
@@ -235,7 +236,8 @@ def create_interaction_link(
             interaction_id, request, service, principal, _link_in(expires_in_s, download_only), domain
         )
     except ServiceError as exc:
-        return interaction_view(request, service, principal, interaction_id, domain, error=str(exc), status=exc.status)
+        return interaction_view(request, service, principal, interaction_id, domain, error=str(exc),
+                                status=status_of(exc))
     query = f"?domain={quote(domain)}" if domain else ""
     response = RedirectResponse(f"/ui/interactions/{quote(interaction_id, safe='')}{query}#links", status_code=303)
     remember_new_link(request, response, made)
