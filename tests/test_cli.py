@@ -41,6 +41,75 @@ def test_a_bad_mix_argument_is_refused_before_the_media_stack_loads(tmp_path: Pa
     assert "no such file" in proc.stderr
 
 
+# a whole `callrec mix` of a G.711 call to MP3 at 8 kHz, in a child with an audit hook: which modules were
+# loaded when the input was first opened, and which at the end
+_PROBE = """
+import json, os, sys
+target = os.path.abspath(sys.argv[1])
+seen = {}
+def hook(event, args):
+    if event == "open" and not seen and isinstance(args[0], str) and os.path.abspath(args[0]) == target:
+        seen["at_open"] = sorted(sys.modules)
+sys.addaudithook(hook)
+from callrec.cli import app
+try:
+    app(["mix", sys.argv[1], "-o", sys.argv[2]], standalone_mode=False)
+finally:
+    print(json.dumps({"at_open": seen.get("at_open"), "at_end": sorted(sys.modules)}))
+"""
+
+
+def test_mix_reads_its_input_before_the_media_stack_and_never_loads_what_the_call_does_not_need(
+    tmp_path: Path,
+) -> None:
+    need(synth.FFMPEG, "ffmpeg")
+    built = synth.build(synth.Scenario(call_id="light@host", duration=2.0), base_time=1_700_000_000.0)
+    pcap = synth.write_pcap(tmp_path / "call.pcap", built.datagrams)
+    out = tmp_path / "call.mp3"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(pcap), str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert out.stat().st_size > 0
+    assert seen["at_open"] is not None, "the input was never opened by name"
+    assert "numpy" not in seen["at_open"], "the input is read before the media stack loads"
+    # typer parses without pydantic; a progress bar only for a terminal; G.711 needs no PyAV; 8 kHz no soxr
+    loaded = {m.split(".")[0] for m in seen["at_end"]}
+    assert loaded.isdisjoint({"pydantic", "pydantic_core", "rich", "av", "soxr", "soundfile"}), sorted(loaded)
+    assert "numpy" in loaded
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--bitrate", "abc"), "Input should be a valid integer"),
+        (("--format", "ogg"), "'ogg' is not one of 'mp3', 'wav'"),
+        (("--codec", "opus", "--format", "wav"), "'opus' is not one of 'pcm', 'alaw', 'ulaw', 'gsm'"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_with_exit_2(args: tuple[str, ...], message: str) -> None:
+    proc = _run("mix", str(SAMPLE), *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_file_that_is_no_capture_is_refused_before_the_media_stack_loads(tmp_path: Path) -> None:
+    bad = tmp_path / "x.pcap"
+    bad.write_bytes(b"\x00\x01garbage" * 10)
+    code = (
+        "import sys\n"
+        "from callrec.cli import app\n"
+        "try:\n"
+        f"    app(['mix', {str(bad)!r}], standalone_mode=False)\n"
+        "except BaseException:\n"
+        "    pass\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["False"], proc.stderr
+    assert f"{bad}: not a pcap or pcapng capture" in proc.stderr
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "TERM": "dumb"}
     return subprocess.run(

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from callrec.cli_typer import adjust_typer
 from callrec.errors import CallrecError
-from callrec.media_limits import MP3_BITRATES_KBPS, OUTPUT_SUFFIXES, SAMPLE_RATES
+from callrec.media.options import (
+    DEFAULT,
+    MP3_BITRATES_KBPS,
+    OUTPUT_SUFFIXES,
+    SAMPLE_RATES,
+    Codec,
+    Format,
+    OutputOptions,
+    one_of,
+)
 
 if TYPE_CHECKING:
     from callrec.config import RecorderConfig
@@ -24,18 +33,6 @@ app = typer.Typer(
     # subcommands' contexts inherit it: -h works on every command
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class Format(StrEnum):
-    mp3 = "mp3"
-    wav = "wav"
-
-
-class WavCodec(StrEnum):
-    pcm = "pcm"
-    alaw = "alaw"
-    ulaw = "ulaw"
-    gsm = "gsm"
 
 
 # options ``record`` and ``serve`` both take
@@ -52,36 +49,7 @@ RtpengineSpools = Annotated[
 ]
 
 
-def _plain(shown: str) -> str:
-    # Typer's "<path>", "<list[str]>", "<int>" as a Unix help page writes them: PATH, TEXT, INTEGER
-    inner = shown.removeprefix("<").removesuffix(">")
-    inner = inner.removeprefix("list[").removesuffix("]")
-    if "|" in inner:
-        return inner  # choices stay as they are typed
-    return {"str": "TEXT", "int": "INTEGER", "float": "NUMBER"}.get(inner, inner.upper())
-
-
-def _option_type(self: Any, ctx: Any) -> str | None:
-    if self.metavar is not None:
-        return str(self.metavar)
-    if self.is_flag:
-        return None  # a flag takes no value: no "<bool>"
-    return _plain(self.display_type(ctx))
-
-
-def _argument_type(self: Any, ctx: Any) -> str | None:
-    return None if self.metavar is not None else _plain(self.display_type(ctx))
-
-
-def _plain_help_types() -> None:
-    # Typer renders every value's type as "<type>" and flags as "<bool>"; help reads as a Unix tool's
-    from typer.core import TyperArgument, TyperOption
-
-    setattr(TyperOption, "display_type_rich", _option_type)  # noqa: B010 - a method of Typer's class
-    setattr(TyperArgument, "display_type_rich", _argument_type)  # noqa: B010
-
-
-_plain_help_types()
+adjust_typer()
 
 
 def _version(value: bool) -> None:
@@ -136,11 +104,11 @@ def mix_command(
         typer.Option("-o", "--output", metavar="PATH", help="Output folder, or a .mp3/.wav file for one call"),
     ] = None,
     fmt: Annotated[Format | None, typer.Option("--format", help="mp3 (default) or wav")] = None,
-    codec: Annotated[WavCodec | None, typer.Option("--codec", help="WAV codec: pcm, alaw, ulaw, gsm")] = None,
+    codec: Annotated[Codec | None, typer.Option("--codec", help="WAV codec: pcm, alaw, ulaw, gsm")] = None,
     bitrate: Annotated[
         int, typer.Option("--bitrate", metavar="KBPS", help="MP3 bitrate, kbit/s: 8, 16, 24 or 32")
-    ] = 16,
-    rate: Annotated[int, typer.Option("--rate", metavar="HZ", help="Sample rate: 8000 or 16000")] = 8000,
+    ] = DEFAULT.bitrate_kbps,
+    rate: Annotated[int, typer.Option("--rate", metavar="HZ", help="Sample rate: 8000 or 16000")] = DEFAULT.rate_hz,
     call_id: Annotated[
         str | None, typer.Option("--call-id", metavar="CALL-ID", help="Mix only the call with this Call-ID")
     ] = None,
@@ -150,44 +118,41 @@ def mix_command(
     left, callee right."""
     out = output if output is not None else Path(".")
     _check_output(out, fmt)
-    chosen = fmt.value if fmt is not None else ("wav" if out.suffix.lower() == ".wav" else "mp3")
+    chosen = fmt if fmt is not None else ("wav" if out.suffix.lower() == ".wav" else "mp3")
     if chosen == "mp3" and codec is not None:
         _fail("--codec applies to WAV output; MP3 is always MPEG layer 3")
     if bitrate not in MP3_BITRATES_KBPS:
-        _fail(f"--bitrate must be one of {', '.join(map(str, MP3_BITRATES_KBPS))}")
+        _fail(f"--bitrate must be one of {one_of(MP3_BITRATES_KBPS)}")
     if rate not in SAMPLE_RATES:
-        _fail(f"--rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
-    if not input.exists():
-        _fail(f"{input}: no such file or folder")
-    # the media stack (numpy, av, soxr) and rich's progress bar load only once the arguments are good
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+        _fail(f"--rate must be one of {one_of(SAMPLE_RATES)}")
+    _check_input(input)
+    # the input is readable and of a kind we read: only now the media stack (numpy, ...) loads, and rich's
+    # progress bar only for a terminal
+    from callrec.mix import mix
 
-    from callrec.files import tape
-    from callrec.offline import MixOptions, mix
-
-    if input.is_dir() and not tape.is_tape(input):
-        _fail(f"{input} is a folder but not a tape (no {tape.MEDIA_FILE} and {tape.META_FILE})")
-    err = Console(stderr=True)
-    opts = MixOptions(
-        fmt=chosen, codec=codec.value if codec else "pcm", bitrate_kbps=bitrate, rate=rate, call_id=call_id
-    )
-    show_progress = err.is_terminal and not as_json
+    opts = OutputOptions(format=chosen, codec=codec or DEFAULT.codec, bitrate_kbps=bitrate, rate_hz=rate)
+    show_progress = sys.stderr.isatty() and not as_json
     try:
         if show_progress:
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
             with Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
-                console=err,
+                console=Console(stderr=True),
                 transient=True,
             ) as bar:
                 task = bar.add_task(f"mixing {input.name}", total=None)
-                report = mix(input, out, opts, lambda done, total: bar.update(task, completed=done, total=total))
+                report = mix(
+                    input, out, opts, call_id=call_id,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )  # fmt: skip
         else:
-            report = mix(input, out, opts)
+            report = mix(input, out, opts, call_id=call_id)
     except CallrecError as exc:
         _fail(str(exc))
         return
@@ -216,6 +181,34 @@ def mix_command(
         _fail(f"{input}: no call{where} with media found")
 
 
+def _check_input(path: Path) -> None:
+    # read the input before the media stack loads: a wrong path or a file that is no capture is refused
+    # at once, in one line
+    from callrec.files import tape  # light: no numpy
+    from callrec.files.magic import looks_like_capture
+
+    if path.is_dir():
+        if not tape.is_tape(path):
+            _fail(f"{path} is a folder but not a tape (no {tape.MEDIA_FILE} and {tape.META_FILE})")
+        path = path / tape.MEDIA_FILE
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        _fail(f"{path}: no such file or folder")
+    except OSError as exc:
+        _fail(f"{path}: cannot read it: {exc.strerror or exc}")
+    if not head:
+        _fail(f"{path}: the file is empty")
+    if not looks_like_capture(head) and not _text(head):
+        _fail(f"{path}: not a pcap or pcapng capture")
+
+
+def _text(head: bytes) -> bool:
+    # an rtpengine metadata file (or another text the mixer names its own error for): no NUL, decodes
+    return b"\0" not in head and not head.decode("utf-8", "replace").count("\ufffd") > 4
+
+
 def _check_output(out: Path, fmt: Format | None) -> None:
     # -o is a folder, or one .mp3/.wav file: a name with another extension is a mistake, not a folder to make
     suffix = out.suffix.lower()
@@ -224,8 +217,8 @@ def _check_output(out: Path, fmt: Format | None) -> None:
     if suffix not in OUTPUT_SUFFIXES:
         allowed = " or ".join(OUTPUT_SUFFIXES)
         _fail(f"{out}: the output is a folder or a {allowed} file, not {out.suffix}")
-    if fmt is not None and suffix != f".{fmt.value}":
-        _fail(f"{out}: --format {fmt.value} does not match the file's extension {out.suffix}")
+    if fmt is not None and suffix != f".{fmt}":
+        _fail(f"{out}: --format {fmt} does not match the file's extension {out.suffix}")
     if out.exists():
         return  # an earlier mix's file: replaced
     parent = out.parent

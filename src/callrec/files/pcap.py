@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callrec.errors import CaptureError
+from callrec.files.magic import PCAP_MAGICS, PCAPNG_SHB
 from callrec.files.pcapng import BYTE_ORDER_MAGIC, iter_pcapng
 from callrec.files.pcapwriter import PcapWriter
 from callrec.wire.netparse import (
@@ -39,17 +40,6 @@ __all__ = ["CaptureReader", "Datagram", "PcapWriter", "UdpBlock", "format_addr",
 
 CHUNK_BYTES = 1 << 20
 
-# magic -> byte order, timestamp fraction units per second, record header length
-PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e6, 16),
-    b"\xa1\xb2\xc3\xd4": (">", 1e6, 16),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e9, 16),
-    b"\xa1\xb2\x3c\x4d": (">", 1e9, 16),
-    # Alexey Kuznetzov's patched libpcap (old Red Hat tcpdump) adds 8 bytes to each record header
-    b"\x34\xcd\xb2\xa1": ("<", 1e6, 24),
-    b"\xa1\xb2\xcd\x34": (">", 1e6, 24),
-}
-PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
 COUNTERS = (
     "packets",

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from callrec.errors import ParseError
-from callrec.files.pcap import PcapWriter, pack_addr
+from callrec.files.pcapwriter import PcapWriter  # not files.pcap: asking about a tape loads no numpy
 from callrec.models import CallInfo
+from callrec.names import safe_name
+from callrec.wire.netparse import pack_addr
 
 log = logging.getLogger("callrec.tape")
 
@@ -18,6 +23,44 @@ MEDIA_FILE = "media.pcap"
 META_FILE = "call.json"
 # under the data folder: tapes that cannot be read, moved out of the way of the outbox and recovery
 QUARANTINE_DIR = "quarantine"
+# where a tape lies under the tapes folder (DATA/tapes): a folder for the day (UTC) its call started, then
+# the tape's own folder; this module alone knows it (everyone asks tape_folder, info_files, find_named)
+DAY_FORMAT = "%Y/%m/%d"
+_DAY_GLOB = "[0-9]*/*/*"
+# the longest Call-ID part of a recorded tape's name (new_name)
+NAME_CALL_ID_CHARS = 80
+
+
+def tape_folder(tapes_dir: Path, when: float | datetime, name: str) -> Path:
+    """Where the tape called ``name`` lies: ``tapes_dir/YYYY/MM/DD/name``, the day (UTC) of ``when``, a
+    Unix time or a datetime (a naive one is taken as UTC)."""
+    if isinstance(when, datetime):
+        day = (when.astimezone(UTC) if when.tzinfo is not None else when).strftime(DAY_FORMAT)
+    else:
+        day = time.strftime(DAY_FORMAT, time.gmtime(when))
+    return tapes_dir / day / name
+
+
+def new_name(call_id: str) -> str:
+    """A recorded tape's name, ``<Call-ID made safe>-<8 random hex digits>``: unique even when a Call-ID
+    comes back (the Call-ID part is at most ``NAME_CALL_ID_CHARS`` long, "call" when empty)."""
+    return f"{safe_name(call_id, limit=NAME_CALL_ID_CHARS, empty='call')}-{secrets.token_hex(4)}"
+
+
+def name_suffix(folder: Path) -> str:
+    """What follows the last "-" in a tape folder's name: a recorded tape's random part (``new_name``);
+    the whole name when it has no "-"."""
+    return folder.name.rsplit("-", 1)[-1]
+
+
+def info_files(tapes_dir: Path) -> list[Path]:
+    """The ``call.json`` of every tape folder in the day folders under ``tapes_dir``, sorted by path."""
+    return sorted(tapes_dir.glob(f"{_DAY_GLOB}/*/{META_FILE}"))
+
+
+def find_named(tapes_dir: Path, name: str) -> list[Path]:
+    """The folders called ``name`` in any day folder under ``tapes_dir``, sorted (tapes or not)."""
+    return sorted(tapes_dir.glob(f"{_DAY_GLOB}/{name}"))
 
 
 def is_tape(path: str | os.PathLike[str]) -> bool:
