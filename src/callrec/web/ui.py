@@ -236,8 +236,9 @@ def create_interaction_link(
             interaction_id, request, service, principal, _link_in(expires_in_s, download_only), domain
         )
     except ServiceError as exc:
-        return interaction_view(request, service, principal, interaction_id, domain, error=str(exc),
-                                status=status_of(exc))
+        return interaction_view(
+            request, service, principal, interaction_id, domain, error=str(exc), status=status_of(exc)
+        )
     query = f"?domain={quote(domain)}" if domain else ""
     response = RedirectResponse(f"/ui/interactions/{quote(interaction_id, safe='')}{query}#links", status_code=303)
     remember_new_link(request, response, made)

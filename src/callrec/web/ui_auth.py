@@ -148,4 +148,3 @@ def sign_out(request: Request, response: Response) -> None:
             if session is not None and session.ended_at is None:
                 session.ended_at = ctx.clock.now()
     response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
-
