@@ -3,7 +3,7 @@
 The end-to-end tests drive Debian's real rtpengine (tests/support/rtpengine_peer.py: userspace, in a network
 namespace of the test's own, ng control, two parties speaking different speech-like signals in real
 time) and mix its spool through the real command line, given either file. The others use the small
-recordings rtpengine wrote into tests/data/rtpengine/ (see tests/capture/test_rtpengine_meta.py).
+recordings rtpengine wrote into tests/data/rtpengine/ (see tests/files/test_rtpengine_meta.py).
 """
 
 from __future__ import annotations

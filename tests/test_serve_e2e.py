@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tests.recorder.test_record_sipp import SENDER, _noise, _sipp
 from tests.support.audio import decode, probe, xcorr
 from tests.support.serve_proc import ServeProcess
-from tests.test_record_sipp import SENDER, _noise, _sipp
 from tests.test_sipp_capture import _sipp_pcap_dir, _sipp_reference
 
 RATE = 8000

@@ -20,9 +20,9 @@ import httpx
 import numpy as np
 
 from callrec.media.stitch import PAUSE_S
+from tests.recorder.test_record_sipp import SENDER, _sipp
 from tests.support.audio import FFMPEG, decode, need, xcorr
 from tests.support.serve_proc import ServeProcess
-from tests.test_record_sipp import SENDER, _sipp
 
 RATE = 8000
 SEND_S = 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from callrec.files import tape
 from callrec.recorder.recovery import OPEN_DIR, TapeRegistry
-from tests.capture.test_media_io import _open_tape
+from tests.recorder.test_media_io import _open_tape
 
 
 def test_an_unreadable_open_tape_is_quarantined_and_the_others_recovered(tmp_path: Path) -> None:

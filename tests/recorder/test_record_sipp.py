@@ -25,8 +25,8 @@ from tests.test_sipp_capture import _sipp_pcap_dir, _sipp_reference
 
 RATE = 8000
 MAX_LAG = int(0.020 * RATE)
-SCENARIOS = Path(__file__).parent / "sipp"
-SENDER = Path(__file__).parent / "support" / "rtp_send.py"
+SCENARIOS = Path(__file__).parents[1] / "sipp"
+SENDER = Path(__file__).parents[1] / "support" / "rtp_send.py"
 TIMEOUT_S = 60
 NOISE_S = 8
 CROSSTALK = 0.05  # normalised correlation of a channel with the other party's signal

@@ -117,7 +117,7 @@ def test_recovery_closes_the_tapes_of_a_dead_recorder_and_spares_a_live_ones(tmp
     script = (
         "import sys, os; from pathlib import Path; sys.path.insert(0, os.getcwd())\n"
         "from callrec.recorder.recovery import TapeRegistry\n"
-        "from tests.capture.test_media_io import _open_tape\n"
+        "from tests.recorder.test_media_io import _open_tape\n"
         f"r = TapeRegistry(Path({str(root)!r})); f = _open_tape(r, Path({str(root)!r}), 'dead', 50)\n"
         "open(f / 'media.pcap', 'ab').write(b'\\x01\\x02\\x03')\n"
         "os._exit(0)\n"

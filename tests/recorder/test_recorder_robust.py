@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from callrec.files import tape
 from callrec.files.pcap import CaptureReader
 from callrec.wire.sip import SipMessage
-from tests.capture.test_recorder_policy import packets_on_tape
+from tests.recorder.test_recorder_policy import packets_on_tape
 from tests.support.recorder_proc import RecorderProcess, free_udp_block
 from tests.support.sipclient import (
     METADATA,
