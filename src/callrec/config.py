@@ -20,6 +20,8 @@ _DOMAIN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 # a source holds at most this many sessions unless the per-source limit or the range says more
 MIN_SESSIONS_PER_SOURCE = 16
+# under the data folder: the tapes (recorder, rtpengine spool, uploads), laid out as files/tape.py says
+TAPES_DIR = "tapes"
 
 
 class ConfigError(CallrecError):
@@ -64,7 +66,7 @@ class RecorderConfig:
 
     @property
     def tapes_dir(self) -> Path:
-        return self.data_dir / "tapes"
+        return self.data_dir / TAPES_DIR
 
     @property
     def recordings_dir(self) -> Path:
@@ -312,6 +314,10 @@ class ServiceConfig:
     @property
     def work_dir(self) -> Path:
         return self.data_dir / "work"
+
+    @property
+    def tapes_dir(self) -> Path:
+        return self.data_dir / TAPES_DIR
 
     @property
     def storage_dir(self) -> Path:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from callrec.config import RecorderConfig, ServiceConfig
 from callrec.files import tape
-from callrec.offline import safe_name
+from callrec.names import safe_name
 from callrec.recorder.recorder import Recorder
 from callrec.service.ownership import DataLock
 from callrec.service.sanity import cannot_listen
@@ -64,7 +64,7 @@ class TapeMixer:
             except Exception as exc:  # noqa: BLE001 - a bad tape must not stop the mixing of the others
                 log.error("cannot mix %s: %s", folder, exc)
                 continue
-            out = self._recordings / f"{safe_name(call_id)}-{folder.name.rsplit('-', 1)[-1]}.mp3"
+            out = self._recordings / f"{safe_name(call_id)}-{tape.name_suffix(folder)}.mp3"
             out.parent.mkdir(parents=True, exist_ok=True)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "callrec", "mix", str(folder), "-o", str(out),

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from callrec.db.schema import COMPLETED, DELETED, Recording
 from callrec.errors import CallrecError, ServiceError, StorageError
 from callrec.media.encode import MP3_BITRATES_KBPS, open_writer
-from callrec.offline import safe_name
+from callrec.names import safe_name
 from callrec.service import cache
 from callrec.service.context import Context
 from callrec.storage import integrity
@@ -87,7 +87,7 @@ def ranged_response(range_header: str | None, size: int, read: Reader, media_typ
 def recording_response(ctx: Context, rec: Recording, fmt: str | None, range_header: str | None) -> Response:
     """A completed recording's audio, in its stored format or converted to ``fmt``."""
     check_completed(ctx, rec)
-    name = safe_name(rec.call.sip_call_id or rec.call_id)[:100]
+    name = safe_name(rec.call.sip_call_id or rec.call_id, limit=100)
     fmt = fmt or rec.format
     if fmt == rec.format:
         storage, key = ctx.storage(rec.storage), rec.storage_key

@@ -65,7 +65,7 @@ def ingest(
         found = [(_tape_info(fields["call"]), media)]
     else:
         found = _calls(media, ctx.config.max_calls_per_upload)
-    day = ctx.clock.now().strftime("%Y/%m/%d")
+    now = ctx.clock.now()
     names = [name(i) if name is not None else f"upload-{secrets.token_hex(8)}" for i in range(len(found))]
     known = _registered(ctx, names) if name is not None else {}
     calls: list[str] = []
@@ -81,7 +81,7 @@ def ingest(
             _write_tape(folder, call_media, info)
             handed = True
             call_id = service.pipeline.tape_closed(folder)
-            _hand_to_outbox(ctx, call_id, folder, ctx.config.data_dir / "tapes" / day / tape_name)
+            _hand_to_outbox(ctx, call_id, folder, tape.tape_folder(ctx.config.tapes_dir, now, tape_name))
             calls.append(call_id)
         except Exception as exc:
             if not handed:
@@ -90,7 +90,7 @@ def ingest(
                 if (settled := _settle(ctx, folder)) is not None:
                     calls.append(settled)
                 # a tape that may be registered must outlive the request's staging folder
-                _rescue(folder, ctx.config.data_dir / "tapes" / day / tape_name)
+                _rescue(folder, tape.tape_folder(ctx.config.tapes_dir, now, tape_name))
             raise CutShort(calls, len(found), exc) from exc
     return calls
 

@@ -21,7 +21,7 @@ from callrec.api.deps import Principal, ReadDep, ServiceDep, base_url, scope
 from callrec.api.schemas import PRINTABLE
 from callrec.db.schema import COMPLETED, DELETED, Call, Domain, Stitch
 from callrec.errors import ServiceError
-from callrec.offline import safe_name
+from callrec.names import safe_name
 from callrec.service import stitches as stitching
 from callrec.service.context import Context
 
@@ -150,5 +150,5 @@ def stitch_response(ctx: Context, stitch: Stitch, range_header: str | None) -> R
     def read(start: int, end: int) -> Iterator[bytes]:
         return storage.read_range(key, start, end, CHUNK_BYTES)
 
-    name = f"interaction-{safe_name(stitch.interaction_id)[:80]}.{fmt}"
+    name = f"interaction-{safe_name(stitch.interaction_id, limit=80)}.{fmt}"
     return ranged_response(range_header, stitch.bytes, read, MEDIA_TYPES[fmt], name)

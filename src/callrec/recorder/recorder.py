@@ -38,7 +38,6 @@ from callrec.recorder.session import (
     party_of,
     recordable,
     refresh_parties,
-    tape_folder,
 )
 from callrec.recorder.transactions import T1_S, T2_S, ServerTransactions
 from callrec.wire.sdp import Sdp
@@ -328,7 +327,7 @@ class Recorder:
             remote_tag=msg.from_tag or "",
             local_tag=_new_tag(),
             info=info,
-            folder=tape_folder(self.cfg.tapes_dir, call_id, now),
+            folder=tape.tape_folder(self.cfg.tapes_dir, now, tape.new_name(call_id)),
             metadata=metadata,
             remote_target=_target_uri(msg.header("contact") or msg.header("from") or ""),
             last_invite_cseq=msg.cseq[0],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,6 @@ from callrec.wire.sip import SipMessage, display_name, uri_user
 from callrec.wire.siprec import MetaParticipant, RecordingMetadata
 
 RECORDABLE_PROFILES = ("RTP/AVP", "RTP/AVPF")
-SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 @dataclass(slots=True)
@@ -71,13 +69,6 @@ class RecordingSession:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
-
-
-def tape_folder(root: Path, call_id: str, when: float) -> Path:
-    """``root/YYYY/MM/DD/<Call-ID made safe>-<random>``: unique even when a Call-ID comes back."""
-    day = time.strftime("%Y/%m/%d", time.gmtime(when))
-    safe = "".join(c if c in SAFE_CHARS else "_" for c in call_id)[:80] or "call"
-    return root / day / f"{safe}-{secrets.token_hex(4)}"
 
 
 def is_siprec(invite: SipMessage) -> bool:

@@ -35,7 +35,7 @@ class TapeOutbox:
     def __init__(self, pipeline: Pipeline, *, scan_s: float = SCAN_S) -> None:
         self.pipeline = pipeline
         self._scan_s = scan_s
-        self._tapes = pipeline.ctx.config.data_dir / "tapes"
+        self._tapes = pipeline.ctx.config.tapes_dir
         # per tape: (failures so far, monotonic time of the next try)
         self._retry: dict[Path, tuple[int, float]] = {}
         self._stop = threading.Event()

@@ -266,7 +266,7 @@ def pending_tapes(tapes_dir: Path, min_age_s: float = 2.0, bad: list[tuple[Path,
     if not tapes_dir.is_dir():
         return found
     newest = time.time() - min_age_s
-    for meta in sorted(tapes_dir.glob(f"[0-9]*/*/*/*/{tape.META_FILE}")):
+    for meta in tape.info_files(tapes_dir):
         try:
             if meta.stat().st_mtime > newest:
                 continue

@@ -37,7 +37,7 @@ from callrec.errors import CallrecError
 from callrec.files import rtpengine, tape
 from callrec.files.pcap import CaptureReader
 from callrec.models import CallInfo
-from callrec.recorder.session import SAFE_CHARS
+from callrec.names import SAFE_CHARS, safe_name
 from callrec.service.pipeline import Pipeline
 
 log = logging.getLogger("callrec.rtpengine_spool")
@@ -53,8 +53,6 @@ STAGING_DIR = ".rtpengine"
 GRACE_S = 10.0
 FIRST_RETRY_S = 1.0
 MAX_RETRY_S = 60.0
-# the longest Call-ID part kept in a tape folder's name
-MAX_NAME_PART = 80
 
 
 def check_spools(spools: Sequence[Path], what: str = "--rtpengine-spool") -> None:
@@ -76,17 +74,11 @@ def tape_name(metadata: Path) -> str:
     character outside ``[A-Za-z0-9._-]`` (a Call-ID's ``%40``) or is too long, those become ``_`` and a
     digest of the whole name replaces the tail, so two recordings never share a name."""
     stem = metadata.name.removeprefix(rtpengine.META_PREFIX).removesuffix(".txt")
-    if len(stem) <= MAX_NAME_PART + 20 and all(c in SAFE_CHARS for c in stem) and stem[:1] not in ("", "."):
+    if len(stem) <= tape.NAME_CALL_ID_CHARS + 20 and all(c in SAFE_CHARS for c in stem) and stem[:1] not in ("", "."):
         return stem
     call_part = stem.rpartition("-")[0] or stem
-    safe = "".join(c if c in SAFE_CHARS else "_" for c in call_part)[:MAX_NAME_PART].lstrip(".") or "call"
+    safe = safe_name(call_part, limit=tape.NAME_CALL_ID_CHARS, dots="strip", empty="call")
     return f"{safe}-{hashlib.sha256(stem.encode()).hexdigest()[:16]}"
-
-
-def tape_folder(tapes_dir: Path, name: str, started_at: float | None) -> Path:
-    """``tapes_dir/YYYY/MM/DD/name``, the day the call started (UTC), as SIPREC tapes are laid out."""
-    day = time.strftime("%Y/%m/%d", time.gmtime(started_at if started_at is not None else time.time()))
-    return tapes_dir / day / name
 
 
 @dataclass(slots=True)
@@ -245,7 +237,7 @@ class SpoolWatcher:
         if self.pipeline is not None:
             with self.pipeline.ctx.sessions() as s:
                 return queries.call_by_tape(s, name) is not None
-        return any(tape.is_tape(p) for p in self.tapes_dir.glob(f"[0-9]*/*/*/{name}"))
+        return any(tape.is_tape(p) for p in tape.find_named(self.tapes_dir, name))
 
     def _read(self, metadata: Path) -> tuple[rtpengine.SpoolRecording, CallInfo]:
         """The recording and its call; ``Damaged`` when its files are not an rtpengine recording."""
@@ -269,7 +261,8 @@ class SpoolWatcher:
 
     def _write(self, rec: rtpengine.SpoolRecording, info: CallInfo, name: str) -> Path:
         """The tape folder, whole and on disk (fsynced) under its final name; one written before is kept."""
-        folder = tape_folder(self.tapes_dir, name, info.started_at)
+        # in the day folder of the day the call started (UTC), as SIPREC tapes are laid out
+        folder = tape.tape_folder(self.tapes_dir, info.started_at if info.started_at is not None else time.time(), name)
         if tape.is_tape(folder):
             return folder  # written by an earlier round that did not get to clear the spool
         staging = self.tapes_dir / STAGING_DIR / name

@@ -9,13 +9,12 @@ template renders and outside it: whatever a domain's templates say, its keys nev
 
 from __future__ import annotations
 
-import hashlib
-import re
 import string
 from datetime import UTC, datetime
 
 from callrec.config import ConfigError
 from callrec.errors import StorageError
+from callrec.names import safe_name
 from callrec.storage.base import check_key
 
 DEFAULT_RECORDING_TEMPLATE = "recordings/{domain}/{yyyy}/{mm}/{dd}/{call_id}-{recording_id}.{ext}"
@@ -29,7 +28,6 @@ KINDS = ("recording", "tape")
 UNIQUE_FIELDS = {"recording": ("recording_id", "call_id"), "tape": ("tape",)}
 # longer values are cut and given a hash suffix, so they stay unique and fit one path segment
 MAX_VALUE_CHARS = 128
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
 # the first segment of every domain's keys (keys stored before it existed keep their old form)
 DOMAIN_PREFIX = "d/"
 _SAMPLE = {name: "x" for name in FIELDS} | {"yyyy": "2024", "mm": "01", "dd": "02", "hh": "03"}
@@ -83,14 +81,9 @@ def sanitise(value: object) -> str:
 
     None counts as empty; anything else is taken as ``str(value)``.
     """
-    value = "" if value is None else str(value)
-    text = _UNSAFE.sub("_", value)
-    if len(text) > MAX_VALUE_CHARS:
-        suffix = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        text = f"{text[: MAX_VALUE_CHARS - 17]}-{suffix}"
     # "." and ".." would be path steps; a leading "." is refused in keys
-    stripped = text.lstrip(".")
-    return "_" * (len(text) - len(stripped)) + stripped if text else "_"
+    text = "" if value is None else str(value)
+    return safe_name(text, extra="@+=", limit=MAX_VALUE_CHARS, digest=True, dots="escape")
 
 
 def _check_path(template: str, kind: str) -> None:
