@@ -96,11 +96,7 @@ def search_calls(
         aliased = select(CallAlias.call_id).where(CallAlias.value == call_id)
         query = query.where(or_(Call.sip_call_id == call_id, Call.id.in_(aliased)))
     if state is not None:
-        current = (
-            select(Recording.state).where(Recording.call_id == Call.id)
-            .order_by(Recording.created_at.desc(), Recording.id.desc()).limit(1).scalar_subquery()
-        )  # fmt: skip
-        query = query.where(current == state)
+        query = query.where(queries.current_state() == state)
     if cursor is not None:
         query = _after(query, cursor)
     with service.ctx.sessions() as s:

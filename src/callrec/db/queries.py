@@ -8,12 +8,12 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ScalarSelect, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from callrec.config import ConfigError
-from callrec.db.schema import ApiKey, Call, CallAlias, Domain, Party, RetentionRuleRow, StreamRow
+from callrec.db.schema import ApiKey, Call, CallAlias, Domain, Party, Recording, RetentionRuleRow, StreamRow
 from callrec.models import CallInfo
 from callrec.service.domain_settings import DomainSettings
 
@@ -252,3 +252,21 @@ def call_from_info(
             for s in info.streams
         ]
     return call
+
+
+# --- recordings -------------------------------------------------------------------------------------
+# A call's current recording is the one made last (a re-mix replaces the first), ties broken by id: the
+# same order in Python over a call's loaded recordings (newest) and in SQL (current_state).
+
+
+def newest(call: Call) -> Recording | None:
+    """The call's current recording (None before it has one)."""
+    return max(call.recordings, key=lambda r: (r.created_at, r.id), default=None)
+
+
+def current_state() -> ScalarSelect[str]:
+    """SQL for the state of the current recording of the ``Call`` row of the enclosing query (NULL when none)."""
+    return (
+        select(Recording.state).where(Recording.call_id == Call.id)
+        .order_by(Recording.created_at.desc(), Recording.id.desc()).limit(1).scalar_subquery()
+    )  # fmt: skip

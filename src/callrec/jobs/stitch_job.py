@@ -10,13 +10,13 @@ import hashlib
 import logging
 from datetime import UTC, datetime
 
+from callrec.db.queries import newest
 from callrec.db.schema import COMPLETED, DELETED, FAILED, QUEUED, STORING, Stitch
 from callrec.errors import OutputError, StorageError, Transient
 from callrec.jobs import stitch_audio
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Placement, stitch
 from callrec.service import leased
-from callrec.service.cards import newest
 from callrec.service.context import Context
 from callrec.service.leased import LeaseLost
 from callrec.service.pipeline import Pipeline

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from callrec.db.queries import newest
 from callrec.db.schema import Call, Link, Recording
 from callrec.service import links as link_rules
 
@@ -34,11 +35,6 @@ def link_json(link: Link, now: datetime) -> dict[str, Any]:
         "state": link_rules.state_of(link, now), "created_at": link.created_at, "expires_at": link.expires_at,
         "revoked_at": link.revoked_at, "last_used_at": link.last_used_at, "uses": link.uses,
     }  # fmt: skip
-
-
-def newest(call: Call) -> Recording | None:
-    """The call's current recording: the one made last (a re-mix replaces the first)."""
-    return max(call.recordings, key=lambda r: (r.created_at, r.id), default=None)
 
 
 def call_card(

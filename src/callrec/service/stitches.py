@@ -33,7 +33,6 @@ from callrec.db.schema import (
 )  # fmt: skip
 from callrec.errors import NotFound
 from callrec.service import leased
-from callrec.service.cards import newest
 from callrec.service.context import Context
 from callrec.service.domain_settings import DomainSettings
 from callrec.service.queue import JobQueue
@@ -76,7 +75,7 @@ def signature(calls: list[Call], settings: DomainSettings) -> str:
     """What the stitch is made from: each member's current recording and the output settings."""
     parts: list[Any] = [settings.format, settings.codec, settings.bitrate, settings.rate]
     for call in calls:
-        rec = newest(call)
+        rec = queries.newest(call)
         done = rec.completed_at.isoformat() if rec is not None and rec.completed_at else ""
         parts.append([call.id, rec.id if rec else "", rec.state if rec else "", done])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
@@ -84,7 +83,7 @@ def signature(calls: list[Call], settings: DomainSettings) -> str:
 
 def pending(calls: list[Call]) -> int:
     """How many members are not finished yet (recording, or their recording still being made)."""
-    return sum(1 for c in calls if (r := newest(c)) is not None and r.state in PENDING)
+    return sum(1 for c in calls if (r := queries.newest(c)) is not None and r.state in PENDING)
 
 
 def customer_json(calls: list[Call]) -> dict[str, str]:
