@@ -20,7 +20,8 @@ import pytest
 
 from callrec import offline
 from callrec.media.lane import Block, LaneRun
-from callrec.media.timeline import Pending, SsrcTimeline
+from callrec.media.playout import Pending
+from callrec.media.timeline import SsrcTimeline
 from callrec.wire.sdp import RtpMap
 from tests.support import synth
 from tests.support.audio import decode, need, windows, xcorr

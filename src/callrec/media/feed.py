@@ -10,6 +10,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 from callrec.media.lane import ByteRows, FloatArray, IntArray
+from callrec.media.seq import seq_steps
 from callrec.media.timeline import SsrcTimeline
 from callrec.wire.sdp import RtpMap
 
@@ -45,7 +46,7 @@ class StreamFeed:
         self._start, self._length = start, length
         self._data, self._buf = data, buf
         self._codec_of = codec_of
-        breaks = ((seq[1:] - seq[:-1]) & 0xFFFF != 1) | (pt[1:] != pt[:-1]) | (length[1:] != length[:-1])
+        breaks = (seq_steps(seq) != 1) | (pt[1:] != pt[:-1]) | (length[1:] != length[:-1])
         self._run_ends = [*(np.flatnonzero(breaks) + 1).tolist(), len(seq)]
         self.done = 0  # packets pushed or taken
         self._plan_start = 0

@@ -25,7 +25,8 @@ from callrec.media.codecs.base import Decoder, PcmArray
 from callrec.wire.sdp import RtpMap
 
 if TYPE_CHECKING:
-    from callrec.media.timeline import Pending, Segment
+    from callrec.media.anchor import Segment
+    from callrec.media.playout import Pending
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -288,15 +289,3 @@ def jitter_course(
                 peak = jitter
         transit = t
     return transit, jitter, peak
-
-
-def extend_timestamps(ts: IntArray, reference: int) -> IntArray:
-    """Extended timestamps of an in-order run: each is unwrapped next to the one before, the first next
-    to ``reference``."""
-    steps = np.empty(len(ts), np.int64)
-    steps[0] = ts[0] - (reference & 0xFFFFFFFF)
-    steps[1:] = np.diff(ts)
-    steps &= 0xFFFFFFFF
-    steps[steps >= 0x80000000] -= 0x100000000
-    extended: IntArray = reference + np.cumsum(steps)
-    return extended

@@ -29,9 +29,11 @@ from callrec.errors import ParseError, UnsupportedCodec
 from callrec.media.codecs import decoder_for
 from callrec.media.codecs.base import Decoder, PcmArray
 from callrec.media.lane import LaneRun
+from callrec.media.playout import Run
 from callrec.media.resample import StreamResampler
 from callrec.media.speech import SpeechMeter
-from callrec.media.timeline import Run, SsrcTimeline, StreamStats
+from callrec.media.streamstats import StreamStats
+from callrec.media.timeline import SsrcTimeline
 from callrec.models import CallInfo
 from callrec.wire.sdp import RtpMap
 
