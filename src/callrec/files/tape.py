@@ -21,6 +21,8 @@ log = logging.getLogger("callrec.tape")
 
 MEDIA_FILE = "media.pcap"
 META_FILE = "call.json"
+# every file of a tape (what storage keeps under a tape's key)
+FILES = (MEDIA_FILE, META_FILE)
 # under the data folder: tapes that cannot be read, moved out of the way of the outbox and recovery
 QUARANTINE_DIR = "quarantine"
 # where a tape lies under the tapes folder (DATA/tapes): a folder for the day (UTC) its call started, then

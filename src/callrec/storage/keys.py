@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 
 from callrec.config import ConfigError
 from callrec.errors import StorageError
+from callrec.files import tape
 from callrec.names import safe_name
 from callrec.storage.base import check_key
 
 DEFAULT_RECORDING_TEMPLATE = "recordings/{domain}/{yyyy}/{mm}/{dd}/{call_id}-{recording_id}.{ext}"
 # a folder prefix: the tape's files (TAPE_FILES) go under it
 DEFAULT_TAPE_TEMPLATE = "tapes/{domain}/{yyyy}/{mm}/{dd}/{tape}"
-TAPE_FILES = ("media.pcap", "call.json")
+TAPE_FILES = tape.FILES
 FIELDS = ("domain", "call_id", "recording_id", "interaction", "direction", "yyyy", "mm", "dd", "hh", "ext", "tape")
 TIME_FIELDS = ("yyyy", "mm", "dd", "hh")
 KINDS = ("recording", "tape")
