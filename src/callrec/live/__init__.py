@@ -1,0 +1,5 @@
+"""Live passive capture: an interface read through the kernel's packet ring (issue 16, item 1).
+
+``ring`` reads the interface (AF_PACKET TPACKET_V3 with a BPF filter compiled by ``bpf``); ``frames`` turns
+each block of frames into the ``Datagram`` / ``UdpBlock`` items the capture file readers give.
+"""
