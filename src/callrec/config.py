@@ -9,7 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callrec.errors import CallrecError
+# ConfigError lives in the exception tree; it is named here too, where settings are read
+from callrec.errors import ConfigError as ConfigError
 
 DEFAULT_SIP_PORT = 5060
 DEFAULT_RTP_PORTS = (30000, 39999)
@@ -22,10 +23,6 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 MIN_SESSIONS_PER_SOURCE = 16
 # under the data folder: the tapes (recorder, rtpengine spool, uploads), laid out as files/tape.py says
 TAPES_DIR = "tapes"
-
-
-class ConfigError(CallrecError):
-    """A setting has a value callrec cannot use; the message names the setting."""
 
 
 @dataclass(slots=True)

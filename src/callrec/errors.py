@@ -9,6 +9,10 @@ class CallrecError(Exception):
     """Root of every error callrec raises on purpose."""
 
 
+class ConfigError(CallrecError):
+    """A setting has a value callrec cannot use; the message names the setting."""
+
+
 class ParseError(CallrecError, ValueError):
     """A wire format or file could not be parsed; the message is one exact sentence."""
 

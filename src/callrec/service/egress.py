@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpcore
 import httpx
 
-from callrec.config import ConfigError
-from callrec.errors import EgressRefused, Refused
+from callrec.errors import ConfigError, EgressRefused, Refused
 
 if TYPE_CHECKING:
     from callrec.service.domain_settings import DomainSettings
