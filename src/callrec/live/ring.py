@@ -139,8 +139,8 @@ def frames_of_block(buf: bytes, first: int, count: int) -> FrameBatch:
     sec, nsec = words[w + 1].astype(np.int64), words[w + 2].astype(np.float64)
     status = words[w + 5]
     mac = (words[w + 6] & 0xFFFF) if LITTLE_ENDIAN else (words[w + 6] >> 16)  # tp_mac, the u16 before tp_net
-    tci = words[w + 8] & 0xFFFF
-    vlan = np.where(status & TP_STATUS_VLAN_VALID, tci & 0x0FFF, -1).astype(np.int64)
+    tci = (words[w + 8] & 0x0FFF).astype(np.int64)
+    vlan = np.where(status & TP_STATUS_VLAN_VALID, tci, -1)
     return FrameBatch(
         buf, at + mac.astype(np.int64), words[w + 3].astype(np.int64), words[w + 4].astype(np.int64),
         sec + nsec * 1e-9, vlan,

@@ -1,0 +1,213 @@
+"""The live ring reader on a veth pair: exactly the frames the BPF filter takes, in order, with their kernel
+timestamps, decoded as the capture file readers decode; the drop counter; stopping; bad settings.
+
+The sender runs in its own network namespace (``conftest.Veth``); the reader reads the veth end in the test's
+namespace. Tests of the settings alone need no root.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from callrec.config import ConfigError
+from callrec.files.pcap import UdpBlock
+from callrec.live.bpf import compile_filter, instructions
+from callrec.live.frames import FrameDecoder
+from callrec.live.ring import FrameBatch, RingReader
+from callrec.wire.netparse import PROTO_UDP, Datagram, pack_addr
+from tests.live.conftest import Veth
+
+PORT = 40000
+READ_TIMEOUT_S = 15.0
+POLL_S = 0.1
+# a kernel timestamp may sit a little before time.time() read just before sending (clock granularity)
+TS_SLACK_S = 0.5
+
+
+def read_datagrams(ring: RingReader, decoder: FrameDecoder, want: int) -> list[Datagram]:
+    """Read until ``want`` datagrams came (or READ_TIMEOUT_S passed), then a little longer to catch extras."""
+    got: list[Datagram] = []
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    for _ in range(int(READ_TIMEOUT_S / POLL_S) + 10):
+        if len(got) >= want or time.monotonic() > deadline:
+            break
+        batch = ring.read(POLL_S)
+        if batch is not None:
+            got += decoder.datagrams(batch)
+    for _ in range(3):  # a few more block timeouts: nothing else may come
+        batch = ring.read(POLL_S)
+        if batch is not None:
+            got += decoder.datagrams(batch)
+    return got
+
+
+def check_times(got: list[Datagram], before: float, after: float) -> None:
+    times = [d.ts for d in got]
+    assert times == sorted(times)
+    assert before - TS_SLACK_S <= times[0] and times[-1] <= after + TS_SLACK_S
+
+
+def test_the_ring_gives_exactly_what_the_filter_takes_in_order(veth: Veth) -> None:
+    total = 3000
+    code = f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range({total}):
+    s.sendto(b"%06d" % i + bytes(166), ({veth.ip!r}, {PORT} if i % 3 != 2 else {PORT + 1}))
+"""
+    want = [i for i in range(total) if i % 3 != 2]
+    with RingReader(veth.interface, f"udp and dst port {PORT}", block_size=1 << 16, block_count=64,
+                    retire_ms=20) as ring:  # fmt: skip
+        decoder = FrameDecoder(ring.linktype)
+        before = time.time()
+        veth.send(code)
+        after = time.time()
+        got = read_datagrams(ring, decoder, len(want))
+        kernel = ring.kernel_stats()
+    assert [int(d.payload[:6]) for d in got] == want
+    assert {(d.proto, d.src, d.dst, d.dport, len(d.payload)) for d in got} == {
+        (PROTO_UDP, pack_addr(veth.peer_ip), pack_addr(veth.ip), PORT, 172)
+    }
+    check_times(got, before, after)
+    assert (kernel.packets, kernel.drops, kernel.freezes) == (len(want), 0, 0)
+    assert decoder.stats["packets"] == decoder.stats["datagrams"] == len(want)
+    assert decoder.stats["malformed"] == 0
+
+
+def test_ipv6_and_fragments_go_through_the_general_decoder_in_order(veth: Veth) -> None:
+    code = f"""
+import socket
+v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for i in range(60):
+    size = 3000 if i % 5 == 4 else 40
+    body = b"%06d" % i + bytes([i]) * (size - 6)
+    if i % 2:
+        v6.sendto(body, ({veth.ip6!r}, {PORT}))
+    else:
+        v4.sendto(body, ({veth.ip!r}, {PORT}))
+    v4.sendto(b"excluded", ({veth.ip!r}, 9))
+"""
+    sent = [(i % 2, b"%06d" % i + bytes([i]) * ((3000 if i % 5 == 4 else 40) - 6)) for i in range(60)]
+    with RingReader(veth.interface, "udp and not dst port 9", block_size=1 << 16, block_count=16,
+                    retire_ms=20) as ring:  # fmt: skip
+        decoder = FrameDecoder(ring.linktype)
+        before = time.time()
+        veth.send(code)
+        after = time.time()
+        got = read_datagrams(ring, decoder, len(sent))
+        kernel = ring.kernel_stats()
+    assert [(len(d.src) == 16, d.payload) for d in got] == sent
+    assert {(d.src, d.dst) for d in got} == {
+        (pack_addr(veth.peer_ip), pack_addr(veth.ip)), (pack_addr(veth.peer_ip6), pack_addr(veth.ip6))
+    }
+    check_times(got, before, after)
+    assert kernel.drops == 0
+    assert decoder.stats["reassembled"] == 12  # every fifth datagram, 3000 bytes, in fragments
+    assert decoder.stats["malformed"] == 0
+
+
+def test_plain_ipv4_udp_comes_as_blocks_of_the_mixers_kind(veth: Veth) -> None:
+    code = f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(200):
+    s.sendto(b"%06d" % i, ({veth.ip!r}, {PORT}))
+"""
+    with RingReader(veth.interface, f"udp port {PORT}", block_size=1 << 20, block_count=4, retire_ms=20) as ring:
+        decoder = FrameDecoder(ring.linktype)
+        veth.send(code)
+        batches: list[FrameBatch] = []
+        for _ in range(int(READ_TIMEOUT_S / POLL_S)):
+            batch = ring.read(POLL_S)
+            if batch is not None:
+                batches.append(batch)
+            if sum(map(len, batches)) >= 200:
+                break
+    items = [item for batch in batches for item in decoder.items(batch)]
+    assert items and all(type(item) is UdpBlock for item in items)
+    payloads = [item.datagram(i).payload for item in items if isinstance(item, UdpBlock) for i in range(len(item))]
+    assert payloads == [b"%06d" % i for i in range(200)]
+    frames = [frame for batch in batches for _, frame in batch.frames()]
+    assert len(frames) == 200 and all(frame.endswith(b"%06d" % i) for i, frame in enumerate(frames))
+    assert all((batch.vlan == -1).all() and (batch.caplen == batch.wirelen).all() for batch in batches)
+
+
+def test_the_drop_counter_counts_what_a_full_ring_loses(veth: Veth) -> None:
+    total = 500
+    code = f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range({total}):
+    s.sendto(b"%06d" % i + bytes(200), ({veth.ip!r}, {PORT}))
+"""
+    # two one-page blocks hold a few dozen of these frames: the rest is lost while nobody reads
+    with RingReader(veth.interface, f"udp and dst port {PORT}", block_size=4096, block_count=2,
+                    retire_ms=20) as ring:  # fmt: skip
+        decoder = FrameDecoder(ring.linktype)
+        veth.send(code)
+        got = read_datagrams(ring, decoder, total)
+        kernel = ring.kernel_stats()
+    assert 0 < len(got) < total
+    assert kernel.drops > 0 and kernel.freezes > 0
+    assert kernel.packets == total == len(got) + kernel.drops
+    numbers = [int(d.payload[:6]) for d in got]
+    assert numbers == sorted(numbers) and numbers[0] == 0
+
+
+def test_the_reader_stops_when_told_and_closes_once(veth: Veth) -> None:
+    ring = RingReader(veth.interface, "udp", block_size=1 << 16, block_count=4, retire_ms=20)
+    stop = threading.Event()
+    timer = threading.Timer(0.3, stop.set)
+    try:
+        timer.start()
+        assert list(ring.batches(stop, poll_s=POLL_S)) == []
+        assert stop.is_set()
+    finally:
+        timer.cancel()
+        ring.close()
+    ring.close()
+    assert ring.read(POLL_S) is None
+    assert list(ring.batches(threading.Event())) == []
+    assert ring.kernel_stats().drops == 0
+
+
+# -- settings: no root needed ------------------------------------------------------------------------
+
+
+def one_sentence(message: str) -> bool:
+    return message.endswith(".") and "\n" not in message and ". " not in message[:-1]
+
+
+@pytest.mark.parametrize("use_libpcap", [True, False], ids=["libpcap", "tcpdump"])
+@pytest.mark.parametrize("expression", ["udp and", "port 99999", "udp port sip and host"])
+def test_a_bad_filter_is_one_sentence(expression: str, use_libpcap: bool) -> None:
+    with pytest.raises(ConfigError) as caught:
+        compile_filter(expression, use_libpcap=use_libpcap)
+    message = str(caught.value)
+    assert message.startswith(f"capture filter {expression!r} is not valid: ") and one_sentence(message)
+
+
+def test_a_bad_filter_stops_the_reader_before_it_opens_anything() -> None:
+    with pytest.raises(ConfigError, match="capture filter 'udp and' is not valid: syntax error"):
+        RingReader("lo", "udp and")
+
+
+@pytest.mark.parametrize("expression", ["udp", "udp and dst port 40000", "ip6 or (vlan and udp)", "tcp port 5060"])
+def test_libpcap_and_tcpdump_compile_the_same_program(expression: str) -> None:
+    program = compile_filter(expression)
+    assert program == compile_filter(expression, use_libpcap=False)
+    code, _, _, snaplen = instructions(program)[-1]
+    assert code == 0x06 and snaplen == 0  # the last instruction rejects; accepting returns the snap length
+
+
+def test_bad_ring_settings_name_what_is_wrong() -> None:
+    with pytest.raises(ConfigError, match="there is no network interface of that name"):
+        RingReader("no-such-if0")
+    with pytest.raises(ConfigError, match="is not a power of two"):
+        RingReader("lo", block_size=3 << 20)
+    with pytest.raises(ConfigError, match="at least one block"):
+        RingReader("lo", block_count=0)
