@@ -78,9 +78,15 @@ class SrtpDecryptor:
                 return None
         try:
             return session.unprotect(packet)
-        except (Error, ValueError, TypeError) as exc:
+        except (Error, ValueError) as exc:
             self._count(exc)
             return None
+        except TypeError:
+            # pylibsrtp takes bytes only; a bytearray or memoryview is copied once, on this slow path
+            if isinstance(packet, bytes):
+                self.other += 1
+                return None
+            return self.unprotect(bytes(packet))
 
     def unprotect_rtcp(self, packet: bytes) -> bytes | None:
         """The RTCP compound packet inside an SRTCP packet, or None (counted) when it cannot be had."""
@@ -91,9 +97,15 @@ class SrtpDecryptor:
                 return None
         try:
             return session.unprotect_rtcp(packet)
-        except (Error, ValueError, TypeError) as exc:
+        except (Error, ValueError) as exc:
             self._count(exc)
             return None
+        except TypeError:
+            # pylibsrtp takes bytes only; a bytearray or memoryview is copied once, on this slow path
+            if isinstance(packet, bytes):
+                self.other += 1
+                return None
+            return self.unprotect_rtcp(bytes(packet))
 
     def unprotect_any(self, packet: bytes) -> bytes | None:
         """``unprotect`` or ``unprotect_rtcp``, chosen as RFC 5761 demultiplexes RTP and RTCP on one port."""
