@@ -18,7 +18,7 @@ import pytest
 
 from callrec.files import tape
 from callrec.files.pcap import CaptureReader
-from callrec.recorder import recorder as recorder_module
+from callrec.recorder import table as table_module
 from tests.support.recorder_proc import RecorderProcess
 from tests.support.sipclient import (
     METADATA,
@@ -114,7 +114,7 @@ def test_session_limit_gets_503_and_the_running_session_keeps_recording(data: Pa
 
 
 def test_low_disk_gets_503_and_the_running_session_keeps_recording(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(recorder_module, "DISK_CHECK_S", 0.0)
+    monkeypatch.setattr(table_module, "DISK_CHECK_S", 0.0)
     cfg = recorder_config(data)
     with RecorderThread(cfg) as rec, SipClient(rec.address) as sip:
         first = Dialog(sip)
@@ -385,7 +385,7 @@ def test_cancel_while_the_invite_proceeds_gets_200_and_487_and_leaves_no_tape(
         slow.release()
         wait_for(lambda: rec.session_count() == 0, what="the cancelled session to go")
         assert sip.responses_within(0.2) == []  # no 200 OK after the 487
-        wait_for(lambda: not rec.call(lambda: rec.recorder._pending), what="tape creation to finish")
+        wait_for(lambda: not rec.call(lambda: rec.recorder.table.pending), what="tape creation to finish")
         rec.stop()
     assert tapes(data) == []
     assert rec.recorder.stats.closed == {"cancel": 1}

@@ -528,7 +528,7 @@ def run_call_with_junk(rec: RecorderThread, junk: list[bytes], real: int, rng: r
     Each datagram comes from the source the SRC's SDP advertised for the port it goes to (RTP on the
     offer's port, RTCP on the one above): from anywhere else it would be dropped as foreign whatever its
     shape (see test_recorder_isolation)."""
-    dropped_before = rec.call(lambda: rec.recorder._media.dropped)  # type: ignore[union-attr]
+    dropped_before = rec.call(lambda: rec.recorder.streams.receiver.dropped)  # type: ignore[union-attr]
     base = free_udp_block(4, 20000, 60000)
     sources = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
     try:
@@ -561,7 +561,7 @@ def run_call_with_junk(rec: RecorderThread, junk: list[bytes], real: int, rng: r
     finally:
         for sock in sources:
             sock.close()
-    dropped = rec.call(lambda: rec.recorder._media.dropped) - dropped_before  # type: ignore[union-attr]
+    dropped = rec.call(lambda: rec.recorder.streams.receiver.dropped) - dropped_before  # type: ignore[union-attr]
     return folder, expected, dropped
 
 
@@ -619,13 +619,13 @@ def test_a_datagram_too_long_to_receive_is_counted_as_dropped(rec: RecorderThrea
     with SipClient(rec.address) as sip:
         dialog = Dialog(sip)
         port = answered_ports(dialog.call())[0]
-        before = rec.call(lambda: rec.recorder._media.received + rec.recorder._media.dropped)  # type: ignore[union-attr]
+        before = rec.call(lambda: rec.recorder.streams.receiver.received + rec.recorder.streams.receiver.dropped)  # type: ignore[union-attr]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stray:
             stray.sendto(b"\x80" + random.Random(5).randbytes(64_999), ("127.0.0.1", port))
             stray.sendto(b"\x00" * 9000, ("127.0.0.1", port))
         assert dialog.bye().status == 200
         rec.wait_closed()
-        after = rec.call(lambda: rec.recorder._media.received + rec.recorder._media.dropped)  # type: ignore[union-attr]
+        after = rec.call(lambda: rec.recorder.streams.receiver.received + rec.recorder.streams.receiver.dropped)  # type: ignore[union-attr]
     assert after - before == 2
 
 

@@ -243,7 +243,7 @@ def test_a_source_offering_many_streams_cannot_take_every_port(data: Path) -> No
         status, reason, _ = invite_status(greedy, sdp=siprec_sdp([40000 + 2 * i for i in range(6)]))
         assert (status, reason) == (503, "Service Unavailable: this source holds its share of the RTP ports")
         assert rec.session_count() == 0
-        assert rec.call(lambda: rec.recorder._ports.in_use) == 0, "the refused session's ports are given back"
+        assert rec.call(lambda: rec.recorder.streams.ports.in_use) == 0, "the refused session's ports are given back"
         theirs = Dialog(other)
         theirs.call()
         assert theirs.bye().status == 200

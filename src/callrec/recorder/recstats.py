@@ -3,7 +3,8 @@
 The recorder (``callrec record``, or the recorder child of ``callrec serve``) is a process of its own; the
 API that answers ``/metrics`` reads its figures from ``DATA/recorder-stats.json``, which the recorder
 rewrites (atomically) about once a second while they change. The figures count from the recorder's start:
-they are Prometheus counters, which may reset when the recorder restarts.
+they are Prometheus counters, which may reset when the recorder restarts. ``RecorderStats`` holds the
+recorder's own tallies (sessions, SIP messages refused or failed, tapes recovered, closes by reason).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STATS_FILE = "recorder-stats.json"
@@ -26,6 +28,17 @@ COUNTERS = {
     "callrec_recorder_streams_latched": "streams latched to a source other than the one the SRC's SDP "
     "advertised (NAT, asymmetric RTP)",
 }
+
+
+@dataclass(slots=True)
+class RecorderStats:
+    sessions_total: int = 0
+    sessions_rejected: int = 0
+    sip_bad: int = 0
+    sip_dropped: int = 0
+    sip_errors: int = 0  # messages whose handling failed unexpectedly (a bug): see the log
+    tapes_recovered: int = 0
+    closed: dict[str, int] = field(default_factory=dict)
 
 
 def write(data_dir: Path, values: dict[str, int]) -> None:

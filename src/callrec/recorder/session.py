@@ -10,6 +10,7 @@ from callrec.config import RecorderConfig
 from callrec.files.tape import TapeWriter
 from callrec.models import CallInfo, Party, Stream
 from callrec.recorder.listener import Origin
+from callrec.recorder.sipuri import new_tag, route_set, target_uri
 from callrec.wire.sdp import SdpMedia
 from callrec.wire.sip import SipMessage, display_name, uri_user
 from callrec.wire.siprec import MetaParticipant, RecordingMetadata
@@ -69,6 +70,25 @@ class RecordingSession:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+
+def session_for(
+    invite: SipMessage, info: CallInfo, folder: Path, metadata: RecordingMetadata | None
+) -> RecordingSession:
+    """The session an accepted INVITE opens, with the dialog state RFC 3261 section 12.1.1 has the UAS keep."""
+    return RecordingSession(
+        call_id=invite.call_id,
+        remote_tag=invite.from_tag or "",
+        local_tag=new_tag(),
+        info=info,
+        folder=folder,
+        metadata=metadata,
+        remote_target=target_uri(invite.header("contact") or invite.header("from") or ""),
+        last_invite_cseq=invite.cseq[0],
+        local_uri=invite.header("to") or "",
+        remote_uri=invite.header("from") or "",
+        route_set=route_set(invite.header_all("record-route")),
+    )
 
 
 def is_siprec(invite: SipMessage) -> bool:
@@ -177,6 +197,26 @@ def build_answer(session: RecordingSession, address: str) -> bytes:
         # an SRC that stops sending (hold) is answered inactive; otherwise we only ever receive
         lines.append("a=recvonly" if offer.direction in ("sendonly", "sendrecv") else "a=inactive")
     return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def asked_domain(msg: SipMessage, metadata: RecordingMetadata | None, cfg: RecorderConfig) -> str:
+    """The domain an INVITE names: the configured SIP header, else the metadata's extension data."""
+    ext = metadata.extensions if metadata else {}
+    domain = msg.header(cfg.domain_header) or next((ext[k] for k in cfg.domain_keys if ext.get(k)), "")
+    return domain.strip()
+
+
+def label_call(session: RecordingSession, msg: SipMessage, domain: str, cfg: RecorderConfig) -> None:
+    """Domain (as the trust policy allowed it) and interaction id: from the configured SIP header, else
+    the metadata's extension data."""
+    info, ext = session.info, session.metadata.extensions if session.metadata else {}
+    interaction = msg.header(cfg.interaction_header) or next((ext[k] for k in cfg.interaction_keys if ext.get(k)), "")
+    if not interaction and session.metadata is not None:
+        interaction = session.metadata.group_id
+    info.domain = domain
+    info.interaction_id = interaction.strip()
+    if session.metadata is not None:
+        info.original_call_ids = list(session.metadata.call_ids)
 
 
 def recordable(media: SdpMedia) -> bool:
