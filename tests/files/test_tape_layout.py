@@ -13,6 +13,8 @@ def test_a_tape_lies_in_the_folder_of_the_day_its_call_started_utc(tmp_path: Pat
     assert tape.tape_folder(tmp_path, 0.0, "a-1") == tmp_path / "1970" / "01" / "01" / "a-1"
     late = datetime(2026, 3, 1, 23, 30, tzinfo=UTC).timestamp()
     assert tape.tape_folder(tmp_path, late, "b") == tmp_path / "2026/03/01/b"
+    days = [tmp_path / "2026/03/01", tmp_path / "2026/03", tmp_path / "2026"]
+    assert tape.day_folders(tmp_path, tape.tape_folder(tmp_path, late, "b")) == days
 
 
 def test_a_datetime_gives_the_same_day_as_its_unix_time(tmp_path: Path) -> None:

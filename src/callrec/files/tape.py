@@ -43,6 +43,12 @@ def tape_folder(tapes_dir: Path, when: float | datetime, name: str) -> Path:
     return tapes_dir / day / name
 
 
+def day_folders(tapes_dir: Path, folder: Path) -> list[Path]:
+    """The folders between ``tapes_dir`` and the tape ``folder`` in it (its day, month and year), innermost
+    first: what to fsync once a tape has appeared, so that it is on disk for good."""
+    return [tapes_dir / p for p in folder.relative_to(tapes_dir).parents if p != Path(".")]
+
+
 def new_name(call_id: str) -> str:
     """A recorded tape's name, ``<Call-ID made safe>-<8 random hex digits>``: unique even when a Call-ID
     comes back (the Call-ID part is at most ``NAME_CALL_ID_CHARS`` long, "call" when empty)."""

@@ -282,7 +282,7 @@ class SpoolWatcher:
             if not tape.is_tape(folder):
                 raise
             shutil.rmtree(staging, ignore_errors=True)  # another process put the same tape there first
-        for parent in (folder.parent, folder.parent.parent, folder.parent.parent.parent, staging.parent):
+        for parent in (*tape.day_folders(self.tapes_dir, folder), staging.parent):
             _fsync(parent)
         return folder
 
