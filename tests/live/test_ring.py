@@ -7,8 +7,10 @@ namespace. Tests of the settings alone need no root.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,6 +136,45 @@ for i in range(200):
     frames = [frame for batch in batches for _, frame in batch.frames()]
     assert len(frames) == 200 and all(frame.endswith(b"%06d" % i) for i, frame in enumerate(frames))
     assert all((batch.vlan == -1).all() and (batch.caplen == batch.wirelen).all() for batch in batches)
+
+
+def udp_frame(dst_mac: bytes, vlan: int, src: str, dst: str, payload: bytes) -> bytes:
+    """An Ethernet frame, 802.1Q-tagged unless ``vlan`` is -1, carrying one IPv4/UDP datagram."""
+    udp = struct.pack("!HHHH", 5004, PORT, 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, pack_addr(src), pack_addr(dst))
+    words = sum(struct.unpack("!10H", header))
+    words = (words & 0xFFFF) + (words >> 16)
+    header = header[:10] + struct.pack("!H", ~((words & 0xFFFF) + (words >> 16)) & 0xFFFF) + header[12:]
+    tag = struct.pack("!HH", 0x8100, vlan) if vlan >= 0 else b""
+    return dst_mac + bytes.fromhex("020000000002") + tag + b"\x08\x00" + header + udp
+
+
+def test_a_vlan_tag_the_kernel_took_off_is_kept_beside_the_frame(veth: Veth) -> None:
+    # tagged and untagged frames mixed, as a trunk mirrored to us gives them: the kernel moves the tag out of
+    # the frame before any capture sees it; the ring keeps it per frame and the frame decodes as untagged
+    mac = bytes.fromhex(Path(f"/sys/class/net/{veth.interface}/address").read_text().strip().replace(":", ""))
+    frames = [udp_frame(mac, 100 if i % 2 else -1, veth.peer_ip, veth.ip, b"%06d" % i) for i in range(20)]
+    code = f"""
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+s.bind(({veth.peer!r}, 0))
+for frame in {frames!r}:
+    s.send(frame)
+"""
+    with RingReader(veth.interface, f"udp and dst port {PORT}", block_size=1 << 16, block_count=4,
+                    retire_ms=20) as ring:  # fmt: skip
+        decoder = FrameDecoder(ring.linktype)
+        veth.send(code)
+        batches: list[FrameBatch] = []
+        for _ in range(int(READ_TIMEOUT_S / POLL_S)):
+            batch = ring.read(POLL_S)
+            if batch is not None:
+                batches.append(batch)
+            if sum(map(len, batches)) >= 20:
+                break
+    assert [v for batch in batches for v in batch.vlan.tolist()] == [100 if i % 2 else -1 for i in range(20)]
+    got = [d for batch in batches for d in decoder.datagrams(batch)]
+    assert [(d.payload, d.sport, d.dport) for d in got] == [(b"%06d" % i, 5004, PORT) for i in range(20)]
 
 
 def test_the_drop_counter_counts_what_a_full_ring_loses(veth: Veth) -> None:
