@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callrec.errors import ParseError
-from callrec.wire.siprec import MAX_METADATA_BYTES, MetaParticipant, RecordingMetadata
+from callrec.wire.siprec import MetaParticipant, RecordingMetadata
+from callrec.wire.siprec_xml import MAX_METADATA_BYTES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "siprec"
 NS = "urn:ietf:params:xml:ns:recording:1"
