@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from callrec.errors import ParseError
 from callrec.wire.sdes import (
@@ -332,3 +334,67 @@ def test_crypto_by_media_reads_each_section() -> None:
     assert sections[1].offers == () and sections[1].errors == ()
     assert sections[2].offers[0].suite == "AEAD_AES_128_GCM"
     assert choose_answer(sections[0].offers).answer.tag == 1
+
+
+def test_a_key_in_the_place_of_a_name_is_never_shown() -> None:
+    # a base64 key has no underscore; without + or / it looks like a name, yet is never echoed
+    bare = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk"
+    crypto = CryptoAttribute.parse(f"a=crypto:1 {bare} inline:{KEY}")
+    assert crypto.unsupported_reason is not None
+    assert crypto.unsupported_reason.startswith("an unknown crypto suite is not supported (callrec decrypts ")
+    crypto = CryptoAttribute.parse(f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY} {bare}")
+    assert crypto.unsupported_reason == "an unknown session parameter of a=crypto tag 1 is not supported"
+    for text in (repr(crypto), str(crypto)):
+        assert bare[:12] not in text and bare.upper()[:12] not in text
+
+
+def test_huge_numbers_are_refused_with_a_sentence() -> None:
+    with pytest.raises(ParseError, match="^the MKI value of a=crypto tag 1 does not fit in its 128 bytes$"):
+        CryptoAttribute.parse(f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}|{'9' * 5000}:128")
+    with pytest.raises(ParseError, match="^the KDR of a=crypto tag 1 is not a number from 0 to 24$"):
+        CryptoAttribute.parse(f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY} KDR={'1' * 5000}")
+    with pytest.raises(ParseError, match="^the key lifetime of a=crypto tag 1 is not a number or a power of 2$"):
+        CryptoAttribute.parse(f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}|2^{'1' * 5000}")
+    top = CryptoAttribute.parse(f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}|{2**1024 - 1}:128")
+    assert top.key.mki_bytes == b"\xff" * 128
+
+
+keys_st = st.sampled_from(sorted(LENGTHS)).flatmap(
+    lambda suite: st.tuples(st.just(suite), st.binary(min_size=LENGTHS[suite], max_size=LENGTHS[suite]))
+)
+
+
+@given(
+    keys_st,
+    st.integers(min_value=0, max_value=999_999_999),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=1 << 64)),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=8)),
+    st.data(),
+)
+def test_any_attribute_round_trips(
+    suite_key: tuple[str, bytes], tag: int, lifetime: int | None, mki_length: int | None, data: st.DataObject
+) -> None:
+    suite, key = suite_key
+    mki = None if mki_length is None else data.draw(st.integers(min_value=0, max_value=(1 << 8 * mki_length) - 1))
+    crypto = CryptoAttribute(tag, suite, (KeyParam(key, lifetime, mki, mki_length),), ("UNENCRYPTED_SRTCP",))
+    assert CryptoAttribute.parse(crypto.line()) == crypto
+    assert b64(key)[:12] not in repr(crypto)
+
+
+pieces = st.sampled_from(
+    ["a=crypto:", "1", " ", "AES_CM_128_HMAC_SHA1_80", "inline:", "|", ":", ";", "2^", "20", "=", "KDR", "x", "\t"]
+)
+
+
+@given(st.lists(pieces, max_size=14), st.integers(min_value=0, max_value=14), st.binary(min_size=12, max_size=60))
+def test_any_text_parses_or_gives_a_parse_error_without_the_key(pieces_: list[str], at: int, key: bytes) -> None:
+    secret = b64(key)
+    text = "".join(pieces_[:at]) + secret + "".join(pieces_[at:])
+    try:
+        crypto = CryptoAttribute.parse(text)
+    except ParseError as exc:
+        assert secret not in str(exc)
+        assert "\n" not in str(exc)
+        return
+    for shown in (repr(crypto), str(crypto), crypto.unsupported_reason or ""):
+        assert secret not in shown and secret.upper() not in shown

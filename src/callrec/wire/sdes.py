@@ -21,6 +21,10 @@ MAX_LIFETIME_POWER = 64
 _TAG = re.compile(r"[0-9]{1,9}")
 _NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+# names we echo in a reason: registered ones all have an underscore, which base64 keys never hold, so a key
+# that slipped into the suite's or a parameter's place is never shown
+_SHOWN_NAME = re.compile(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)+")
+_PARAM_NAMES = frozenset({"KDR", "WSH", "FEC_ORDER", "FEC_KEY"})
 
 
 @dataclass(frozen=True)
@@ -133,14 +137,15 @@ class CryptoAttribute:
     def unsupported_reason(self) -> str | None:
         """Why we cannot decrypt media sent under this attribute, or None when we can."""
         if self.suite not in SUITES:
-            shown = self.suite if _NAME.fullmatch(self.suite) else "unknown"
-            return f"crypto suite {shown} is not supported (callrec decrypts {', '.join(SUITES)})"
+            shown = f"crypto suite {self.suite}" if _SHOWN_NAME.fullmatch(self.suite) else "an unknown crypto suite"
+            return f"{shown} is not supported (callrec decrypts {', '.join(SUITES)})"
         for param in self.session_params:
             name = param.partition("=")[0]
             if name.startswith("-") or (name in _SUPPORTED_PARAMS) or param == "KDR=0":
                 continue
-            shown = name if _NAME.fullmatch(name) else "unknown"
-            return f"session parameter {shown} of a=crypto tag {self.tag} is not supported"
+            known = name in _PARAM_NAMES or _SHOWN_NAME.fullmatch(name)
+            shown = f"session parameter {name}" if known else "an unknown session parameter"
+            return f"{shown} of a=crypto tag {self.tag} is not supported"
         return None
 
     @property
@@ -325,10 +330,11 @@ def _mki(tag: int, text: str) -> tuple[int, int]:
         raise ParseError(f"the MKI of a=crypto tag {tag} is not <value>:<length in bytes>")
     if len(length_text) > 3 or not 1 <= int(length_text) <= MAX_MKI_LENGTH:
         raise ParseError(f"the MKI length of a=crypto tag {tag} is not from 1 to {MAX_MKI_LENGTH} bytes")
-    value, length = int(value_text), int(length_text)
-    if value.bit_length() > 8 * length:
+    length = int(length_text)
+    # 2^1024 has 309 digits: a longer value cannot fit, and int() of a huge string would refuse it anyway
+    if len(value_text) > 310 or int(value_text).bit_length() > 8 * length:
         raise ParseError(f"the MKI value of a=crypto tag {tag} does not fit in its {length} bytes")
-    return value, length
+    return int(value_text), length
 
 
 def _check_mkis(tag: int, keys: Iterable[KeyParam]) -> None:
@@ -345,7 +351,7 @@ def _check_mkis(tag: int, keys: Iterable[KeyParam]) -> None:
 
 def _check_session_param(tag: int, param: str) -> None:
     name, eq, value = param.partition("=")
-    if name == "KDR" and not (eq and value.isascii() and value.isdigit() and int(value) <= 24):
+    if name == "KDR" and not (eq and value.isascii() and value.isdigit() and len(value) <= 2 and int(value) <= 24):
         raise ParseError(f"the KDR of a=crypto tag {tag} is not a number from 0 to 24")
     if name == "WSH" and not (eq and value.isascii() and value.isdigit() and len(value) < 10 and int(value) >= 64):
         raise ParseError(f"the WSH of a=crypto tag {tag} is not a window size of at least 64")
