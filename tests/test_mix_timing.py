@@ -22,7 +22,7 @@ from callrec import offline
 from callrec.media.lane import Block, LaneRun
 from callrec.media.playout import Pending
 from callrec.media.timeline import SsrcTimeline
-from callrec.wire.sdp import RtpMap
+from callrec.models import RtpMap
 from tests.support import synth
 from tests.support.audio import decode, need, windows, xcorr
 

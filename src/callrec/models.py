@@ -1,4 +1,5 @@
-"""Call metadata shared by capture, tapes and the mixer (the content of a tape's ``call.json``)."""
+"""Call metadata shared by capture, tapes and the mixer (the content of a tape's ``call.json``), and what a
+payload type means: ``RtpMap`` and the static RFC 3551 payload types."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from callrec.errors import ParseError
-from callrec.wire.sdp import RtpMap
 
 PARTY_ROLES = ("caller", "callee", "participant")
 SOURCES = ("siprec", "pcap", "upload", "rtpengine")
@@ -17,6 +17,49 @@ MAX_CALL_IDS = 64
 MAX_PARTIES = 256
 MAX_STREAMS = 512
 MAX_RTPMAP = 128
+
+# RFC 3551 Table 4: static payload type -> (encoding name, RTP clock rate, channels)
+STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("PCMU", 8000, 1),
+    3: ("GSM", 8000, 1),
+    4: ("G723", 8000, 1),
+    5: ("DVI4", 8000, 1),
+    6: ("DVI4", 16000, 1),
+    7: ("LPC", 8000, 1),
+    8: ("PCMA", 8000, 1),
+    9: ("G722", 8000, 1),  # the clock stays 8000 although the audio is 16 kHz (RFC 3551 §4.5.2)
+    10: ("L16", 44100, 2),
+    11: ("L16", 44100, 1),
+    12: ("QCELP", 8000, 1),
+    13: ("CN", 8000, 1),
+    14: ("MPA", 90000, 1),
+    15: ("G728", 8000, 1),
+    16: ("DVI4", 11025, 1),
+    17: ("DVI4", 22050, 1),
+    18: ("G729", 8000, 1),
+}
+
+
+@dataclass(slots=True)
+class RtpMap:
+    """One payload type's codec: ``encoding/clock_rate[/channels]`` plus its fmtp parameters."""
+
+    encoding: str
+    clock_rate: int
+    channels: int = 1
+    fmtp: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoding}/{self.clock_rate}"
+
+
+def static_rtpmap(payload_type: int) -> RtpMap | None:
+    """The static RFC 3551 assignment of a payload type nobody negotiated, or None."""
+    static = STATIC_PAYLOAD_TYPES.get(payload_type)
+    if static is None:
+        return None
+    return RtpMap(static[0], static[1], static[2])
 
 
 @dataclass(slots=True)

@@ -26,16 +26,14 @@ import numpy as np
 from callrec.errors import OutputError
 from callrec.files import rtpengine, tape
 from callrec.files.pcap import CaptureReader, UdpBlock
-from callrec.media.codecs import STATIC_PAYLOAD_TYPES
 from callrec.media.encode import Mp3Writer, WavWriter, open_writer
 from callrec.media.feed import StreamFeed
 from callrec.media.mixer import CallMixer
 from callrec.media.timeline import SsrcTimeline
-from callrec.models import CallInfo
+from callrec.models import STATIC_PAYLOAD_TYPES, CallInfo, RtpMap
 from callrec.wire.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
 from callrec.wire.netparse import Datagram
 from callrec.wire.rtp import payload_offset
-from callrec.wire.sdp import RtpMap
 from callrec.wire.sip import StreamFramer
 
 _RTP_HEADER = struct.Struct("!BBHII")

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from callrec.files.tape import TapeWriter, is_tape, read_info
-from callrec.models import CallInfo, Party, Stream
-from callrec.wire.sdp import RtpMap
+from callrec.models import CallInfo, Party, RtpMap, Stream
 from tests.support import synth
 from tests.support.audio import decode, mix_json, need, windows, xcorr
 

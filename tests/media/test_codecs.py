@@ -30,10 +30,11 @@ import numpy.typing as npt
 import pytest
 
 from callrec.errors import ParseError, UnsupportedCodec
-from callrec.media.codecs import STATIC_PAYLOAD_TYPES, Decoder, decoder_for, is_audio
+from callrec.media.codecs import Decoder, decoder_for, is_audio
 from callrec.media.codecs.amr import storage_frames
 from callrec.media.codecs.g711 import ALAW_TABLE, ULAW_TABLE
 from callrec.media.codecs.pyav import frames_to_mono
+from callrec.models import STATIC_PAYLOAD_TYPES
 
 Pcm = npt.NDArray[np.int16]
 TONE_HZ = 440.0

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from callrec.files import tape
-from callrec.models import CallInfo, Party, Stream
-from callrec.wire.sdp import RtpMap
+from callrec.models import CallInfo, Party, RtpMap, Stream
 from tests.support import synth
 
 

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from callrec.errors import ParseError
 from callrec.media.seq import unwrap_seq, unwrap_ts
+from callrec.models import RtpMap
 from callrec.wire.dialogs import DialogTracker
 from callrec.wire.rtp import RtpPacket, is_rtcp, payload_offset
-from callrec.wire.sdp import RtpMap, Sdp
+from callrec.wire.sdp import Sdp
 from callrec.wire.sip import SipMessage, StreamFramer, split_multipart
 from tests.support import synth
 

@@ -12,7 +12,7 @@ from numpy.lib.stride_tricks import as_strided
 from callrec.media.lane import ByteRows, FloatArray, IntArray
 from callrec.media.seq import seq_steps
 from callrec.media.timeline import SsrcTimeline
-from callrec.wire.sdp import RtpMap
+from callrec.models import RtpMap
 
 # a shorter run is cheaper packet by packet than planned with numpy
 LANE_MIN_PACKETS = 8

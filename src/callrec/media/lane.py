@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callrec.media.codecs.base import Decoder, PcmArray
-from callrec.wire.sdp import RtpMap
+from callrec.models import RtpMap
 
 if TYPE_CHECKING:
     from callrec.media.anchor import Segment

@@ -34,8 +34,7 @@ from callrec.media.resample import StreamResampler
 from callrec.media.speech import SpeechMeter
 from callrec.media.streamstats import StreamStats
 from callrec.media.timeline import SsrcTimeline
-from callrec.models import CallInfo
-from callrec.wire.sdp import RtpMap
+from callrec.models import CallInfo, RtpMap
 
 # how much output is released per step (short steps keep the window small)
 STEP_S = 0.5

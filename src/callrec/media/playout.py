@@ -16,7 +16,7 @@ from typing import cast
 
 from callrec.media.anchor import Segment
 from callrec.media.lane import Block, LanePlan, LaneRun
-from callrec.wire.sdp import RtpMap
+from callrec.models import RtpMap
 
 # (ext_seq, ext_ts, payload_type, payload, segment, codec)
 Pending = tuple[int, int, int, bytes, Segment, RtpMap | None]

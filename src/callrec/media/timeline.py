@@ -37,7 +37,7 @@ from callrec.media.seq import (
     next_seq,
 )
 from callrec.media.streamstats import StreamStats
-from callrec.wire.sdp import RtpMap
+from callrec.models import RtpMap
 
 # release a packet this long after its slot: reordering/jitter up to 200 ms must still be absorbed
 JITTER_DELAY_S = 0.4

@@ -5,22 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from callrec.errors import ParseError
+from callrec.models import RtpMap, static_rtpmap
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-
-
-@dataclass(slots=True)
-class RtpMap:
-    """One payload type's codec: ``encoding/clock_rate[/channels]`` plus its fmtp parameters."""
-
-    encoding: str
-    clock_rate: int
-    channels: int = 1
-    fmtp: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.encoding}/{self.clock_rate}"
 
 
 @dataclass(slots=True)
@@ -40,14 +27,7 @@ class SdpMedia:
     def codec(self, payload_type: int) -> RtpMap | None:
         """The rtpmap of a payload type, falling back to the static RFC 3551 assignment."""
         found = self.rtpmap.get(payload_type)
-        if found is not None:
-            return found
-        from callrec.media.codecs import STATIC_PAYLOAD_TYPES
-
-        static = STATIC_PAYLOAD_TYPES.get(payload_type)
-        if static is None:
-            return None
-        return RtpMap(static[0], static[1], static[2])
+        return found if found is not None else static_rtpmap(payload_type)
 
 
 @dataclass(slots=True)

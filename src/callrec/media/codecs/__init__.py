@@ -15,33 +15,11 @@ from callrec.media.codecs.g711 import L16Decoder, alaw_decoder, ulaw_decoder
 
 __all__ = [
     "NON_AUDIO",
-    "STATIC_PAYLOAD_TYPES",
     "Decoder",
     "PcmArray",
     "decoder_for",
     "is_audio",
 ]
-
-# RFC 3551 Table 4: static payload type -> (encoding name, RTP clock rate, channels)
-STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("PCMU", 8000, 1),
-    3: ("GSM", 8000, 1),
-    4: ("G723", 8000, 1),
-    5: ("DVI4", 8000, 1),
-    6: ("DVI4", 16000, 1),
-    7: ("LPC", 8000, 1),
-    8: ("PCMA", 8000, 1),
-    9: ("G722", 8000, 1),  # the clock stays 8000 although the audio is 16 kHz (RFC 3551 §4.5.2)
-    10: ("L16", 44100, 2),
-    11: ("L16", 44100, 1),
-    12: ("QCELP", 8000, 1),
-    13: ("CN", 8000, 1),
-    14: ("MPA", 90000, 1),
-    15: ("G728", 8000, 1),
-    16: ("DVI4", 11025, 1),
-    17: ("DVI4", 22050, 1),
-    18: ("G729", 8000, 1),
-}
 
 # payloads that share an audio stream but are not speech: DTMF and tones (RFC 4733) and comfort
 # noise (RFC 3389); the mixer reads them as silence rather than as an unsupported codec
