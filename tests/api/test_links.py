@@ -267,7 +267,7 @@ def test_uses_are_counted_once_per_page_or_download(api: Api, mixed: Mixed) -> N
     made, token = make_link(api, mixed.tenant, mixed.recording_id)
     assert made["last_used_at"] is None
     api.client.get(f"/r/{token}")
-    api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=0-"})  # the player: not a use (tests/ui)
+    api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=0-"})  # the player: not a use (tests/web)
     api.client.get(f"/r/{token}/audio", headers={"Range": "bytes=2000-"})  # seeking: not a new use
     api.client.get(f"/r/{token}/audio?download=1")
     seen = api.client.get(f"{API}/links/{made['id']}", headers=mixed.tenant.headers).json()

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
 
-from tests.ui.conftest import NUMBER, Site, shot, sign_in
+from tests.web.conftest import NUMBER, Site, shot, sign_in
 
 PHONE = {"width": 390, "height": 844}
 

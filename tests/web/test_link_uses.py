@@ -17,8 +17,8 @@ from callrec.app import create_app
 from callrec.files.scan import calls_in_capture
 from tests.api.conftest import Api, Captures, Mixed
 from tests.api.test_links import HTML, make_link
-from tests.ui.conftest import Site
-from tests.ui.test_browser import _advancing, _press_play, _until
+from tests.web.conftest import Site
+from tests.web.test_browser import _advancing, _press_play, _until
 
 API = "/api/v1"
 

@@ -17,7 +17,7 @@ from callrec.files.scan import calls_in_capture
 from callrec.web.ui_pages import voices
 from tests.api.conftest import ADMIN_KEY, Api, Captures, Mixed, Tenant
 from tests.api.test_links import make_link
-from tests.ui.conftest import tone_capture
+from tests.web.conftest import tone_capture
 
 OWN = {"Origin": "http://testserver"}
 

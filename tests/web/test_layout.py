@@ -12,8 +12,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
-from tests.ui.conftest import Site, shot, sign_in, tone_capture
-from tests.ui.test_browser import _until
+from tests.web.conftest import Site, shot, sign_in, tone_capture
+from tests.web.test_browser import _until
 
 PHONE = {"width": 360, "height": 800}
 WIDE = {"width": 1280, "height": 900}

@@ -1,6 +1,6 @@
 """The web UI's server side: sessions, CSRF, what each page shows, and that a domain sees only its own.
 
-The browser's side (playing, seeking, copying) is in tests/ui; these run on SQLite and PostgreSQL.
+The browser's side (playing, seeking, copying) is in test_browser.py (Chromium); these run on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_the_uis_audio_and_picture(browser: TestClient, mixed: Mixed, api: Api) 
     whole = api.client.get(f"/api/v1/recordings/{mixed.recording_id}/audio", headers=mixed.tenant.headers)
     assert part.content == whole.content[10:20]
     drawn = browser.get(f"/ui/recordings/{mixed.recording_id}/picture").json()
-    assert [v["heard"] for v in drawn.pop("voices")] == ["speech", "speech"]  # the UI's words (tests/ui)
+    assert [v["heard"] for v in drawn.pop("voices")] == ["speech", "speech"]  # the UI's words (test_browser.py)
     assert drawn == api.client.get(f"/api/v1/recordings/{mixed.recording_id}/picture",
                                    headers=mixed.tenant.headers).json()  # fmt: skip
 

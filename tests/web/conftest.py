@@ -1,6 +1,8 @@
-"""The web UI in a real browser: Debian's Chromium driven by Playwright against a real ``callrec serve``.
+"""The web (``callrec.web``) under test: over HTTP with the API's fixtures (``tests/api/conftest.py``, on
+SQLite and PostgreSQL), and in a real browser: Debian's Chromium driven by Playwright against a real
+``callrec serve``.
 
-The service gets one domain with a key and one call uploaded as a synthetic capture (mixed by its own
+For the browser, the service gets one domain with a key and one call uploaded as a synthetic capture (mixed by its own
 pipeline). Screenshots are written to ``artifacts/screenshots/`` at the repository's root.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from tests.api.conftest import _numbered, api, captures, database_url, mixed, tenant  # noqa: F401 (fixtures)
+from tests.api.conftest import _numbered, api, captures, database_url, mixed, other, tenant  # noqa: F401 (fixtures)
 from tests.support import synth
 from tests.support.serve_proc import ServeProcess
 
