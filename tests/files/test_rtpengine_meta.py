@@ -26,7 +26,8 @@ import pytest
 
 from callrec.errors import ParseError
 from callrec.files import rtpengine
-from callrec.files.rtpengine import Metadata, SpoolRecording, parse_pairs
+from callrec.files.rtpengine import SpoolRecording
+from callrec.files.rtpengine_meta import Metadata, parse_pairs
 from callrec.models import CallInfo
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "rtpengine"

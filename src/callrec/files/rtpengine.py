@@ -6,13 +6,8 @@ rtpengine writes, per recorded call, into its spool folder::
     SPOOL/tmp/rtpengine-meta-<callid>-<16 hex>.tmp          the metadata while the call runs
     SPOOL/metadata/rtpengine-meta-<callid>-<16 hex>.txt     ... renamed here when the call is over
 
-The Call-ID in the names is percent-encoded (``g_uri_escape_string``). The metadata file (daemon/recording.c,
-``sdp_after_pcap`` and ``rec_pcap_meta_finish_file``) holds: the pcap's path on its first line; then per
-SDP rtpengine sent out an optional ``Label: L``, ``Timestamp started ms: T``, ``SDP mode: offer|answer``,
-``SDP before RTP packet: N``, a blank line and the SDP *as rewritten by rtpengine* (its own address and
-ports: where the party receiving that SDP sends its media); then ``Timestamp terminated ms(first
-monologue): T``, ``call start time: ...``, ``call end time: ...`` and last the ng ``metadata`` string.
-Newer versions add ``Recording paused at: ...`` / ``Recording resumed at: ...`` lines; they are skipped.
+The Call-ID in the names is percent-encoded (``g_uri_escape_string``). The metadata file's format is read by
+``callrec.files.rtpengine_meta``; this module finds recordings in a spool and makes each one a call.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -28,6 +23,7 @@ import numpy as np
 
 from callrec.errors import CallrecError, ParseError
 from callrec.files.pcap import CaptureReader, UdpBlock, format_addr
+from callrec.files.rtpengine_meta import STARTED, Metadata, SdpBlock
 from callrec.models import MAX_TIME_S, CallInfo, Party, Stream
 from callrec.wire.sdp import Sdp, SdpMedia
 from callrec.wire.sip import display_name, uri_user
@@ -46,9 +42,6 @@ SNIFF_BYTES = 4096
 _TAG = r"-([0-9A-Fa-f]{16})"
 _PCAP_NAME = re.compile(r"(.+)" + _TAG + r"\.pcap")
 _META_NAME = re.compile(re.escape(META_PREFIX) + r"(.+)" + _TAG + r"\.(txt|tmp)")
-_STARTED = "Timestamp started ms:"
-_TERMINATED = "Timestamp terminated ms"
-_SKIPPED = ("Recording paused at:", "Recording resumed at:")
 
 Flows = dict[tuple[str, int], set[str]]  # (destination address, port) -> the source addresses that sent there
 _warned: set[str] = set()  # damaged recordings already logged by finished()
@@ -62,95 +55,6 @@ class SpoolRecording:
     metadata: Path
     call_id: str
     pairs: dict[str, str]
-
-
-@dataclass(slots=True)
-class SdpBlock:
-    """One SDP rtpengine sent out, as the metadata file records it."""
-
-    mode: str
-    sdp: str
-    started_ms: float | None = None
-    label: str = ""
-    before_packet: int = 0
-
-
-@dataclass(slots=True)
-class Metadata:
-    """A parsed rtpengine metadata file."""
-
-    pcap_path: str
-    blocks: list[SdpBlock] = field(default_factory=list)
-    terminated_ms: float | None = None
-    metadata: str = ""
-
-    @classmethod
-    def parse(cls, text: str | bytes) -> Metadata:
-        """Parse a metadata file; ``ParseError`` with one sentence when it is not one rtpengine wrote."""
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", "replace")
-        lines = text.splitlines()
-        if not lines or not lines[0].strip().endswith(".pcap"):
-            raise ParseError("the first line of an rtpengine metadata file is not the path of its pcap")
-        meta = cls(pcap_path=lines[0].strip())
-        block: SdpBlock | None = None
-        label, started, mode = "", None, ""
-        in_sdp = False
-        tail: list[str] | None = None  # the lines after "Timestamp terminated", once there
-        for line in lines[1:]:
-            if tail is not None:
-                if not line.startswith(("call start time:", "call end time:")):
-                    tail.append(line)
-            elif line.startswith("Label:"):
-                label, in_sdp = line[6:].strip(), False
-            elif line.startswith(_STARTED):
-                started, in_sdp = _number(line[len(_STARTED) :], line), False
-            elif line.startswith("SDP mode:"):
-                mode, in_sdp = line[9:].strip(), False
-            elif line.startswith("SDP before RTP packet:"):
-                block = SdpBlock(mode, "", started, label, int(_number(line[22:], line)))
-                meta.blocks.append(block)
-                label, started, mode, in_sdp = "", None, "", True
-            elif line.startswith(_TERMINATED):
-                # the call's end: what follows is its start and end time, then the ng metadata string
-                meta.terminated_ms = _number(line.partition(":")[2], line)
-                in_sdp, tail = False, []
-            elif line.startswith(_SKIPPED):
-                in_sdp = False
-            elif in_sdp and block is not None and (block.sdp or line.strip()):
-                block.sdp += line + "\r\n"
-        if not meta.blocks:
-            raise ParseError("the rtpengine metadata file holds no SDP")
-        if tail is not None:
-            meta.metadata = "\n".join(tail).strip()
-        return meta
-
-    @property
-    def pairs(self) -> dict[str, str]:
-        return parse_pairs(self.metadata)
-
-
-def _number(text: str, line: str) -> float:
-    try:
-        return float(text.strip())
-    except ValueError as exc:
-        raise ParseError(f"the rtpengine metadata line {line[:60]!r} has no number") from exc
-
-
-def parse_pairs(metadata: str) -> dict[str, str]:
-    """The ng ``metadata`` string as key/value pairs: ``key:value|key:value`` (rtpengine's convention) or
-    ``key=value``; each item splits at its first ``:`` or ``=``, keys are stripped, an item without one is
-    a key with an empty value."""
-    pairs: dict[str, str] = {}
-    for item in metadata.replace("\n", "|").split("|"):
-        item = item.strip()
-        if not item:
-            continue
-        cut = min((i for i in (item.find(":"), item.find("=")) if i >= 0), default=-1)
-        key, value = (item, "") if cut < 0 else (item[:cut], item[cut + 1 :])
-        if key.strip():
-            pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def _read_meta(path: Path) -> Metadata:
@@ -175,7 +79,7 @@ def _sniff_meta(path: Path) -> bool:
     except OSError:
         return False
     first, _, rest = head.partition(b"\n")
-    return first.strip().endswith(b".pcap") and (b"\nSDP mode: " in rest or _STARTED.encode() in rest)
+    return first.strip().endswith(b".pcap") and (b"\nSDP mode: " in rest or STARTED.encode() in rest)
 
 
 def is_recording(path: Path) -> bool:
