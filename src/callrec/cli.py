@@ -12,14 +12,14 @@ import typer
 
 from callrec.cli_typer import adjust_typer
 from callrec.errors import CallrecError
-from callrec.media.options import (
+from callrec.media_limits import (
     DEFAULT,
     MP3_BITRATES_KBPS,
     OUTPUT_SUFFIXES,
     SAMPLE_RATES,
-    Codec,
-    Format,
+    OutputFormat,
     OutputOptions,
+    WavCodec,
     one_of,
 )
 
@@ -103,8 +103,8 @@ def mix_command(
         Path | None,
         typer.Option("-o", "--output", metavar="PATH", help="Output folder, or a .mp3/.wav file for one call"),
     ] = None,
-    fmt: Annotated[Format | None, typer.Option("--format", help="mp3 (default) or wav")] = None,
-    codec: Annotated[Codec | None, typer.Option("--codec", help="WAV codec: pcm, alaw, ulaw, gsm")] = None,
+    fmt: Annotated[OutputFormat | None, typer.Option("--format", help="mp3 (default) or wav")] = None,
+    codec: Annotated[WavCodec | None, typer.Option("--codec", help="WAV codec: pcm, alaw, ulaw, gsm")] = None,
     bitrate: Annotated[
         int, typer.Option("--bitrate", metavar="KBPS", help="MP3 bitrate, kbit/s: 8, 16, 24 or 32")
     ] = DEFAULT.bitrate_kbps,
@@ -118,7 +118,7 @@ def mix_command(
     left, callee right."""
     out = output if output is not None else Path(".")
     _check_output(out, fmt)
-    chosen = fmt if fmt is not None else ("wav" if out.suffix.lower() == ".wav" else "mp3")
+    chosen = fmt.value if fmt is not None else ("wav" if out.suffix.lower() == ".wav" else "mp3")
     if chosen == "mp3" and codec is not None:
         _fail("--codec applies to WAV output; MP3 is always MPEG layer 3")
     if bitrate not in MP3_BITRATES_KBPS:
@@ -130,7 +130,7 @@ def mix_command(
     # progress bar only for a terminal
     from callrec.mix import mix
 
-    opts = OutputOptions(format=chosen, codec=codec or DEFAULT.codec, bitrate_kbps=bitrate, rate_hz=rate)
+    opts = OutputOptions(chosen, codec.value if codec else DEFAULT.codec, bitrate, rate)
     show_progress = sys.stderr.isatty() and not as_json
     try:
         if show_progress:
@@ -183,14 +183,14 @@ def mix_command(
 
 def _check_input(path: Path) -> None:
     # read the input before the media stack loads: a wrong path or a file that is no capture is refused
-    # at once, in one line
+    # at once, in one line (a tape's own files are judged by the mixer, which names the one at fault)
     from callrec.files import tape  # light: no numpy
     from callrec.files.magic import looks_like_capture
 
     if path.is_dir():
         if not tape.is_tape(path):
             _fail(f"{path} is a folder but not a tape (no {tape.MEDIA_FILE} and {tape.META_FILE})")
-        path = path / tape.MEDIA_FILE
+        return
     try:
         with path.open("rb") as f:
             head = f.read(64)
@@ -198,18 +198,16 @@ def _check_input(path: Path) -> None:
         _fail(f"{path}: no such file or folder")
     except OSError as exc:
         _fail(f"{path}: cannot read it: {exc.strerror or exc}")
-    if not head:
-        _fail(f"{path}: the file is empty")
     if not looks_like_capture(head) and not _text(head):
         _fail(f"{path}: not a pcap or pcapng capture")
 
 
 def _text(head: bytes) -> bool:
     # an rtpengine metadata file (or another text the mixer names its own error for): no NUL, decodes
-    return b"\0" not in head and not head.decode("utf-8", "replace").count("\ufffd") > 4
+    return bool(head) and b"\0" not in head and head.decode("utf-8", "replace").count("\ufffd") <= 4
 
 
-def _check_output(out: Path, fmt: Format | None) -> None:
+def _check_output(out: Path, fmt: OutputFormat | None) -> None:
     # -o is a folder, or one .mp3/.wav file: a name with another extension is a mistake, not a folder to make
     suffix = out.suffix.lower()
     if out.is_dir() or not suffix:
@@ -217,8 +215,8 @@ def _check_output(out: Path, fmt: Format | None) -> None:
     if suffix not in OUTPUT_SUFFIXES:
         allowed = " or ".join(OUTPUT_SUFFIXES)
         _fail(f"{out}: the output is a folder or a {allowed} file, not {out.suffix}")
-    if fmt is not None and suffix != f".{fmt}":
-        _fail(f"{out}: --format {fmt} does not match the file's extension {out.suffix}")
+    if fmt is not None and suffix != f".{fmt.value}":
+        _fail(f"{out}: --format {fmt.value} does not match the file's extension {out.suffix}")
     if out.exists():
         return  # an earlier mix's file: replaced
     parent = out.parent

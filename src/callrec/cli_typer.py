@@ -85,7 +85,8 @@ def _coerce(target: type, value: Any) -> Any:
             return float(str(value).strip())
         except ValueError:
             raise ValueError("Input should be a valid number, unable to parse string as a number") from None
-    return target(value)  # str, Path
+    make: Any = target  # str or Path: built from the text
+    return make(value)
 
 
 def _light_coercion() -> None:
@@ -100,7 +101,7 @@ def _light_coercion() -> None:
         return
 
     @dataclass(frozen=True)
-    class PlainRuntimeParam(RuntimeParam):  # type: ignore[misc]  # Typer's internals are untyped here
+    class PlainRuntimeParam(RuntimeParam):
         target: type
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
@@ -117,7 +118,7 @@ def _light_coercion() -> None:
             parameter_info=descriptor.parameter_info, annotation=descriptor.annotation, target=target
         )
 
-    core.build_runtime_param = build_runtime_param
+    setattr(core, "build_runtime_param", build_runtime_param)  # noqa: B010 - Typer's module-level name
 
 
 def adjust_typer() -> None:
