@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from callrec.config import ConfigError
+from callrec.errors import CaptureError
 from callrec.files.pcap import UdpBlock
 from callrec.live.bpf import compile_filter, instructions
 from callrec.live.frames import FrameDecoder
 from callrec.live.ring import FrameBatch, RingReader
 from callrec.wire.netparse import PROTO_UDP, Datagram, pack_addr
-from tests.live.conftest import Veth
+from tests.live.conftest import Veth, run
 
 PORT = 40000
 READ_TIMEOUT_S = 15.0
@@ -252,3 +253,26 @@ def test_bad_ring_settings_name_what_is_wrong() -> None:
         RingReader("lo", block_size=3 << 20)
     with pytest.raises(ConfigError, match="at least one block"):
         RingReader("lo", block_count=0)
+
+
+def test_an_interface_going_down_and_up_is_read_again_and_one_deleted_is_an_error(veth: Veth) -> None:
+    code = f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(10):
+    s.sendto(b"%06d" % i, ({veth.ip!r}, {PORT}))
+"""
+    with RingReader(veth.interface, f"udp and dst port {PORT}", block_size=1 << 16, block_count=4,
+                    retire_ms=20) as ring:  # fmt: skip
+        decoder = FrameDecoder(ring.linktype)
+        run("ip", "link", "set", veth.interface, "down")
+        assert ring.read(POLL_S) is None
+        assert ring.link_errors == 1 and ring.last_error
+        run("ip", "link", "set", veth.interface, "up")
+        veth.send(code)
+        got = read_datagrams(ring, decoder, 10)
+        assert [d.payload for d in got] == [b"%06d" % i for i in range(10)]
+        run("ip", "link", "del", veth.interface)
+        with pytest.raises(CaptureError, match=f"capture interface '{veth.interface}' is gone"):
+            for _ in range(10):
+                ring.read(POLL_S)

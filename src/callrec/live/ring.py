@@ -11,6 +11,8 @@ lengths and its timestamp, as numpy arrays (what :class:`~callrec.live.frames.Fr
 The kernel counts what it could not put in the ring (``PACKET_STATISTICS``: packets, drops, and how often
 the ring was full, "freezes"); :meth:`RingReader.kernel_stats` adds them up. Setting up needs root or
 CAP_NET_RAW. The filter is attached before the socket is bound, so no packet ever passes unfiltered.
+An interface that goes down is counted (``link_errors``) and read again when it comes back up; one that is
+deleted raises :class:`~callrec.errors.CaptureError`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from callrec.config import ConfigError
+from callrec.errors import CaptureError
 from callrec.live.bpf import compile_filter
 
 # <linux/if_packet.h>, <linux/filter.h>, <asm-generic/socket.h>
@@ -175,6 +178,9 @@ class RingReader:
         self.block_size = block_size
         self.block_count = block_count
         self.stats = KernelStats()
+        # how often the kernel reported the interface down (ENETDOWN), and the last such error
+        self.link_errors = 0
+        self.last_error = ""
         self._index = 0
         self._closed = False
         self._lock = threading.Lock()
@@ -226,9 +232,11 @@ class RingReader:
         off = self._index * self.block_size
         status, count, first, used = _BLOCK.unpack_from(mm, off)
         if not status & TP_STATUS_USER:
-            self._poll.poll(max(0, int(timeout_s * 1000)))
+            events = self._poll.poll(max(0, int(timeout_s * 1000)))
             if self._closed:
                 return None
+            if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
+                self._socket_error()
             status, count, first, used = _BLOCK.unpack_from(mm, off)
             if not status & TP_STATUS_USER:
                 return None
@@ -237,6 +245,18 @@ class RingReader:
         _U32.pack_into(mm, off + 8, TP_STATUS_KERNEL)  # the block is the kernel's again
         self._index = (self._index + 1) % self.block_count
         return frames_of_block(buf, first, count)
+
+    def _socket_error(self) -> None:
+        """The kernel flagged the socket: the interface went down (counted; reading goes on when it comes
+        back up) or away (CaptureError)."""
+        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # reading it clears it
+        try:
+            socket.if_nametoindex(self.interface)
+        except OSError as exc:
+            raise CaptureError(f"capture interface {self.interface!r} is gone.") from exc
+        if code:
+            self.link_errors += 1
+            self.last_error = os.strerror(code)
 
     def batches(self, stop: threading.Event, *, poll_s: float = 0.2) -> Iterator[FrameBatch]:
         """Every block's frames until ``stop`` is set (checked at least every ``poll_s`` seconds)."""
