@@ -7,6 +7,8 @@ namespace. Tests of the settings alone need no root.
 
 from __future__ import annotations
 
+import secrets
+import socket
 import struct
 import threading
 import time
@@ -21,7 +23,7 @@ from callrec.live.bpf import compile_filter, instructions
 from callrec.live.frames import FrameDecoder
 from callrec.live.ring import FrameBatch, RingReader
 from callrec.wire.netparse import PROTO_UDP, Datagram, pack_addr
-from tests.live.conftest import Veth, run
+from tests.live.conftest import Veth, require_root, run
 
 PORT = 40000
 READ_TIMEOUT_S = 15.0
@@ -276,3 +278,19 @@ for i in range(10):
         with pytest.raises(CaptureError, match=f"capture interface '{veth.interface}' is gone"):
             for _ in range(10):
                 ring.read(POLL_S)
+
+
+def test_loopback_gives_each_packet_once() -> None:
+    require_root()
+    token = secrets.token_bytes(8)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with RingReader("lo", "udp and dst host 127.0.0.1 and dst port 9", block_size=1 << 16, block_count=4,
+                        retire_ms=20) as ring:  # fmt: skip
+            decoder = FrameDecoder(ring.linktype)
+            for i in range(20):
+                sender.sendto(token + b"%06d" % i, ("127.0.0.1", 9))
+            got = [d for d in read_datagrams(ring, decoder, 20) if d.payload.startswith(token)]
+    finally:
+        sender.close()
+    assert [d.payload[8:] for d in got] == [b"%06d" % i for i in range(20)]

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from callrec.files.pcap import COUNTERS, UdpBlock, gather
+from callrec.files.pcap import COUNTERS, UdpBlock
+from callrec.files.pcapchunk import gather
 from callrec.live.ring import FrameBatch
 from callrec.wire.netparse import PROTO_UDP, Datagram, NetDecoder, fast_path_layout
 

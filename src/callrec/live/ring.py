@@ -43,6 +43,7 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
+PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_PROMISC = 1
 TPACKET_V3 = 2
 SO_ATTACH_FILTER = 26
@@ -54,7 +55,8 @@ TP_STATUS_VLAN_VALID = 1 << 4
 FRAME_SIZE = 2048
 
 # interface hardware types (/sys/class/net/IF/type) -> the link type of the frames a SOCK_RAW socket gets
-ARPHRD_LINKTYPES = {1: 1, 772: 1, 65534: 101}  # Ethernet, loopback (a zero Ethernet header), raw IP (tun)
+ARPHRD_LOOPBACK = 772
+ARPHRD_LINKTYPES = {1: 1, ARPHRD_LOOPBACK: 1, 65534: 101}  # Ethernet, loopback (a zero Ethernet header), raw IP (tun)
 
 _U32 = struct.Struct("=I")
 _REQ3 = struct.Struct("=7I")  # struct tpacket_req3
@@ -109,13 +111,18 @@ class FrameBatch:
             yield ts, buf[at : at + size]
 
 
-def interface_linktype(interface: str) -> int:
-    """The link type of ``interface``'s frames; ConfigError when it does not exist or is of a kind not read."""
+def interface_hwtype(interface: str) -> int:
+    """``interface``'s hardware type (ARPHRD_*); ConfigError when there is no such interface."""
     try:
         socket.if_nametoindex(interface)
-        hwtype = int(Path("/sys/class/net", interface, "type").read_text())
+        return int(Path("/sys/class/net", interface, "type").read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"capture interface {interface!r}: there is no network interface of that name.") from exc
+
+
+def interface_linktype(interface: str) -> int:
+    """The link type of ``interface``'s frames; ConfigError when it does not exist or is of a kind not read."""
+    hwtype = interface_hwtype(interface)
     linktype = ARPHRD_LINKTYPES.get(hwtype)
     if linktype is None:
         raise ConfigError(
@@ -216,6 +223,9 @@ class RingReader:
             sock.bind((self.interface, ETH_P_ALL))
         except OSError as exc:
             raise ConfigError(f"capture interface {self.interface!r} cannot be read: {exc.strerror or exc}.") from exc
+        if interface_hwtype(self.interface) == ARPHRD_LOOPBACK:
+            # loopback hands every packet to the taps twice, going out and coming in: keep one
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         if promiscuous:
             index = socket.if_nametoindex(self.interface)
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, _MREQ.pack(index, PACKET_MR_PROMISC, 0, b""))
