@@ -58,6 +58,9 @@ FRAME_SIZE = 2048
 ARPHRD_LOOPBACK = 772
 ARPHRD_LINKTYPES = {1: 1, ARPHRD_LOOPBACK: 1, 65534: 101}  # Ethernet, loopback (a zero Ethernet header), raw IP (tun)
 
+# frames the same distance apart in a row before the rest of the run is checked at once with numpy
+SAME_STRIDE_RUN = 4
+
 _U32 = struct.Struct("=I")
 _REQ3 = struct.Struct("=7I")  # struct tpacket_req3
 _STATS3 = struct.Struct("=3I")  # struct tpacket_stats_v3
@@ -132,19 +135,46 @@ def interface_linktype(interface: str) -> int:
     return linktype
 
 
+def frame_offsets(buf: bytes, words: npt.NDArray[np.uint32], first: int, count: int) -> IntArray:
+    """Where each of the ``count`` frame headers of a copied block starts, following ``tp_next_offset``.
+
+    Frames are found one after the other, but once a few in a row were the same distance apart (RTP of one
+    codec), the rest of the run is checked at once: each next header sits one stride further on.
+    """
+    parts: list[IntArray] = []
+    one_by_one: list[int] = []
+    next_at = _U32.unpack_from
+    p, left, same, prev = first, count, 0, -1
+    while left > 0:
+        one_by_one.append(p)
+        left -= 1
+        (stride,) = next_at(buf, p)
+        p += stride
+        same = same + 1 if stride == prev else 0
+        prev = stride
+        if same < SAME_STRIDE_RUN or not stride or not left:
+            continue
+        at = p + stride * np.arange(min(left, (len(buf) - p) // stride), dtype=np.int64)
+        if not len(at):
+            continue
+        nexts = words[at >> 2]
+        differ = np.flatnonzero(nexts != stride)
+        run = int(differ[0]) + 1 if len(differ) else len(at)  # the first that differs is still a frame
+        parts += [np.array(one_by_one, np.int64), at[:run]]
+        one_by_one = []
+        left -= run
+        p = int(at[run - 1]) + int(nexts[run - 1])
+        same, prev = 0, -1
+    parts.append(np.array(one_by_one, np.int64))
+    return np.concatenate(parts)
+
+
 def frames_of_block(buf: bytes, first: int, count: int) -> FrameBatch:
     """The ``count`` frames of a copied block whose first frame header is at ``first``."""
-    offsets: list[int] = []
-    add = offsets.append
-    next_at = _U32.unpack_from
-    p = first
-    for _ in range(count):
-        add(p)
-        p += next_at(buf, p)[0]
+    words = np.frombuffer(buf, np.uint32, len(buf) // 4)
+    at = frame_offsets(buf, words, first, count)
     # frame headers are 8-byte aligned (TPACKET_ALIGN / V3_ALIGNMENT): their 32-bit fields are elements of
     # one uint32 view of the block
-    words = np.frombuffer(buf, np.uint32, len(buf) // 4)
-    at = np.array(offsets, np.int64)
     w = at >> 2
     sec, nsec = words[w + 1].astype(np.int64), words[w + 2].astype(np.float64)
     status = words[w + 5]
