@@ -21,8 +21,8 @@ temporary data folder, SIP/HTTP on 127.0.0.1 with free ports, ``--workers`` mixi
      used the cores (``/proc/stat``), and the throughput: seconds of call audio per core-second (makespan x
      the cores the workers can use) and per worker CPU-second;
   3. the reference, same tape, same run, before the service starts: the offline mixer on one core
-     (``--cpu``), best of ``--repeat`` -- ``callrec.offline.mix`` in this process (what a worker runs) and
-     the ``callrec mix`` command (with its start-up) -- and ``offline.mix`` in ``--workers`` forked processes
+     (``--cpu``), best of ``--repeat`` -- ``callrec.mix.mix`` in this process (what a worker runs) and
+     the ``callrec mix`` command (with its start-up) -- and ``callrec.mix`` in ``--workers`` forked processes
      over ``--parallel-tapes`` tapes (default 4 per worker): what the same cores give without the service.
 Targets (the service issue): single call p95 under 2 s; the burst's audio seconds per core-second within
 20 % of the offline mixer's x realtime on one core (ratio >= 0.80). Measured, not asserted.
@@ -63,8 +63,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from callrec import offline  # noqa: E402
 from callrec.files import tape  # noqa: E402
+from callrec.media_limits import OutputOptions  # noqa: E402
+from callrec.mix import mix  # noqa: E402
 from tests.support.sipclient import (  # noqa: E402 - the SIPREC client the recorder's tests use
     HOST,
     Dialog,
@@ -656,7 +657,7 @@ def classify_mixer(stack: str) -> str | None:
     if "Worker.loop (huey/consumer.py" not in stack or "MainThread" not in stack:
         return None
     rules = (
-        ("mix (callrec/offline.py", "mixing: offline.mix"),
+        ("mix (callrec/mix/run.py", "mixing: callrec.mix"),
         ("_md5 (callrec/jobs/steps.py", "md5 of the mixed file"),
         ("put_file (callrec/storage/", "storing the recording: put_file (copy, fsync, read back)"),
         ("delete_tape (callrec/jobs/retention.py", "deleting the tape (keep_tape_days 0)"),
@@ -725,16 +726,10 @@ def pinned(cpu: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def _options(folder: Path) -> offline.MixOptions:
-    """What a worker hands ``offline.mix`` with the default domain settings (steps._mix)."""
-    return offline.MixOptions(
-        fmt="mp3", codec="pcm", bitrate_kbps=16, rate=8000, call_id=tape.read_info(folder).call_id
-    )
-
-
 def _mix_one(job: tuple[Path, Path]) -> float:
     folder, out = job
-    report = offline.mix(folder, out, _options(folder))
+    # what a worker hands mix() with the default domain settings (steps._mix)
+    report = mix(folder, out, OutputOptions(), call_id=tape.read_info(folder).call_id)
     out.unlink(missing_ok=True)
     return float(report.calls[0].duration_s)
 
@@ -767,7 +762,7 @@ def reference(ref: Reference, template: Path, workdir: Path, repeat: int, cpu: i
 
 
 def parallel_reference(ref: Reference, folders: list[Path], workers: int, workdir: Path, repeat: int) -> None:
-    """``offline.mix`` over ``folders`` in ``workers`` forked processes, no service: what the cores give."""
+    """``callrec.mix`` over ``folders`` in ``workers`` forked processes, no service: what the cores give."""
     jobs = [(f, workdir / f"parallel-{i}.mp3") for i, f in enumerate(folders)]
     ref.par_tapes = len(folders)
     for _ in range(repeat):
@@ -795,7 +790,7 @@ def run_references(ref: Reference, template: Path, folders: list[Path], args: ar
     parallel_reference(ref, folders, args.workers, workdir, args.repeat)
     one = ", ".join(f"{cpu:.2f}" for _, cpu in ref.inproc[n:])
     par = ", ".join(f"{wall:.2f}" for wall, _ in ref.par[n:])
-    print(f"  reference {when} ({quiet}): offline.mix of one tape on one core {one} CPU s; "
+    print(f"  reference {when} ({quiet}): callrec.mix of one tape on one core {one} CPU s; "
           f"{ref.par_tapes} tapes in {args.workers} processes {par} s", flush=True)  # fmt: skip
 
 
@@ -818,15 +813,15 @@ def report_reference(ref: Reference, args: argparse.Namespace, cores: int, per_c
         f"3. the offline mixer on the same {ref.audio_s:.1f} s tape (a worker's options: MP3 16 kbit/s stereo), "
         "beside the service's burst; seconds of call audio",
         f"   {'':64s} {'per core-s':>11s} {'per CPU-s':>11s}",
-        row(f"offline.mix in process, one core (core {args.cpu}), best of {runs}", one_core, one_cpu),
+        row(f"callrec.mix in process, one core (core {args.cpu}), best of {runs}", one_core, one_cpu),
         row(f"callrec mix command (with its start-up), one core, best of {runs}", cli_core, cli_cpu),
-        row(f"offline.mix in {args.workers} processes, {ref.par_tapes} tapes, no service, best of {runs}",
+        row(f"callrec.mix in {args.workers} processes, {ref.par_tapes} tapes, no service, best of {runs}",
             par_core, par_cpu),
         row(f"service burst: makespan x {cores} cores; the worker tree's CPU", per_core, per_cpu),
         row("  the same, per core-second other processes left it", per_left, None),
-        f"   service / offline.mix on one core: {ratio:.2f} per core-second, {per_cpu / one_cpu:.2f} per CPU-second"
+        f"   service / callrec.mix on one core: {ratio:.2f} per core-second, {per_cpu / one_cpu:.2f} per CPU-second"
         f" -> target >= 0.80 per core-second: {'met' if ratio >= 0.8 else 'MISSED'}",
-        f"   service / offline.mix in {args.workers} processes on the same cores: {per_core / par_core:.2f} per "
+        f"   service / callrec.mix in {args.workers} processes on the same cores: {per_core / par_core:.2f} per "
         f"core-second, {per_cpu / par_cpu:.2f} per CPU-second; service / the command: {per_core / cli_core:.2f}",
         f"   the references ran {args.repeat} times before the service started and {args.repeat} times after it "
         f"stopped; their slowest runs: one core {ref.audio_s / max(ref.inproc)[0]:.0f}, the command "

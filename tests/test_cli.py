@@ -34,7 +34,7 @@ def test_a_bad_mix_argument_is_refused_before_the_media_stack_loads(tmp_path: Pa
         f"    app(['mix', {str(tmp_path / 'nope.pcap')!r}], standalone_mode=False)\n"
         "except BaseException:\n"
         "    pass\n"
-        "print('numpy' in sys.modules, 'callrec.offline' in sys.modules)\n"
+        "print('numpy' in sys.modules, 'callrec.mix' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["False", "False"], proc.stderr

@@ -10,8 +10,8 @@ from pathlib import Path
 from callrec.files.scan import calls_in_capture
 from callrec.models import CallInfo
 from tests.api.conftest import Api, Captures
+from tests.mix.test_mix_topoh import through_topoh
 from tests.support import synth
-from tests.test_mix_topoh import through_topoh
 
 CALLS = "/api/v1/calls"
 

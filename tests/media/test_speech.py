@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from callrec import offline
 from callrec.media.speech import SpeechMeter
+from callrec.media_limits import OutputOptions
+from callrec.mix import mix
 from tests.support import audio, synth
 
 RATE = 8000
+WAV = OutputOptions(format="wav")
 
 
 def _covered(segments: list[list[float]], lo: float, hi: float) -> float:
@@ -45,7 +47,7 @@ def test_each_party_of_a_mixed_call_has_its_own_segments(tmp_path: Path) -> None
     )
     built = synth.build(scn)
     capture = synth.write_pcap(tmp_path / "call.pcap", built.datagrams)
-    report = offline.mix(capture, tmp_path / "out.wav", offline.MixOptions(fmt="wav"))
+    report = mix(capture, tmp_path / "out.wav", WAV)
     (call,) = report.calls
     assert call.started_at == built.t0
     a, b = call.speech["A"], call.speech["B"]
@@ -59,8 +61,8 @@ def test_each_party_of_a_mixed_call_has_its_own_segments(tmp_path: Path) -> None
 def test_left_names_the_parties_for_the_left_channel(tmp_path: Path) -> None:
     scn = synth.Scenario(duration=3.0)
     capture = synth.write_pcap(tmp_path / "call.pcap", synth.build(scn).datagrams)
-    plain = offline.mix(capture, tmp_path / "plain.wav", offline.MixOptions(fmt="wav"))
-    swapped = offline.mix(capture, tmp_path / "swapped.wav", offline.MixOptions(fmt="wav", left=frozenset({"B"})))
+    plain = mix(capture, tmp_path / "plain.wav", WAV)
+    swapped = mix(capture, tmp_path / "swapped.wav", WAV, left=frozenset({"B"}))
     assert plain.calls[0].output is not None and swapped.calls[0].output is not None
     one = audio.decode(plain.calls[0].output)
     other = audio.decode(swapped.calls[0].output)

@@ -305,7 +305,7 @@ def test_stream_figures_round_trip_in_call_json_and_old_files_still_load() -> No
 def test_packets_held_for_a_latch_reach_the_tape_early_enough_for_the_mixer() -> None:
     # held packets are written at the end of the hold (at most a tick later), with their true arrival
     # times: the mixer places a stream that late in file order at its true start only while it has not
-    # emitted that stretch yet (tests/test_mix_timing.py: first seconds written up to 1.4 s late)
+    # emitted that stretch yet (tests/mix/test_mix_timing.py: first seconds written up to 1.4 s late)
     from callrec.media.mixer import COMMIT_LAG_S
     from callrec.media.timeline import JITTER_DELAY_S
 

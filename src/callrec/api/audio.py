@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from callrec.db.schema import COMPLETED, DELETED, Recording
 from callrec.errors import CallrecError, ServiceError, StorageError
-from callrec.media.encode import MP3_BITRATES_KBPS, open_writer
+from callrec.media.encode import open_writer
+from callrec.media_limits import DEFAULT_BITRATE_KBPS, MP3_BITRATES_KBPS
 from callrec.names import safe_name
 from callrec.service import cache
 from callrec.service.context import Context
@@ -170,8 +171,8 @@ def converted(ctx: Context, rec: Recording, fmt: str) -> Path:
         source = cache.stored_file(ctx, rec.storage, rec.storage_key, folder, rec.format)
         verify_file(source, rec.bytes, rec.md5, f"recording {rec.id}")
         part = folder / f"out.{fmt}"
-        bitrate = rec.options.get("bitrate", 16)
-        transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else 16)
+        bitrate = rec.options.get("bitrate", DEFAULT_BITRATE_KBPS)
+        transcode(source, part, fmt, bitrate if bitrate in MP3_BITRATES_KBPS else DEFAULT_BITRATE_KBPS)
         return part
 
     try:

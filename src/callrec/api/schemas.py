@@ -11,14 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from callrec.media_limits import Bitrate, Codec, Format, Rate
+
 DOMAIN_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # printable text: no control characters (PostgreSQL refuses NUL, and none belongs in a name)
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 MAX_TAGS = 50
-Format = Literal["mp3", "wav"]
-Codec = Literal["pcm", "alaw", "ulaw", "gsm"]
-Bitrate = Literal[8, 16, 24, 32]
-Rate = Literal[8000, 16000]
 Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=PRINTABLE)]
 
 

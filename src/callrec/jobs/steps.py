@@ -15,13 +15,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from callrec import offline
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, STORING, Call, Domain, Job, Recording
 from callrec.errors import CallrecError, EgressRefused, OutputError, Permanent, StorageError, Transient
 from callrec.files import tape
 from callrec.jobs.retention import delete_tape
+from callrec.media_limits import OutputOptions
+from callrec.mix import CallOutput, mix
 from callrec.service import fairness, leased
 from callrec.service.context import Context
 from callrec.service.leased import LeaseLost
@@ -111,14 +112,14 @@ def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
         domain = s.get(Domain, rec.domain_id)
         assert domain is not None
         settings = queries.load_settings(s, domain)
-        opts = dict(rec.options)
+        output = OutputOptions.from_json(rec.options)
         # a capture may hold other calls beside this one: mix only this one
-        opts["sip_call_id"] = call.sip_call_id
+        sip_call_id = call.sip_call_id
         template = settings.storage.recording_template or keys.DEFAULT_RECORDING_TEMPLATE
         key = rec.storage_key or keys.domain_key(
             domain.id, template, when=call.started_at, domain=domain.name, call_id=call.sip_call_id or call.id,
             recording_id=rec.id, interaction=call.interaction_id or "none",
-            direction=call.direction or "unknown", tape=call.tape_ref, ext=opts.get("format", "mp3"),
+            direction=call.direction or "unknown", tape=call.tape_ref, ext=output.format,
         )  # fmt: skip
         tape_local, tape_key, tape_spec = call.tape_local, call.tape_key, dict(call.tape_storage)
         out_spec, known_md5 = dict(rec.storage), rec.md5
@@ -126,11 +127,11 @@ def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
         policy = RetentionPolicy.from_json(settings.retention)
         keep_tape_days = settings.keep_tape_days
     work = ctx.config.work_dir
-    out = work / f"{recording_id}.{opts.get('format', 'mp3')}"
+    out = work / f"{recording_id}{output.extension}"
     # mix, unless an earlier attempt already made the file and only its upload failed
-    report: offline.CallOutput | None = None
+    report: CallOutput | None = None
     if not (known_md5 and out.is_file() and file_md5(out)[1] == known_md5):
-        report = _mix(ctx, tape_local, tape_key, tape_spec, out, opts)
+        report = _mix(ctx, tape_local, tape_key, tape_spec, out, output, sip_call_id)
     md5 = file_md5(out)[1]
     with held.fenced() as s:
         rec = s.get(Recording, recording_id)
@@ -169,8 +170,14 @@ def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
 
 
 def _mix(
-    ctx: Context, tape_local: str, tape_key: str, tape_spec: dict[str, Any], out: Path, opts: dict[str, Any]
-) -> offline.CallOutput:
+    ctx: Context,
+    tape_local: str,
+    tape_key: str,
+    tape_spec: dict[str, Any],
+    out: Path,
+    output: OutputOptions,
+    sip_call_id: str | None,
+) -> CallOutput:
     work = ctx.config.work_dir
     # one scratch folder per recording: what a killed attempt left there is cleared by the next one
     scratch = work / f"mix-{out.stem}"
@@ -199,14 +206,9 @@ def _mix(
                 raise _storage_failed(tape_spec, f"fetching the tape failed: {exc}", exc) from exc
             except OSError as exc:
                 raise _os_error("fetching the tape", exc) from exc
-        mix_opts = offline.MixOptions(
-            fmt=str(opts.get("format", "mp3")), codec=str(opts.get("codec", "pcm")),
-            bitrate_kbps=int(opts.get("bitrate", 16)), rate=int(opts.get("rate", 8000)),
-            call_id=str(opts["sip_call_id"]) if opts.get("sip_call_id") else None,
-        )  # fmt: skip
         target = scratch / f"out{out.suffix}"
         try:
-            report = offline.mix(source, target, mix_opts)
+            report = mix(source, target, output, call_id=sip_call_id or None)
         except OutputError as exc:
             if _disk_full(exc):
                 raise Transient(f"disk full while mixing: {exc}") from exc

@@ -18,12 +18,13 @@ from typing import Any
 import av
 import numpy as np
 
-from callrec import offline
 from callrec.db.schema import Call, Recording
 from callrec.errors import CallrecError, OutputError, StorageError, Transient
 from callrec.files import tape
 from callrec.media.encode import open_writer
 from callrec.media.stitch import Layout, Piece, WavSource
+from callrec.media_limits import OutputOptions
+from callrec.mix import mix
 from callrec.service.context import Context
 from callrec.service.stitches import describe
 
@@ -104,9 +105,9 @@ def _remix(ctx: Context, member: Member, folder: Path, rate: int) -> Piece | Non
     source = _tape_folder(ctx, member, folder)
     if source is None:
         return None
-    opts = offline.MixOptions(fmt="wav", rate=rate, left=member.customer, call_id=member.sip_call_id or None)
+    wav = OutputOptions(format="wav", rate_hz=rate)
     try:
-        report = offline.mix(source, folder / "mix", opts)
+        report = mix(source, folder / "mix", wav, call_id=member.sip_call_id or None, left=member.customer)
     except OSError as exc:
         raise CallrecError(f"mixing the tape again failed: {exc.strerror or exc}") from exc
     made = [c for c in report.calls if c.output is not None]

@@ -16,9 +16,10 @@ import numpy.typing as npt
 
 from callrec.errors import OutputError
 from callrec.media.lame import mp3_encoder
-from callrec.media_limits import MP3_BITRATES_KBPS as MP3_BITRATES_KBPS  # light, for the CLI
+from callrec.media_limits import check_bitrate, check_codec, check_format
 
-WAV_CODECS = {"pcm": "PCM_16", "alaw": "ALAW", "ulaw": "ULAW", "gsm": "GSM610"}
+# libsndfile's subtype of each WAV codec (the choices and their checks: callrec.media_limits)
+WAV_SUBTYPES = {"pcm": "PCM_16", "alaw": "ALAW", "ulaw": "ULAW", "gsm": "GSM610"}
 # lame quality 7 is ~2x faster than 2 with no audible loss at telephone bitrates
 MP3_QUALITY = 7
 # libsndfile's SFC_RF64_AUTO_DOWNGRADE: write RF64 but keep plain WAV when the file stays under 4 GB
@@ -56,8 +57,7 @@ class Mp3Writer:
     """Constant-bitrate MP3 with an Info/LAME tag frame (exact start and length when decoded)."""
 
     def __init__(self, path: str | os.PathLike[str], *, rate: int, channels: int, bitrate_kbps: int) -> None:
-        if bitrate_kbps not in MP3_BITRATES_KBPS:
-            raise OutputError(f"MP3 bitrate must be one of {', '.join(map(str, MP3_BITRATES_KBPS))} kbit/s")
+        check_bitrate(bitrate_kbps)
         self.path = Path(path)
         self._part = _part_path(self.path)
         self._encoder = mp3_encoder(in_rate=rate, out_rate=mp3_sample_rate(bitrate_kbps), channels=channels,
@@ -111,8 +111,7 @@ class WavWriter:
     """WAV with 16-bit PCM, A-law, µ-law (any channel count) or GSM 6.10 (mono only)."""
 
     def __init__(self, path: str | os.PathLike[str], *, rate: int, channels: int, codec: str = "pcm") -> None:
-        if codec not in WAV_CODECS:
-            raise OutputError(f"WAV codec must be one of {', '.join(WAV_CODECS)}")
+        check_codec(codec)
         if codec == "gsm" and channels != 1:
             raise OutputError("WAV GSM 6.10 is mono only")
         self.path = Path(path)
@@ -127,7 +126,7 @@ class WavWriter:
                 "w",
                 samplerate=rate,
                 channels=channels,
-                subtype=WAV_CODECS[codec],
+                subtype=WAV_SUBTYPES[codec],
                 format=container,
             )
         except (OSError, RuntimeError, ValueError, soundfile.LibsndfileError) as exc:
@@ -169,8 +168,7 @@ def open_writer(
     codec: str = "pcm",
 ) -> Mp3Writer | WavWriter:
     """The writer for an output format (``mp3`` or ``wav``)."""
+    check_format(fmt)
     if fmt == "mp3":
         return Mp3Writer(path, rate=rate, channels=channels, bitrate_kbps=bitrate_kbps)
-    if fmt == "wav":
-        return WavWriter(path, rate=rate, channels=channels, codec=codec)
-    raise OutputError("output format must be mp3 or wav")
+    return WavWriter(path, rate=rate, channels=channels, codec=codec)

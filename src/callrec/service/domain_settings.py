@@ -12,6 +12,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from callrec.config import ConfigError
+from callrec.media_limits import (
+    DEFAULT_BITRATE_KBPS,
+    DEFAULT_CODEC,
+    DEFAULT_FORMAT,
+    DEFAULT_RATE_HZ,
+    Bitrate,
+    Codec,
+    Format,
+    OutputOptions,
+    Rate,
+)
 
 SECRET_MASK = "********"
 Event = Literal["recording.completed", "recording.failed", "recording.deleted"]
@@ -97,10 +108,11 @@ class DomainSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["mp3", "wav"] = "mp3"
-    codec: Literal["pcm", "alaw", "ulaw", "gsm"] = "pcm"
-    bitrate: Literal[8, 16, 24, 32] = 16
-    rate: Literal[8000, 16000] = 8000
+    # the output options: choices and defaults are OutputOptions' (callrec.media_limits)
+    format: Format = DEFAULT_FORMAT
+    codec: Codec = DEFAULT_CODEC
+    bitrate: Bitrate = DEFAULT_BITRATE_KBPS
+    rate: Rate = DEFAULT_RATE_HZ
     # days to keep the raw tape after its recording is stored: 0 deletes it at once, null keeps it
     keep_tape_days: int | None = Field(default=0, ge=0, le=36500)
     schedule: dict[str, Any] = Field(default_factory=lambda: {"mode": "immediate"})
@@ -167,6 +179,11 @@ class DomainSettings(BaseModel):
         if value and info.context == CHANGE and not info.data.get("webhook_secret"):
             raise ValueError("webhooks need webhook_secret: set it (16 to 200 characters) in the same request")
         return value
+
+    @property
+    def output(self) -> OutputOptions:
+        """The domain's output options, as the worker mixes with them."""
+        return OutputOptions(self.format, self.codec, self.bitrate, self.rate)
 
     def public_json(self) -> dict[str, Any]:
         """The settings as the API shows them: the secrets are masked."""

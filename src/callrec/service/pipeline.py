@@ -228,7 +228,7 @@ def _domain_for(s: Any, name: str, now: datetime) -> Any:
 
 
 def _new_recording(ctx: Context, call: Call, settings: DomainSettings, state: str, now: datetime) -> Recording:
-    options = {"format": settings.format, "codec": settings.codec, "bitrate": settings.bitrate, "rate": settings.rate}
+    options = settings.output.to_json()
     return Recording(
         id=queries.new_id(), call_id=call.id, domain_id=call.domain_id, state=state, options=options,
         format=settings.format, storage=ctx.storage_spec(settings.storage), created_at=now, updated_at=now,

@@ -55,14 +55,14 @@ def test_capture_without_calls(tmp_path: Path) -> None:
 
 
 def test_bad_options(tmp_path: Path) -> None:
-    pcap = Path(__file__).parent.parent / "samples" / "sample-call.pcap"
+    pcap = Path(__file__).parents[2] / "samples" / "sample-call.pcap"
     assert_one_line_error(callrec("mix", str(pcap), "--bitrate", "17", check=False), "--bitrate")
     assert_one_line_error(callrec("mix", str(pcap), "--rate", "44100", check=False), "--rate")
     assert_one_line_error(callrec("mix", str(pcap), "--codec", "alaw", check=False), "--codec")
 
 
 def test_unwritable_output(tmp_path: Path) -> None:
-    pcap = Path(__file__).parent.parent / "samples" / "sample-call.pcap"
+    pcap = Path(__file__).parents[2] / "samples" / "sample-call.pcap"
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_one_line_error(callrec("mix", str(pcap), "-o", str(blocker / "sub"), check=False), "cannot create")

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callrec import offline
 from callrec.media.lane import Block, LaneRun
 from callrec.media.playout import Pending
 from callrec.media.timeline import SsrcTimeline
+from callrec.media_limits import OutputOptions
+from callrec.mix import demux, mix
 from callrec.models import RtpMap
 from tests.support import synth
 from tests.support.audio import decode, need, windows, xcorr
@@ -144,11 +145,11 @@ def build(tmp_path: Path, a: Party, b: Party, duration: float = DURATION_S) -> t
 
 
 def mixed(pcap: Path, out: Path, lane: bool = True) -> np.ndarray:
-    offline.VECTOR_LANE = lane
+    demux.VECTOR_LANE = lane
     try:
-        report = offline.mix(pcap, out, offline.MixOptions(fmt="wav"))
+        report = mix(pcap, out, OutputOptions(format="wav"))
     finally:
-        offline.VECTOR_LANE = True
+        demux.VECTOR_LANE = True
     assert [c.error for c in report.calls] == [None]
     assert all(s["late"] == 0 for s in report.calls[0].streams)
     return decode(out)

@@ -15,12 +15,12 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from callrec import offline
 from callrec.media.mixer import CallMixer
+from callrec.mix import mix
 from tests.support import synth
 from tests.support.audio import need
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench_module() -> ModuleType:
@@ -65,7 +65,7 @@ def test_waiting_packets_stay_bounded_during_a_long_call(
         self.sink.write = write  # type: ignore[method-assign]
 
     monkeypatch.setattr(CallMixer, "__init__", spy_init)
-    report = offline.mix(captures["long"], tmp_path / "long.mp3", offline.MixOptions())
+    report = mix(captures["long"], tmp_path / "long.mp3")
     assert report.calls[0].duration_s == pytest.approx(40 * 60, abs=1)
     assert mixers
     # 50 packets/s per stream: the 400 ms jitter buffer plus a 0.5 s step is ~50 packets, never thousands

@@ -1,7 +1,7 @@
 """The mixer's vectorised lane gives exactly what the per-packet path gives.
 
 ``CaptureReader.batches`` must yield the same datagrams as iterating the reader, and ``callrec mix``
-the same bytes and the same figures with the lane as without it (``offline.VECTOR_LANE``), on
+the same bytes and the same figures with the lane as without it (``demux.VECTOR_LANE``), on
 captures with every impairment, and on captures made to break the lane's runs: RTCP and CSRC packets
 in the middle of a stream, a capture clock going back, a sender clock jumping, a truncated file.
 """
@@ -17,11 +17,12 @@ import dpkt
 import numpy as np
 import pytest
 
-from callrec import offline
 from callrec.files.pcap import CaptureReader, Datagram, UdpBlock
 from callrec.media.timeline import SsrcTimeline
+from callrec.media_limits import OutputOptions
+from callrec.mix import demux, mix
+from tests.mix.test_mix import SCENARIOS, scenario
 from tests.support import synth
-from tests.test_mix import SCENARIOS, scenario
 
 Datagrams = list[tuple[float, str, int, str, int, bytes]]
 
@@ -47,12 +48,12 @@ def assert_batches_match(path: Path) -> None:
 
 def mixed(path: Path, tmp_path: Path, lane: bool, fmt: str = "wav", rate: int = 8000) -> tuple[str, list]:
     """(digest of the output, JSON of every call) of one mix."""
-    offline.VECTOR_LANE = lane
+    demux.VECTOR_LANE = lane
     try:
         out = tmp_path / f"{'lane' if lane else 'packets'}.{fmt}"
-        report = offline.mix(path, out, offline.MixOptions(fmt=fmt, rate=rate))
+        report = mix(path, out, OutputOptions(format=fmt, rate_hz=rate))
     finally:
-        offline.VECTOR_LANE = True
+        demux.VECTOR_LANE = True
     calls = [{k: v for k, v in c.to_json().items() if k != "output"} for c in report.calls]
     digests = [hashlib.sha256(c.output.read_bytes()).hexdigest() for c in report.calls if c.output]
     return " ".join(digests), [calls, report.stats, report.warnings]
@@ -225,7 +226,7 @@ def test_batches_match_iteration_across_link_types_and_odd_frames(tmp_path: Path
 
 def test_two_minute_bench_call_through_the_lane(tmp_path: Path, plans: list[int]) -> None:
     """The benchmark's capture (numpy-written records, one stride): the same MP3 either way."""
-    from tests.test_mix_memory import bench_module
+    from tests.mix.test_mix_memory import bench_module
 
     bench = bench_module()
     loops = (bench.voice_loop(1), bench.voice_loop(2))
