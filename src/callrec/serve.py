@@ -29,6 +29,7 @@ from callrec.config import RecorderConfig, ServiceConfig
 from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.service.context import Context
+from callrec.service.domain_settings import ensure_domain
 from callrec.service.ownership import DataLock
 from callrec.service.sanity import EXIT_REFUSED, StartRefused, cannot_listen
 from callrec.service.webhooks import public_base
@@ -45,7 +46,7 @@ def bootstrap(ctx: Context) -> str | None:
     A new ``CALLREC_ADMIN_KEY`` revokes the key the previous value set (``queries.ensure_admin_key``)."""
     now = ctx.clock.now()
     with transaction(ctx.sessions) as s:
-        queries.ensure_domain(s, queries.DEFAULT_DOMAIN, now)
+        ensure_domain(s, queries.DEFAULT_DOMAIN, now)
         return queries.ensure_admin_key(s, ctx.config.admin_key, now)
 
 

@@ -27,6 +27,7 @@ from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.jobs.worker import build
 from callrec.secretbox import new_key
+from callrec.service.domain_settings import ensure_domain
 from callrec.service.pipeline import Service
 from tests.support import synth
 
@@ -171,7 +172,7 @@ def make_service(data_dir: Path, database_url: str) -> Service:
     service = build(config)
     with transaction(service.ctx.sessions) as s:
         now = service.ctx.clock.now()
-        queries.ensure_domain(s, queries.DEFAULT_DOMAIN, now)
+        ensure_domain(s, queries.DEFAULT_DOMAIN, now)
         queries.ensure_admin_key(s, ADMIN_KEY, now)
     return service
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.jobs.worker import build
-from callrec.service.domain_settings import merge_settings
+from callrec.service.domain_settings import ensure_domain, load_settings, merge_settings, store_settings
 from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend, postgres_database, redis_queue, service_config
@@ -56,12 +55,12 @@ def service(backend: Backend, clock: FakeClock) -> Iterator[Service]:
 def set_settings(service: Service, domain: str, update: dict[str, object]) -> None:
     ctx = service.ctx
     with transaction(ctx.sessions) as s:
-        row = queries.ensure_domain(s, domain, ctx.clock.now())
-        settings = merge_settings(queries.load_settings(s, row), update)
+        row = ensure_domain(s, domain, ctx.clock.now())
+        settings = merge_settings(load_settings(s, row), update)
         storage = settings.storage
         if storage.secret_access_key and not storage.secret_access_key.startswith("enc:"):
             storage.secret_access_key = ctx.box.encrypt(storage.secret_access_key)
-        queries.store_settings(s, row, settings)
+        store_settings(s, row, settings)
 
 
 def drain(service: Service, limit: int = 100) -> int:

@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import func, select
 
 from callrec.config import ConfigError, recorder_config_from_env
-from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import Call, Domain
 from callrec.files import tape
+from callrec.service.domain_settings import ensure_domain
 from callrec.service.pipeline import Service
 from callrec.service.rtpengine_spool import FAILED_DIR, SpoolWatcher, check_spools, tape_name
 from tests.service.backends import Backend
@@ -84,7 +84,7 @@ def test_a_finished_recording_becomes_a_call_and_leaves_the_spool_an_unfinished_
 ) -> None:
     spool = tmp_path / "spool"
     with transaction(service.ctx.sessions) as s:
-        queries.ensure_domain(s, "acme", service.ctx.clock.now())
+        ensure_domain(s, "acme", service.ctx.clock.now())
     pcap, meta = add_recording(spool, call_id="abc@host")
     running_pcap, running_meta = add_recording(spool, finished=False)
     w = watcher(service, spool, backend.config.data_dir / "tapes")
@@ -109,7 +109,7 @@ def test_an_unknown_domain_files_the_call_into_default_and_the_key_names_are_con
     add_recording(spool, metadata="domain:nobody-knows|interaction:x-1")
     add_recording(spool, metadata="tenant:acme|case:77|domain:ignored")
     with transaction(service.ctx.sessions) as s:
-        queries.ensure_domain(s, "acme", service.ctx.clock.now())
+        ensure_domain(s, "acme", service.ctx.clock.now())
     w = watcher(service, spool, backend.config.data_dir / "tapes", domain_key="tenant", interaction_key="case")
     assert w.run_once() == 2
     got = sorted((domain_of(service, c), c.interaction_id) for c in calls(service))

@@ -20,6 +20,7 @@ from callrec.db.schema import COMPLETED, DELETED, QUEUED, Call, Domain, Party, R
 from callrec.jobs import stitch, stitch_audio
 from callrec.jobs.retention import delete_recording
 from callrec.service import stitches
+from callrec.service.domain_settings import ensure_domain
 from callrec.service.pipeline import Service
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
@@ -193,7 +194,7 @@ def client(service: Service) -> Iterator[TestClient]:
 
 def _key(service: Service, domain: str) -> dict[str, str]:
     with transaction(service.ctx.sessions) as s:
-        row = queries.ensure_domain(s, domain, service.ctx.clock.now())
+        row = ensure_domain(s, domain, service.ctx.clock.now())
         _, secret = queries.create_key(s, row.id, service.ctx.clock.now())
     return {"Authorization": f"Bearer {secret}"}
 

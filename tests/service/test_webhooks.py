@@ -25,6 +25,7 @@ from callrec.db.engine import transaction
 from callrec.db.schema import Recording, WebhookDelivery
 from callrec.jobs import retention
 from callrec.service import webhooks
+from callrec.service.domain_settings import ensure_domain
 from callrec.service.pipeline import Service
 from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
@@ -139,8 +140,8 @@ def _client(service: Service) -> tuple[TestClient, dict[str, str], dict[str, str
     """The API on this service, a key of ``default`` and a key of another domain."""
     now = service.ctx.clock.now()
     with transaction(service.ctx.sessions) as s:
-        mine = queries.ensure_domain(s, "default", now)
-        theirs = queries.ensure_domain(s, "other", now)
+        mine = ensure_domain(s, "default", now)
+        theirs = ensure_domain(s, "other", now)
         s.flush()
         _, key = queries.create_key(s, mine.id, now)
         _, other = queries.create_key(s, theirs.id, now)

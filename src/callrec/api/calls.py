@@ -40,6 +40,7 @@ from callrec.db.engine import transaction
 from callrec.db.schema import QUEUED, RECORDING, Call, CallAlias, Domain, Party, Recording
 from callrec.errors import ServiceError
 from callrec.service.cards import call_card, links_of_calls, recording_json, retention_json
+from callrec.service.domain_settings import load_settings
 from callrec.service.retention import refresh_expiry
 
 router = APIRouter(tags=["calls"])
@@ -169,7 +170,7 @@ def remix(
             raise ServiceError("the call's raw tape was deleted, so it cannot be mixed again", 409)
         domain = s.get(Domain, call.domain_id)
         assert domain is not None
-        settings = queries.load_settings(s, domain)
+        settings = load_settings(s, domain)
         options = {
             "format": asked.format or settings.format, "codec": asked.codec or settings.codec,
             "bitrate": asked.bitrate or settings.bitrate, "rate": asked.rate or settings.rate, "asap": True,

@@ -23,7 +23,7 @@ from callrec.errors import ServiceError
 from callrec.secretbox import is_encrypted
 from callrec.service import egress
 from callrec.service.context import Context
-from callrec.service.domain_settings import DomainSettings, merge_settings
+from callrec.service.domain_settings import DomainSettings, load_settings, merge_settings, store_settings
 from callrec.service.replan import replan_waiting
 from callrec.service.retention import refresh_expiry
 
@@ -106,7 +106,7 @@ def create_domain(body: DomainIn, service: ServiceDep, _admin: AdminDep) -> dict
             domain = Domain(name=body.name, settings={}, created_at=ctx.clock.now())
             s.add(domain)
             s.flush()
-            queries.store_settings(s, domain, settings)
+            store_settings(s, domain, settings)
             out = _domain_json(domain, settings)
     except IntegrityError as exc:  # made by another request at the same moment
         raise exists from exc
@@ -117,14 +117,14 @@ def create_domain(body: DomainIn, service: ServiceDep, _admin: AdminDep) -> dict
 def list_domains(service: ServiceDep, principal: ViewDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         rows = s.scalars(scope(select(Domain), principal, Domain.id).order_by(Domain.name)).all()
-        return {"items": [_domain_json(d, queries.load_settings(s, d)) for d in rows]}
+        return {"items": [_domain_json(d, load_settings(s, d)) for d in rows]}
 
 
 @router.get("/domains/{name}", response_model=DomainOut, summary="One domain")
 def get_domain(name: str, service: ServiceDep, principal: ViewDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
         domain = visible_domain(s, principal, name)
-        return _domain_json(domain, queries.load_settings(s, domain))
+        return _domain_json(domain, load_settings(s, domain))
 
 
 @router.post("/domains/{name}/keys", status_code=201, response_model=KeyCreated,
@@ -169,7 +169,7 @@ def revoke_key(name: str, key_id: str, service: ServiceDep, admin: SettingsDep) 
 @router.get("/domains/{name}/settings", summary="A domain's settings (its key with read or settings, or admin)")
 def get_settings(name: str, service: ServiceDep, principal: ViewDep) -> dict[str, Any]:
     with service.ctx.sessions() as s:
-        return queries.load_settings(s, visible_domain(s, principal, name)).public_json()
+        return load_settings(s, visible_domain(s, principal, name)).public_json()
 
 
 @router.put("/domains/{name}/settings", summary="Change some of a domain's settings (its key with settings, or admin)")
@@ -178,10 +178,10 @@ def put_settings(name: str, update: SettingsUpdate, service: ServiceDep, princip
     _check_text(update, "")
     with transaction(ctx.sessions) as s:
         domain = visible_domain(s, principal, name)
-        current = queries.load_settings(s, domain)
+        current = load_settings(s, domain)
         settings = _seal(ctx, merge_settings(current, update))
         egress.check_settings(ctx.egress, current, settings)
-        queries.store_settings(s, domain, settings)
+        store_settings(s, domain, settings)
         domain_id, retention_changed = domain.id, current.retention != settings.retention
         schedule_changed = current.schedule != settings.schedule
     if retention_changed:

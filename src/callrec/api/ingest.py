@@ -29,6 +29,7 @@ from callrec.files.magic import looks_like_capture
 from callrec.files.scan import split_capture
 from callrec.models import CallInfo
 from callrec.service.context import Context
+from callrec.service.domain_settings import ensure_domain
 from callrec.service.pipeline import Service
 from callrec.storage.base import os_reason
 
@@ -172,7 +173,7 @@ def _domain(service: Service, principal: Principal, asked: bytes | None) -> str:
                 raise ServiceError("only an admin key may upload into another domain", 403)
             return own.name
         if not name:
-            return queries.ensure_domain(s, queries.DEFAULT_DOMAIN, ctx.clock.now()).name
+            return ensure_domain(s, queries.DEFAULT_DOMAIN, ctx.clock.now()).name
         if len(name) > 64 or "\x00" in name or queries.domain_by_name(s, name) is None:
             raise ServiceError(f"no domain named {name[:64]!r}", 404)
         return name

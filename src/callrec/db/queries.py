@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from callrec.config import ConfigError
 from callrec.db.schema import ApiKey, Call, CallAlias, Domain, Party, Recording, RetentionRuleRow, StreamRow
 from callrec.models import CallInfo
-from callrec.service.domain_settings import DomainSettings
 
 DEFAULT_DOMAIN = "default"
 KEY_PREFIX = "cr_"
@@ -36,14 +35,14 @@ def domain_by_name(session: Session, name: str) -> Domain | None:
     return session.scalar(select(Domain).where(Domain.name == name))
 
 
-def ensure_domain(session: Session, name: str, now: datetime) -> Domain:
-    """The domain called ``name``, created with default settings if it does not exist yet."""
+def ensure_domain(session: Session, name: str, now: datetime, settings: dict[str, Any]) -> Domain:
+    """The domain called ``name``, created with ``settings`` (JSON) if it does not exist yet."""
     found = domain_by_name(session, name)
     if found is not None:
         return found
     try:
         with session.begin_nested():
-            domain = Domain(name=name, settings=DomainSettings().model_dump(mode="json"), created_at=now)
+            domain = Domain(name=name, settings=settings, created_at=now)
             session.add(domain)
     except IntegrityError:  # another node made it at the same moment
         found = domain_by_name(session, name)
@@ -52,8 +51,8 @@ def ensure_domain(session: Session, name: str, now: datetime) -> Domain:
     return domain
 
 
-def load_settings(session: Session, domain: Domain) -> DomainSettings:
-    """The domain's settings; retention rules come from their own table, in order."""
+def settings_json(session: Session, domain: Domain) -> dict[str, Any]:
+    """The domain's settings as stored (JSON); retention rules come from their own table, in order."""
     data = dict(domain.settings)
     rules = session.scalars(
         select(RetentionRuleRow).where(RetentionRuleRow.domain_id == domain.id).order_by(RetentionRuleRow.position)
@@ -65,11 +64,11 @@ def load_settings(session: Session, domain: Domain) -> DomainSettings:
         for r in rules
     ]  # fmt: skip
     data["retention"] = retention
-    return DomainSettings.model_validate(data)
+    return data
 
 
-def store_settings(session: Session, domain: Domain, settings: DomainSettings) -> None:
-    data = settings.model_dump(mode="json")
+def store_settings_json(session: Session, domain: Domain, data: dict[str, Any]) -> None:
+    """Store the domain's settings (JSON): the retention rules in their own table, the rest on the row."""
     rules = data["retention"].pop("rules", [])
     data["retention"]["rules"] = []
     domain.settings = data

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, DELETED, FAILED, Audit, Call, Domain, Recording
 from callrec.errors import StorageError
 from callrec.service.context import Context
+from callrec.service.domain_settings import load_settings
 from callrec.service.retention import RetentionPolicy, expires_at, facts_of
 from callrec.storage import integrity, keys
 
@@ -58,7 +58,7 @@ def delete_recording(ctx: Context, recording_id: str, why: str, actor: str) -> b
         domain = s.get(Domain, rec.domain_id)
         assert domain is not None
         if actor == "retention":
-            policy = RetentionPolicy.from_json(queries.load_settings(s, domain).retention)
+            policy = RetentionPolicy.from_json(load_settings(s, domain).retention)
             until = expires_at(policy, facts_of(rec.call))
             if until is None or until > now:  # held, or the rules changed since expiry was computed
                 with transaction(ctx.sessions) as s2:

@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, MIXING, QUEUED, STORING, Call, Domain, Job, Recording
 from callrec.errors import CallrecError, EgressRefused, OutputError, Permanent, StorageError, Transient
@@ -25,6 +24,7 @@ from callrec.media_limits import OutputOptions
 from callrec.mix import CallOutput, mix
 from callrec.service import fairness, leased
 from callrec.service.context import Context
+from callrec.service.domain_settings import load_settings
 from callrec.service.leased import LeaseLost
 from callrec.service.pipeline import RECORDINGS, WAITING_FOR_TAPE, Pipeline
 from callrec.service.retention import RetentionPolicy, expires_at, facts_of
@@ -78,7 +78,7 @@ def _window_open(ctx: Context, recording_id: str) -> bool:
             return True
         domain = s.get(Domain, rec.domain_id)
         assert domain is not None
-        opens = Schedule.from_json(queries.load_settings(s, domain).schedule).next_open(now)
+        opens = Schedule.from_json(load_settings(s, domain).schedule).next_open(now)
         if opens > now:
             rec.next_attempt_at = opens
             return False
@@ -111,7 +111,7 @@ def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
         call = rec.call
         domain = s.get(Domain, rec.domain_id)
         assert domain is not None
-        settings = queries.load_settings(s, domain)
+        settings = load_settings(s, domain)
         output = OutputOptions.from_json(rec.options)
         # a capture may hold other calls beside this one: mix only this one
         sip_call_id = call.sip_call_id

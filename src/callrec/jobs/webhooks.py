@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 
 from callrec.config import ConfigError
-from callrec.db import queries
 from callrec.db.schema import Domain, WebhookDelivery
 from callrec.errors import CallrecError, EgressRefused, Permanent
 from callrec.secretbox import is_encrypted
 from callrec.service import egress, leased
 from callrec.service import webhooks as spec
 from callrec.service.context import Context
+from callrec.service.domain_settings import load_settings
 from callrec.service.egress import Policy
 from callrec.service.leased import LeaseLost
 from callrec.service.pipeline import Pipeline
@@ -138,7 +138,7 @@ def _what_to_send(held: leased.Claim) -> _Claim:
         domain = s.get(Domain, row.domain_id) if row is not None else None
         if row is None or domain is None:
             return _Claim("", "", "", "", "the delivery's domain is gone")
-        settings = queries.load_settings(s, domain)
+        settings = load_settings(s, domain)
         secret, problem = settings.webhook_secret, ""
         if not any(w.url == row.url for w in settings.webhooks):
             problem = "the receiver is no longer among the domain's webhooks"

@@ -7,11 +7,15 @@ again (``public_json`` masks them).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from sqlalchemy.orm import Session
 
 from callrec.config import ConfigError
+from callrec.db import queries
+from callrec.db.schema import Domain
 from callrec.media_limits import (
     DEFAULT_BITRATE_KBPS,
     DEFAULT_CODEC,
@@ -210,3 +214,20 @@ def merge_settings(current: DomainSettings, update: dict[str, Any]) -> DomainSet
         update = {**update, "webhook_secret": current.webhook_secret}
     data.update(update)
     return DomainSettings.model_validate(data, context=CHANGE)
+
+# --- on the domain row (db/queries.py holds the SQL, this module the type) ------------------------------
+
+
+def ensure_domain(session: Session, name: str, now: datetime) -> Domain:
+    """The domain called ``name``, created with default settings if it does not exist yet."""
+    return queries.ensure_domain(session, name, now, DomainSettings().model_dump(mode="json"))
+
+
+def load_settings(session: Session, domain: Domain) -> DomainSettings:
+    """The domain's settings; retention rules come from their own table, in order."""
+    return DomainSettings.model_validate(queries.settings_json(session, domain))
+
+
+def store_settings(session: Session, domain: Domain, settings: DomainSettings) -> None:
+    """Store the domain's settings: the retention rules in their own table, the rest on the row."""
+    queries.store_settings_json(session, domain, settings.model_dump(mode="json"))

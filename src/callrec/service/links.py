@@ -19,6 +19,7 @@ from callrec.db import queries
 from callrec.db.schema import Domain, Link
 from callrec.errors import Gone, NotFound, Refused
 from callrec.service.context import Context
+from callrec.service.domain_settings import load_settings
 
 RECORDING = "recording"
 INTERACTION = "interaction"
@@ -70,7 +71,7 @@ def create(
     domain = s.get(Domain, domain_id)
     if domain is None:
         raise NotFound(f"no domain with id {domain_id}")
-    limits = queries.load_settings(s, domain).links
+    limits = load_settings(s, domain).links
     seconds = limits.default_expires_s if expires_in_s is None else expires_in_s
     if not MIN_EXPIRES_S <= seconds <= limits.max_expires_s:
         raise Refused(

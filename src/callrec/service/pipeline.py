@@ -30,7 +30,7 @@ from callrec.errors import CallrecError, ParseError, StorageError
 from callrec.files import tape
 from callrec.service import leased
 from callrec.service.context import Context
-from callrec.service.domain_settings import DomainSettings
+from callrec.service.domain_settings import DomainSettings, ensure_domain, load_settings
 from callrec.service.queue import JobQueue
 from callrec.service.schedule import Schedule
 from callrec.storage import keys
@@ -78,7 +78,7 @@ class Pipeline:
             call = queries.call_from_info(s, info, extra, domain, folder.name, now)
             call.tape_local = str(folder.resolve())
             if not call.recordings:
-                s.add(_new_recording(self.ctx, call, queries.load_settings(s, domain), RECORDING, now))
+                s.add(_new_recording(self.ctx, call, load_settings(s, domain), RECORDING, now))
 
     def tape_closed(self, folder: Path) -> str:
         """Register a closed tape, put it in storage and queue its mixing; returns the call's id.
@@ -92,7 +92,7 @@ class Pipeline:
         now = self.ctx.clock.now()
         with transaction(self.ctx.sessions) as s:
             domain = _domain_for(s, info.domain, now)
-            settings = queries.load_settings(s, domain)
+            settings = load_settings(s, domain)
             call = queries.call_from_info(s, info, extra, domain, folder.name, now)
             call.tape_local = str(folder.resolve())
             rec = next((r for r in call.recordings if r.state in (RECORDING, QUEUED)), None)
@@ -169,7 +169,7 @@ class Pipeline:
                 return
             domain = s.get(Domain, call.domain_id)
             assert domain is not None
-            settings = queries.load_settings(s, domain)
+            settings = load_settings(s, domain)
             ids = [r.id for r in call.recordings if r.state == QUEUED]
         for rec_id in ids:
             self.schedule(rec_id, settings)
@@ -224,7 +224,7 @@ def _read_tape(folder: Path) -> tuple[Any, dict[str, Any]]:
 
 def _domain_for(s: Any, name: str, now: datetime) -> Any:
     """The tape's domain if it is known, else ``default`` (which always exists)."""
-    return queries.domain_by_name(s, name) or queries.ensure_domain(s, queries.DEFAULT_DOMAIN, now)
+    return queries.domain_by_name(s, name) or ensure_domain(s, queries.DEFAULT_DOMAIN, now)
 
 
 def _new_recording(ctx: Context, call: Call, settings: DomainSettings, state: str, now: datetime) -> Recording:

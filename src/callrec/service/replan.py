@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from callrec.db import queries
 from callrec.db.schema import QUEUED, Domain, Recording
+from callrec.service.domain_settings import load_settings
 from callrec.service.pipeline import Service
 
 
@@ -20,7 +20,7 @@ def replan_waiting(service: Service, domain_id: int) -> int:
         domain = s.get(Domain, domain_id)
         if domain is None:
             return 0
-        settings = queries.load_settings(s, domain)
+        settings = load_settings(s, domain)
         waiting = list(s.scalars(select(Recording.id).where(
             Recording.domain_id == domain_id, Recording.state == QUEUED, Recording.attempts == 0,
             Recording.next_attempt_at > now,

@@ -22,10 +22,10 @@ from typing import Any
 from sqlalchemy import select
 
 from callrec.config import ConfigError
-from callrec.db import queries
 from callrec.db.engine import transaction
 from callrec.db.schema import COMPLETED, Call, Domain, Recording
 from callrec.service.context import Context
+from callrec.service.domain_settings import load_settings
 
 DIRECTIONS = ("inbound", "outbound", "internal")
 # 100 years: longer is "forever" (null), and datetime arithmetic stays in range
@@ -208,7 +208,7 @@ def refresh_expiry(ctx: Context, domain_id: int, call_id: str | None = None) -> 
         domain = s.get(Domain, domain_id)
         if domain is None:
             return 0
-        policy = RetentionPolicy.from_json(queries.load_settings(s, domain).retention)
+        policy = RetentionPolicy.from_json(load_settings(s, domain).retention)
         query = select(Recording).where(Recording.domain_id == domain_id, Recording.state == COMPLETED)
         if call_id is not None:
             query = query.where(Recording.call_id == call_id)

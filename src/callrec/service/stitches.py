@@ -34,7 +34,7 @@ from callrec.db.schema import (
 from callrec.errors import NotFound
 from callrec.service import leased
 from callrec.service.context import Context
-from callrec.service.domain_settings import DomainSettings
+from callrec.service.domain_settings import DomainSettings, load_settings
 from callrec.service.queue import JobQueue
 
 log = logging.getLogger("callrec.stitch")
@@ -105,7 +105,7 @@ def domain_settings_of(s: Session, domain_id: int) -> tuple[Domain, DomainSettin
     domain = s.get(Domain, domain_id)
     if domain is None:
         raise NotFound("no such domain")
-    return domain, queries.load_settings(s, domain)
+    return domain, load_settings(s, domain)
 
 
 # --- asking for one --------------------------------------------------------------------------------

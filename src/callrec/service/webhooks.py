@@ -40,6 +40,7 @@ from callrec.secretbox import is_encrypted
 from callrec.service import leased, links
 from callrec.service.cards import call_card, recording_json
 from callrec.service.context import Context
+from callrec.service.domain_settings import load_settings
 from callrec.service.queue import JobQueue
 
 log = logging.getLogger("callrec.webhooks")
@@ -105,7 +106,7 @@ def record(ctx: Context, event: str, recording_id: str) -> list[str]:
         domain = s.get(Domain, rec.domain_id) if rec is not None else None
         if rec is None or domain is None:
             return []
-        receivers = [w for w in queries.load_settings(s, domain).webhooks if event in w.events]
+        receivers = [w for w in load_settings(s, domain).webhooks if event in w.events]
         done = set(s.scalars(select(WebhookDelivery.url).where(
             WebhookDelivery.recording_id == recording_id, WebhookDelivery.event == event)))  # fmt: skip
         card, ids = None, []
