@@ -18,6 +18,7 @@ from tests.support.audio import need
 HEAVY = ("numpy", "av", "soxr", "soundfile", "sqlalchemy", "fastapi", "uvicorn", "rich.progress")
 
 
+@pytest.mark.slow
 def test_importing_the_cli_loads_no_heavy_module() -> None:
     # `callrec mix` must not pay for the media stack, the database or the web server before it reads its
     # input: they load inside the commands that use them
@@ -26,6 +27,7 @@ def test_importing_the_cli_loads_no_heavy_module() -> None:
     assert json.loads(proc.stdout) == []
 
 
+@pytest.mark.slow
 def test_a_bad_mix_argument_is_refused_before_the_media_stack_loads(tmp_path: Path) -> None:
     code = (
         "import sys\n"
@@ -59,6 +61,7 @@ finally:
 """
 
 
+@pytest.mark.slow
 def test_mix_reads_its_input_before_the_media_stack_and_never_loads_what_the_call_does_not_need(
     tmp_path: Path,
 ) -> None:
@@ -80,6 +83,7 @@ def test_mix_reads_its_input_before_the_media_stack_and_never_loads_what_the_cal
     assert "numpy" in loaded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -93,6 +97,7 @@ def test_values_of_the_wrong_type_are_refused_with_exit_2(args: tuple[str, ...],
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_a_file_that_is_no_capture_is_refused_before_the_media_stack_loads(tmp_path: Path) -> None:
     bad = tmp_path / "x.pcap"
     bad.write_bytes(b"\x00\x01garbage" * 10)
@@ -117,6 +122,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_version() -> None:
     proc = _run("--version")
     assert proc.returncode == 0, proc.stderr
@@ -126,6 +132,7 @@ def test_version() -> None:
 COMMANDS = [(), ("mix",), ("record",), ("serve",), ("worker",), ("version",), ("keys",), ("keys", "create")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "callrec")
 def test_dash_h_is_help_and_help_shows_no_typed_metavars(command: tuple[str, ...]) -> None:
     short, long = _run(*command, "-h"), _run(*command, "--help")
@@ -135,6 +142,7 @@ def test_dash_h_is_help_and_help_shows_no_typed_metavars(command: tuple[str, ...
     assert not re.search(r"<(bool|str|int|float|path|list\[[^]]*\])>", short.stdout), short.stdout
 
 
+@pytest.mark.slow
 def test_proper_metavars() -> None:
     text = _run("serve", "-h").stdout
     for shown in ("DIR", "CIDR", "DOMAIN=CIDR", "HOST:PORT", "FIRST-LAST", "LEVEL"):
@@ -153,6 +161,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess[str], contains: str
 SAMPLE = Path(__file__).parent.parent / "samples" / "sample-call.pcap"
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_tape(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -161,10 +170,12 @@ def test_a_folder_that_is_not_a_tape(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_input(tmp_path: Path) -> None:
     _assert_one_line_error(_run("mix", str(tmp_path / "nope.pcap")), "no such file or folder")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["call.ogg", "call.MP4", "x.flac"])
 def test_an_output_extension_that_is_neither_mp3_nor_wav_is_refused(tmp_path: Path, name: str) -> None:
     out = tmp_path / name
@@ -173,6 +184,7 @@ def test_an_output_extension_that_is_neither_mp3_nor_wav_is_refused(tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_existing_folder_with_a_dot_is_still_an_output_folder(tmp_path: Path) -> None:
     out = tmp_path / "calls.2026"
     out.mkdir()
@@ -181,15 +193,18 @@ def test_an_existing_folder_with_a_dot_is_still_an_output_folder(tmp_path: Path)
     assert [p.suffix for p in out.iterdir()] == [".mp3"]
 
 
+@pytest.mark.slow
 def test_format_and_extension_must_agree(tmp_path: Path) -> None:
     _assert_one_line_error(_run("mix", str(SAMPLE), "-o", str(tmp_path / "c.wav"), "--format", "mp3"), "--format mp3")
 
 
+@pytest.mark.slow
 def test_an_output_below_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     _assert_one_line_error(_run("mix", str(SAMPLE), "-o", str(tmp_path / "file" / "c.mp3")), "not a folder")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("option", "value"), [("--bitrate", "0"), ("--bitrate", "320"), ("--rate", "0"), ("--rate", "48000")]
 )
@@ -197,6 +212,7 @@ def test_out_of_range_numbers(option: str, value: str) -> None:
     _assert_one_line_error(_run("mix", str(SAMPLE), option, value), option)
 
 
+@pytest.mark.slow
 def test_calls_sharing_a_call_id_are_numbered(tmp_path: Path) -> None:
     need(synth.FFMPEG, "ffmpeg")
     built = [

@@ -11,6 +11,8 @@ import pytest
 from tests.support import synth
 from tests.support.audio import decode, mix_json, need, probe, xcorr
 
+pytestmark = pytest.mark.slow  # callrec and ffmpeg processes on long calls (seconds each)
+
 CASES = [
     # (args, codec_name, sample_rate, channels)
     (["--format", "mp3", "--bitrate", "8"], "mp3", 8000, 2),

@@ -19,7 +19,10 @@ from tests.support.recorder_proc import free_udp_block
 from tests.support.rig import capture
 from tests.support.serve_proc import ServeProcess, free_tcp_port
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PDEATHSIG is Linux's")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PDEATHSIG is Linux's"),
+    pytest.mark.slow,  # real serve, worker and recorder processes, killed and restarted
+]
 GONE_WITHIN_S = 10.0
 REFUSED_WITHIN_S = 30.0  # a bound on the wait (twice this), never an assertion on time
 

@@ -40,6 +40,8 @@ import pytest
 
 from tests.support.audio import need
 
+pytestmark = pytest.mark.slow  # the README's tour in a network and mount namespace, twice
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 TOUR_HEADING = "## A 5-minute tour"

@@ -18,6 +18,8 @@ import pytest
 from tests.support.audio import callrec, decode, xcorr
 from tests.support.rtpengine_peer import RecordedCall, RtpenginePeer, Sent
 
+pytestmark = pytest.mark.slow  # Debian's rtpengine in a network namespace
+
 DATA = Path(__file__).resolve().parent / "data" / "rtpengine"
 RATE = 8000
 MAX_OFFSET_S = 0.020

@@ -20,12 +20,15 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import pytest
 
 from callrec.files.pcap import CaptureReader
 from tests.support.recorder_proc import RecorderProcess, read_call
 from tests.support.rtpengine_peer import PTIME_S, RecordedCall, RtpenginePeer
 from tests.support.serve_proc import ServeProcess
 from tests.test_rtpengine_mix import check_mix
+
+pytestmark = pytest.mark.slow  # Debian's rtpengine in a network namespace, real serve processes
 
 FIXTURE = Path(__file__).parent / "data" / "rtpengine" / "simple"
 SAMPLE_PCAP = next((FIXTURE / "pcaps").glob("*.pcap"))

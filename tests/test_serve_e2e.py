@@ -10,11 +10,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.recorder.test_record_sipp import SENDER, _noise, _sipp
 from tests.support.audio import decode, probe, xcorr
 from tests.support.serve_proc import ServeProcess
 from tests.test_sipp_capture import _sipp_pcap_dir, _sipp_reference
+
+pytestmark = pytest.mark.slow  # real serve process, sipp
 
 RATE = 8000
 SECONDS_TO_COMPLETE = 10.0

@@ -27,6 +27,8 @@ import pytest
 from tests.support.audio import FFMPEG, decode, mix_json, need, rfc3550_jitter_ms, xcorr
 from tests.support.recorder_proc import free_udp_block
 
+pytestmark = pytest.mark.slow  # two sipp instances captured by tshark
+
 RATE = 8000
 MAX_LAG = int(0.020 * RATE)  # the left channel must hold sipp's audio within 20 ms of where it arrived
 SILENCE = 100  # max abs sample value of a silent channel

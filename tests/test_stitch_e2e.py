@@ -18,11 +18,14 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from callrec.media.stitch import PAUSE_S
 from tests.recorder.test_record_sipp import SENDER, _sipp
 from tests.support.audio import FFMPEG, decode, need, xcorr
 from tests.support.serve_proc import ServeProcess
+
+pytestmark = pytest.mark.slow  # real serve process, sipp
 
 RATE = 8000
 SEND_S = 3

@@ -79,6 +79,7 @@ def worker_host(api: Api, tmp_path: Path) -> Iterator[Service]:
     service.close()
 
 
+@pytest.mark.slow
 def test_over_its_bound_the_least_recently_used_copies_go(
     api: Api, tenant: Tenant, captures: Captures, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,6 +132,7 @@ def test_a_recording_deleted_by_retention_elsewhere_is_not_served_and_its_copies
     assert cache.cleanup(api.service.ctx).removed == 0
 
 
+@pytest.mark.slow
 def test_a_recording_whose_file_changed_does_not_serve_the_old_copy(
     api: Api, other_host: Api, tenant: Tenant, captures: Captures
 ) -> None:

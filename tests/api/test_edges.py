@@ -138,6 +138,7 @@ def disk_full(api: Api) -> Iterator[None]:
         event.remove(engine, "before_cursor_execute", refuse)
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_keyed_reads_working_and_healthz_says_degraded(
     api: Api,
     mixed: Mixed,

@@ -211,6 +211,7 @@ def test_a_failure_before_any_call_frees_the_key(
     assert retried.status_code == 202 and len(retried.json()["calls"]) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("after_commit", [False, True], ids=["before-commit", "after-commit"])
 def test_an_upload_cut_short_is_finished_by_its_retry(
     api: Api, tenant: Tenant, captures: Captures, monkeypatch: pytest.MonkeyPatch, after_commit: bool

@@ -94,6 +94,7 @@ def test_a_weak_admin_key_is_refused(api: Api, weak: str) -> None:
         assert s.scalar(select(ApiKey).where(ApiKey.key_hash == queries.hash_key(weak))) is None
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_weak_admin_key_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "CALLREC_ADMIN_KEY": "x"}
     done = subprocess.run([sys.executable, "-m", "callrec", "serve", "--data", str(tmp_path / "data"),

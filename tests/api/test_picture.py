@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from callrec.api import audio, picture
@@ -90,6 +91,7 @@ def test_without_party_segments_the_channels_speak_for_the_parties(
     assert body["overlaps"] and body["silences"] == []
 
 
+@pytest.mark.slow
 def test_a_conference_shows_each_participant(api: Api, tenant: Tenant, tmp_path: Path) -> None:
     # A speaks first, then B, then C: three parties, every voice in both channels
     plan = synth.StreamPlan

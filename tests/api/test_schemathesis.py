@@ -29,6 +29,8 @@ from callrec.db.engine import transaction
 from callrec.db.schema import Call, WebhookDelivery
 from tests.api.conftest import Api, Captures, Mixed
 
+pytestmark = pytest.mark.slow  # schemathesis fuzzes every operation (a minute and more)
+
 EXAMPLES_PER_MODE = 25
 INTERACTION = "conv-fuzz-1"
 

@@ -64,6 +64,7 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@pytest.mark.slow
 def test_a_template_aimed_at_another_domains_keys_never_reaches_its_objects(
     api: Api, captures: Captures, tmp_path: Path
 ) -> None:

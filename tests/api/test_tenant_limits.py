@@ -88,6 +88,7 @@ def _leftovers(api: Api) -> list[Path]:
 # --- M2: one pass, per-call tapes, a cap, a fair share --------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_capture_of_many_calls_becomes_tapes_holding_only_their_own_packets(
     api: Api, tenant: Tenant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,6 +117,7 @@ def test_a_capture_of_many_calls_becomes_tapes_holding_only_their_own_packets(
         s.commit()
 
 
+@pytest.mark.slow
 def test_splitting_reads_the_capture_once_and_gives_each_call_its_packets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,8 @@ from callrec.models import CallInfo, Party, RtpMap, Stream
 from tests.support import synth
 from tests.support.audio import decode, mix_json, need, windows, xcorr
 
+pytestmark = pytest.mark.slow  # tapes mixed and decoded by ffmpeg, tshark (seconds each)
+
 RECORDER = "192.0.2.10"
 SRC = "192.0.2.20"
 PCMA = {8: RtpMap("PCMA", 8000), 101: RtpMap("telephone-event", 8000)}

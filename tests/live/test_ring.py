@@ -55,6 +55,7 @@ def check_times(got: list[Datagram], before: float, after: float) -> None:
     assert before - TS_SLACK_S <= times[0] and times[-1] <= after + TS_SLACK_S
 
 
+@pytest.mark.slow
 def test_the_ring_gives_exactly_what_the_filter_takes_in_order(veth: Veth) -> None:
     total = 3000
     code = f"""
@@ -82,6 +83,7 @@ for i in range({total}):
     assert decoder.stats["malformed"] == 0
 
 
+@pytest.mark.slow
 def test_ipv6_and_fragments_go_through_the_general_decoder_in_order(veth: Veth) -> None:
     code = f"""
 import socket
@@ -115,6 +117,7 @@ for i in range(60):
     assert decoder.stats["malformed"] == 0
 
 
+@pytest.mark.slow
 def test_plain_ipv4_udp_comes_as_blocks_of_the_mixers_kind(veth: Veth) -> None:
     code = f"""
 import socket
@@ -152,6 +155,7 @@ def udp_frame(dst_mac: bytes, vlan: int, src: str, dst: str, payload: bytes) -> 
     return dst_mac + bytes.fromhex("020000000002") + tag + b"\x08\x00" + header + udp
 
 
+@pytest.mark.slow
 def test_a_vlan_tag_the_kernel_took_off_is_kept_beside_the_frame(veth: Veth) -> None:
     # tagged and untagged frames mixed, as a trunk mirrored to us gives them: the kernel moves the tag out of
     # the frame before any capture sees it; the ring keeps it per frame and the frame decodes as untagged
@@ -180,6 +184,7 @@ for frame in {frames!r}:
     assert [(d.payload, d.sport, d.dport) for d in got] == [(b"%06d" % i, 5004, PORT) for i in range(20)]
 
 
+@pytest.mark.slow
 def test_the_drop_counter_counts_what_a_full_ring_loses(veth: Veth) -> None:
     total = 500
     code = f"""
@@ -202,6 +207,7 @@ for i in range({total}):
     assert numbers == sorted(numbers) and numbers[0] == 0
 
 
+@pytest.mark.slow
 def test_the_reader_stops_when_told_and_closes_once(veth: Veth) -> None:
     ring = RingReader(veth.interface, "udp", block_size=1 << 16, block_count=4, retire_ms=20)
     stop = threading.Event()
@@ -257,6 +263,7 @@ def test_bad_ring_settings_name_what_is_wrong() -> None:
         RingReader("lo", block_count=0)
 
 
+@pytest.mark.slow
 def test_an_interface_going_down_and_up_is_read_again_and_one_deleted_is_an_error(veth: Veth) -> None:
     code = f"""
 import socket

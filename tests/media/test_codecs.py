@@ -21,8 +21,9 @@ import io
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 import numpy as np
@@ -310,6 +311,14 @@ SAMPLES: dict[str, Callable[[], Sample]] = {
 }
 
 
+# samples whose encoding or decoding takes seconds (`make test-fast` leaves them out)
+SLOW_SAMPLES = {"opus", "G722", "speex-wideband"}
+
+
+def _marked(names: Iterable[str]) -> list[Any]:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SAMPLES else n for n in names]
+
+
 @functools.cache
 def sample(name: str) -> Sample:
     return SAMPLES[name]()
@@ -322,7 +331,7 @@ def new_decoder(s: Sample) -> Decoder:
 # --- every codec on real payloads ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(SAMPLES))
+@pytest.mark.parametrize("name", _marked(SAMPLES))
 def test_decodes_real_payloads_like_the_reference(name: str) -> None:
     s = sample(name)
     decoder = new_decoder(s)
@@ -337,7 +346,7 @@ def test_decodes_real_payloads_like_the_reference(name: str) -> None:
         np.testing.assert_array_equal(out[: len(s.reference)], s.reference[: len(out)])
 
 
-@pytest.mark.parametrize("name", list(SAMPLES))
+@pytest.mark.parametrize("name", _marked(SAMPLES))
 def test_decode_many_equals_concatenated_decode(name: str) -> None:
     s = sample(name)
     decoder = new_decoder(s)
@@ -358,7 +367,7 @@ GARBAGE = {
 }
 
 
-@pytest.mark.parametrize("name", [n for n, g in GARBAGE.items() if g is not None])
+@pytest.mark.parametrize("name", _marked(n for n, g in GARBAGE.items() if g is not None))
 def test_garbage_payload_is_a_parse_error_and_the_decoder_goes_on(name: str) -> None:
     s = sample(name)
     decoder = new_decoder(s)

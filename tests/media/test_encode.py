@@ -19,6 +19,8 @@ from callrec.media import lame
 from callrec.media.encode import Mp3Writer, WavWriter, open_writer
 from tests.support.audio import FFMPEG, decode, need, probe
 
+pytestmark = pytest.mark.slow  # ffmpeg decodes every encoding (seconds each)
+
 WRITE = """
 import sys, numpy as np
 from callrec.media.encode import Mp3Writer

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from callrec.media.speech import SpeechMeter
 from callrec.media_limits import OutputOptions
 from callrec.mix import mix
 from tests.support import audio, synth
+
+pytestmark = pytest.mark.slow  # whole calls mixed and analysed (seconds each)
 
 RATE = 8000
 WAV = OutputOptions(format="wav")

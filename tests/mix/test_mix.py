@@ -15,6 +15,8 @@ import pytest
 from tests.support import synth
 from tests.support.audio import decode, mix_json, need, rfc3550_jitter_ms, windows, xcorr
 
+pytestmark = pytest.mark.slow  # callrec mix and ffmpeg processes (seconds each)
+
 RATE = 8000
 MAX_OFFSET = int(0.020 * RATE)  # both channels within 20 ms of the truth
 

@@ -10,6 +10,8 @@ import pytest
 from tests.support import synth
 from tests.support.audio import callrec, decode, need
 
+pytestmark = pytest.mark.slow  # callrec mix processes
+
 
 def assert_one_line_error(proc: object, contains: str) -> None:
     assert proc.returncode != 0  # type: ignore[attr-defined]

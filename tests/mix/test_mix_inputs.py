@@ -13,6 +13,8 @@ import pytest
 from tests.support import synth
 from tests.support.audio import callrec, decode, mix_json, need, windows, xcorr
 
+pytestmark = pytest.mark.slow  # callrec mix and ffmpeg processes (seconds each)
+
 RATE = 8000
 
 

@@ -24,6 +24,8 @@ from callrec.mix import demux, mix
 from tests.mix.test_mix import SCENARIOS, scenario
 from tests.support import synth
 
+pytestmark = pytest.mark.slow  # callrec mix and ffmpeg processes (seconds each)
+
 Datagrams = list[tuple[float, str, int, str, int, bytes]]
 
 

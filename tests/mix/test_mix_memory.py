@@ -20,6 +20,8 @@ from callrec.mix import mix
 from tests.support import synth
 from tests.support.audio import need
 
+pytestmark = pytest.mark.slow  # long calls through callrec mix processes
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -27,6 +27,8 @@ from callrec.models import RtpMap
 from tests.support import synth
 from tests.support.audio import decode, need, windows, xcorr
 
+pytestmark = pytest.mark.slow  # callrec mix and ffmpeg processes (seconds each)
+
 RATE = 8000
 FRAME = 160  # 20 ms of PCMA
 BASE = 1_700_000_000.0

@@ -15,6 +15,8 @@ from callrec.files.tape import MEDIA_FILE, write_info
 from tests.support import synth
 from tests.support.audio import decode, mix_json, need, windows, xcorr
 
+pytestmark = pytest.mark.slow  # callrec mix and ffmpeg processes (seconds each)
+
 RATE = 8000
 PROXY_IP = "10.0.0.9"  # as long as synth's A_IP and B_IP: SDP lengths stay as they are
 P1, P2 = 40000, 40002  # the proxy's media ports towards the caller (leg 1) and the callee (leg 2)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
 
 from tests.support.rig import (
     API_HOSTS,
@@ -28,6 +29,8 @@ from tests.support.rig import (
     siprec_call,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow  # hosts in network namespaces (root), real serve/worker processes
 
 # a long call: ~6 MB of capture, whose tape a worker fetches for seconds on a limited link
 LONG_S = 260.0

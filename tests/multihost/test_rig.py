@@ -6,7 +6,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.rig import HOSTS, Rig
+
+pytestmark = pytest.mark.slow  # hosts in network namespaces (root)
 
 CONNECT = """
 import socket, sys

@@ -111,6 +111,7 @@ def _open_tape(registry: TapeRegistry, root: Path, name: str, packets: int) -> P
     return folder
 
 
+@pytest.mark.slow
 def test_recovery_closes_the_tapes_of_a_dead_recorder_and_spares_a_live_ones(tmp_path: Path) -> None:
     root = tmp_path / "tapes"
     # a recorder in another process that dies with its tape open, the last packet half written

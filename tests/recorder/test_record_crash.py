@@ -17,9 +17,12 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.support.audio import FFMPEG, decode, mix_json, need, xcorr
 from tests.support.recorder_proc import RecorderProcess, read_call
+
+pytestmark = pytest.mark.slow  # real recorder processes killed and restarted
 
 RATE = 8000
 FRAME = 160  # 20 ms of G.711

@@ -23,6 +23,8 @@ from tests.support.audio import FFMPEG, decode, mix_json, need, xcorr
 from tests.support.recorder_proc import RecorderProcess, free_udp_block, read_call
 from tests.test_sipp_capture import _sipp_pcap_dir, _sipp_reference
 
+pytestmark = pytest.mark.slow  # real recorder process driven by sipp
+
 RATE = 8000
 MAX_LAG = int(0.020 * RATE)
 SCENARIOS = Path(__file__).parents[1] / "sipp"

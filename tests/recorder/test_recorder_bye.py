@@ -132,6 +132,7 @@ def test_bye_on_shutdown_goes_to_the_loose_route_with_the_route_set(tmp_path: Pa
     assert dialog.call_id == bye.call_id
 
 
+@pytest.mark.slow
 def test_bye_without_route_set_goes_to_the_remote_target(tmp_path: Path, peers: list[Peer]) -> None:
     src = Peer()
     peers.append(src)

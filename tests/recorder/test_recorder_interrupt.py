@@ -10,10 +10,13 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.support.recorder_proc import RecorderProcess
 from tests.support.sipclient import Dialog, RtpSender, SipClient, answered_ports, info_of, tapes, wait_for
 
 
+@pytest.mark.slow
 def test_sigint_during_a_live_call_with_the_service(data: Path) -> None:
     proc = RecorderProcess(data, "--service").start()
     try:

@@ -153,6 +153,7 @@ def _tone_leak(signal: np.ndarray) -> float:
     return abs(xcorr(signal, tone, 8)[1])
 
 
+@pytest.mark.slow
 def test_after_a_restart_stale_rtp_on_every_port_never_reaches_a_new_call(tmp_path: Path) -> None:
     need(FFMPEG, "ffmpeg")
     data = tmp_path / "data"
@@ -243,6 +244,7 @@ def _send(sock: socket.socket, port: int, ssrc: int, first: int, count: int) -> 
         time.sleep(0.002)
 
 
+@pytest.mark.slow
 def test_an_src_sending_from_another_port_is_latched_until_its_advertised_source_appears(data: Path) -> None:
     with _recorder(data) as rec, SipClient(rec.address) as sip, _src_media(2) as media:
         (advertised, _), (elsewhere, _) = media
@@ -266,6 +268,7 @@ def test_an_src_sending_from_another_port_is_latched_until_its_advertised_source
     assert elsewhere_port not in {p[1] for p in _tape_sources(tape)[10:]}
 
 
+@pytest.mark.slow
 def test_a_stream_that_stays_latched_names_its_source_in_call_json(data: Path) -> None:
     with _recorder(data) as rec, SipClient(rec.address) as sip, _src_media(2) as media:
         (nat, _), (stray, _) = media

@@ -92,6 +92,7 @@ def test_allowed_network_may_record(data: Path) -> None:
         rec.wait_closed()
 
 
+@pytest.mark.slow
 def test_session_limit_gets_503_and_the_running_session_keeps_recording(data: Path) -> None:
     with RecorderThread(recorder_config(data, max_sessions=1)) as rec, SipClient(rec.address) as sip:
         first = Dialog(sip)
@@ -113,6 +114,7 @@ def test_session_limit_gets_503_and_the_running_session_keeps_recording(data: Pa
     assert [read_call(t)["call_ids"] for t in tapes(data)] == [[first.call_id]]
 
 
+@pytest.mark.slow
 def test_low_disk_gets_503_and_the_running_session_keeps_recording(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(table_module, "DISK_CHECK_S", 0.0)
     cfg = recorder_config(data)
@@ -177,6 +179,7 @@ def test_info_in_dialog_gets_200(client: SipClient) -> None:
 
 
 # ---- re-INVITE and UPDATE --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_reinvite_adding_a_third_stream_and_removing_one(client: SipClient, rec: RecorderThread) -> None:
     dialog = Dialog(client)
     first, second = answered_ports(dialog.call([41000, 41002]))
@@ -232,6 +235,7 @@ def test_reinvite_metadata_update_renames_the_parties(client: SipClient, rec: Re
     assert [p.name for p in info_of(folder).parties] == ["Alice Caller", "Carol Transferee"]
 
 
+@pytest.mark.slow
 def test_reinvite_with_fewer_m_lines_gets_488_and_the_streams_stay(client: SipClient, rec: RecorderThread) -> None:
     dialog = Dialog(client)
     ports = answered_ports(dialog.call([41000, 41002]))
@@ -300,6 +304,7 @@ def test_200_ok_is_retransmitted_over_udp_until_ack(data: Path) -> None:
         assert dialog.bye().status == 200
 
 
+@pytest.mark.slow
 def test_session_without_ack_is_closed_with_end_reason_no_ack(data: Path) -> None:
     with RecorderThread(recorder_config(data), t1=SHORT_T1) as rec, SipClient(rec.address) as sip:
         dialog = Dialog(sip)
@@ -391,6 +396,7 @@ def test_cancel_while_the_invite_proceeds_gets_200_and_487_and_leaves_no_tape(
     assert rec.recorder.stats.closed == {"cancel": 1}
 
 
+@pytest.mark.slow
 def test_cancel_after_the_answer_gets_200_and_the_call_goes_on(client: SipClient, rec: RecorderThread) -> None:
     dialog = Dialog(client)
     invite = dialog.invite()
@@ -433,6 +439,7 @@ def test_idle_session_is_closed_with_end_reason_idle(data: Path) -> None:
     assert packets_on_tape(folder) == {port: 5}
 
 
+@pytest.mark.slow
 def test_media_keeps_an_idle_timeout_away(data: Path) -> None:
     cfg = recorder_config(data, idle_timeout_s=0.3, flush_interval_s=0.05)
     with RecorderThread(cfg) as rec, SipClient(rec.address) as sip:
@@ -448,6 +455,7 @@ def test_media_keeps_an_idle_timeout_away(data: Path) -> None:
     assert info_of(folder).end_reason == "bye"
 
 
+@pytest.mark.slow
 def test_stop_closes_every_tape_cleanly(data: Path) -> None:
     rec = RecorderThread(recorder_config(data))
     with rec, SipClient(rec.address) as sip:
@@ -517,6 +525,7 @@ def test_without_labels_the_domain_is_default(client: SipClient, rec: RecorderTh
 
 
 # ---- transports -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tcp_carries_a_whole_call(rec: RecorderThread) -> None:
     with SipClient(rec.address, "tcp") as sip:
         assert sip.options().status == 200
@@ -544,6 +553,7 @@ def test_tcp_2xx_is_not_needed_twice_when_acked(rec: RecorderThread) -> None:
 
 
 # ---- a real process -------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_closes_every_tape_cleanly_and_exits_0(data: Path, sig: int) -> None:
     proc = RecorderProcess(data).start()

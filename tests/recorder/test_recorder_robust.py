@@ -42,6 +42,8 @@ from tests.support.sipclient import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # a live recorder per case, a real recorder process (over a second each)
+
 QUIET_S = 0.3  # how long "no answer" is waited for
 
 

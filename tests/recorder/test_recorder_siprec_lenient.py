@@ -13,6 +13,7 @@ from tests.wire.test_siprec_lenient import opensips
 
 
 # the recorder: the test of issue 13, "metadata with bare & keeps both parties' numbers"
+@pytest.mark.slow
 def test_recorder_keeps_both_parties_numbers_with_a_bare_ampersand(
     rec: RecorderThread, caplog: pytest.LogCaptureFixture
 ) -> None:

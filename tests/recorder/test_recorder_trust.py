@@ -176,6 +176,7 @@ def test_a_globally_allowed_source_names_any_domain(data: Path) -> None:
 
 
 # ---- how much one source may hold ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_source_over_its_limit_gets_503_while_another_still_records(data: Path) -> None:
     cfg = recorder_config(data, max_sessions_per_source=2)
     with (
@@ -287,6 +288,7 @@ def test_serve_hands_the_trust_settings_to_its_recorder(tmp_path: Path) -> None:
     assert argv[argv.index("--max-sessions-per-source") + 1] == "9"
 
 
+@pytest.mark.slow
 def test_callrec_record_takes_domain_sources_and_warns_when_opened_to_all(tmp_path: Path) -> None:
     extra = ("--allow-domain", f"beta={OTHER_SRC}", "--allow", "0.0.0.0/0", "--max-sessions-per-source", "1")
     with RecorderProcess(tmp_path / "data", *extra) as recorder:

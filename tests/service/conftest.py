@@ -24,7 +24,8 @@ def s3() -> Iterator[MotoServer]:
         yield server
 
 
-@pytest.fixture(params=["embedded", "distributed"])
+# distributed: PostgreSQL, Redis and S3 on moto (slow: `make test-fast` runs the embedded half)
+@pytest.fixture(params=["embedded", pytest.param("distributed", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     data = tmp_path / "data"
     if request.param == "embedded":

@@ -135,6 +135,7 @@ def _churn(folder: str, worker: int, rounds: int) -> int:
     return torn
 
 
+@pytest.mark.slow
 def test_several_processes_share_one_cache(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     with multiprocessing.get_context("spawn").Pool(4) as pool:

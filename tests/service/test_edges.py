@@ -36,6 +36,7 @@ def receiver() -> Iterator[Receiver]:
     made.stop()
 
 
+@pytest.mark.slow
 def test_a_webhook_link_token_is_never_stored_or_shown_but_the_receiver_gets_a_working_one(
     service: Service, backend: Backend, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -72,6 +73,7 @@ def test_a_webhook_link_token_is_never_stored_or_shown_but_the_receiver_gets_a_w
     assert second.signed and second.json == first.json and json.loads(second.body)["link"]["url"] == sent["url"]
 
 
+@pytest.mark.slow
 def test_tapes_and_recordings_the_service_writes_are_private(service: Service, backend: Backend) -> None:
     data = backend.config.data_dir
     made = make_tape(data / "tapes", seconds=1.0)
@@ -122,6 +124,7 @@ def test_a_worker_whose_queue_cannot_be_read_logs_it_once_a_minute(
         logging.getLogger("huey.consumer").removeFilter(once)
 
 
+@pytest.mark.slow
 def test_a_schedule_change_replans_recordings_waiting_for_the_old_window(
     service: Service, backend: Backend, clock: FakeClock
 ) -> None:
@@ -177,6 +180,7 @@ def test_the_worker_serve_starts_knows_where_the_api_answers(
     assert webhooks.public_base(service_config_from_env(worker.env)) == expected
 
 
+@pytest.mark.slow
 def test_links_an_older_version_stored_in_plain_form_are_sealed_by_the_sweep(
     service: Service, backend: Backend, receiver: Receiver
 ) -> None:

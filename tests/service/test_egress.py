@@ -154,6 +154,7 @@ def test_every_spelling_of_a_refused_ipv4_address_is_refused(ip: Any, form: int,
         DEFAULT.check_url(url)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(ip=refused_v6, upper=st.booleans(), expand=st.booleans())
 def test_every_spelling_of_a_refused_ipv6_address_is_refused(ip: Any, upper: bool, expand: bool) -> None:
@@ -254,6 +255,7 @@ def _post(url: str, rules: Policy) -> tuple[int | None, str, int, bool]:
     return sender._post(claim, 1_700_000_000, "d" * 32, rules)
 
 
+@pytest.mark.slow
 def test_a_webhook_aimed_at_any_spelling_of_loopback_reaches_nothing_until_allow_listed(listener: Listener) -> None:
     for url in loopback_spellings(listener.port):
         status, error, _, refused = _post(url, DEFAULT)
@@ -285,6 +287,7 @@ def refusing(backend: Backend, clock: FakeClock) -> Iterator[Service]:
     built.close()
 
 
+@pytest.mark.slow
 def test_a_delivery_to_a_refused_target_fails_at_once_and_its_log_holds_no_answer(
     refusing: Service, backend: Backend, listener: Listener
 ) -> None:
@@ -320,6 +323,7 @@ def test_a_delivery_to_a_refused_target_fails_at_once_and_its_log_holds_no_answe
 # --- S3 endpoints ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_s3_endpoint_on_loopback_is_refused_before_any_request(listener: Listener) -> None:
     for url in loopback_spellings(listener.port)[:12]:
         store = S3Storage(s3_config(url.rsplit("/", 1)[0], "bucket", egress=DEFAULT))
@@ -330,6 +334,7 @@ def test_an_s3_endpoint_on_loopback_is_refused_before_any_request(listener: List
     assert listener.connections == 0
 
 
+@pytest.mark.slow
 def test_an_s3_endpoint_that_rebinds_to_loopback_is_refused_on_connect(
     monkeypatch: pytest.MonkeyPatch, listener: Listener
 ) -> None:
@@ -349,6 +354,7 @@ def test_an_s3_endpoint_that_rebinds_to_loopback_is_refused_on_connect(
     assert listener.connections == 0, "not one signed request left"
 
 
+@pytest.mark.slow
 def test_an_allow_listed_s3_endpoint_works(s3: MotoServer) -> None:
     bucket = s3.make_bucket()
     store = S3Storage(s3_config(s3.endpoint, bucket, egress=LOOPBACK))
@@ -369,6 +375,7 @@ def _one_recording(service: Service) -> Recording:
         return rec
 
 
+@pytest.mark.slow
 def test_a_recording_for_a_domain_whose_s3_endpoint_is_refused_fails_at_once_saying_why(
     tmp_path: Path, s3: MotoServer
 ) -> None:
@@ -384,6 +391,7 @@ def test_a_recording_for_a_domain_whose_s3_endpoint_is_refused_fails_at_once_say
         service.close()
 
 
+@pytest.mark.slow
 def test_a_domain_s3_endpoint_that_keeps_failing_is_given_up_on_with_the_reason(tmp_path: Path) -> None:
     clock = FakeClock(datetime.now(UTC))
     with socket.socket() as free:  # a port nothing listens on: every connection is refused

@@ -25,6 +25,8 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import MotoServer
 from tests.support.tapes import make_long_tape, make_tape
 
+pytestmark = pytest.mark.slow  # callrec worker processes killed, S3 on moto, a tmpfs (root)
+
 
 def _rec(service: Service, call_id: str) -> Recording:
     with service.ctx.sessions() as s:

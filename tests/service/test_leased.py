@@ -37,6 +37,7 @@ def _row(service: Service, rec_id: str) -> Recording:
         return rec
 
 
+@pytest.mark.slow
 def test_a_worker_that_lost_its_lease_writes_nothing(service: Service, backend: Backend, clock: FakeClock) -> None:
     rec_id = _queued(service, backend)
     frozen = leased.claim(service.ctx, RECORDINGS, rec_id)
@@ -58,6 +59,7 @@ def test_a_worker_that_lost_its_lease_writes_nothing(service: Service, backend: 
     assert (after.state, after.md5, after.storage_key) == (COMPLETED, done.md5, done.storage_key)
 
 
+@pytest.mark.slow
 def test_a_worker_frozen_in_the_middle_of_a_mix_discards_its_result(
     service: Service, backend: Backend, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,6 +85,7 @@ def test_a_worker_frozen_in_the_middle_of_a_mix_discards_its_result(
     assert keys == [rec.storage_key], "one object per recording"
 
 
+@pytest.mark.slow
 def test_transient_failures_are_not_counted_and_others_fail_after_the_limit(
     service: Service, backend: Backend, clock: FakeClock
 ) -> None:
@@ -104,6 +107,7 @@ def test_transient_failures_are_not_counted_and_others_fail_after_the_limit(
     assert _row(service, rec_id).state == "failed"
 
 
+@pytest.mark.slow
 def test_a_permanent_failure_fails_at_once(service: Service, backend: Backend) -> None:
     rec_id = _queued(service, backend)
     held = leased.claim(service.ctx, RECORDINGS, rec_id)
@@ -120,6 +124,7 @@ def test_back_off_doubles_with_jitter_up_to_its_cap() -> None:
         assert len(set(waits)) > 1, "jitter spreads retries"
 
 
+@pytest.mark.slow
 def test_a_queue_that_is_down_leaves_work_for_the_next_sweep(
     service: Service, backend: Backend, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,6 +146,7 @@ def test_a_queue_that_is_down_leaves_work_for_the_next_sweep(
     assert drain(service) == 1 and _row(service, rec_id).state == COMPLETED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["distributed"], indirect=True)
 def test_a_host_whose_clock_runs_ahead_reads_the_databases_clock(service: Service) -> None:
     ahead = DatabaseClock(service.ctx.engine, OffsetClock(40.0), refresh_s=0.0)
@@ -149,6 +155,7 @@ def test_a_host_whose_clock_runs_ahead_reads_the_databases_clock(service: Servic
     assert 38.0 < -ahead.offset.total_seconds() < 42.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["distributed"], indirect=True)
 def test_a_skewed_worker_does_not_take_over_a_live_lease(service: Service, backend: Backend) -> None:
     from callrec.service.context import Context
@@ -167,6 +174,7 @@ def test_a_skewed_worker_does_not_take_over_a_live_lease(service: Service, backe
         skewed.close()
 
 
+@pytest.mark.slow
 def test_requeue_picks_rows_whose_lease_ran_out(service: Service, backend: Backend, clock: FakeClock) -> None:
     rec_id = _queued(service, backend)
     drain(service, limit=0)

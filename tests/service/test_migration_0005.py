@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
@@ -46,6 +47,7 @@ def test_backfill_on_sqlite(tmp_path: Path) -> None:
     _check(f"sqlite:///{tmp_path / 'callrec.db'}")
 
 
+@pytest.mark.slow
 def test_backfill_on_postgresql() -> None:
     with postgres_database() as url:
         _check(url)

@@ -33,6 +33,7 @@ def test_sqlite_schema_matches_the_models(tmp_path: Path) -> None:
     _check(f"sqlite:///{tmp_path / 'callrec.db'}")
 
 
+@pytest.mark.slow
 def test_postgresql_schema_matches_the_models() -> None:
     with postgres_database() as url:
         _check(url)

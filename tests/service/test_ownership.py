@@ -131,6 +131,7 @@ def test_a_handed_down_descriptor_that_is_not_the_lock_is_not_trusted(
         owner.release()
 
 
+@pytest.mark.slow
 def test_a_child_left_running_keeps_the_folder_and_is_named(tmp_path: Path, started: Started) -> None:
     data = tmp_path / "data"
     parent, child = _parent_and_child(data, "stay", started)
@@ -145,6 +146,7 @@ def test_a_child_left_running_keeps_the_folder_and_is_named(tmp_path: Path, star
     DataLock.acquire(data, "callrec serve").release()
 
 
+@pytest.mark.slow
 @linux_only
 def test_a_child_dies_with_its_parent_and_frees_the_folder(tmp_path: Path, started: Started) -> None:
     data = tmp_path / "data"
@@ -154,6 +156,7 @@ def test_a_child_dies_with_its_parent_and_frees_the_folder(tmp_path: Path, start
     DataLock.acquire(data, "callrec serve").release()
 
 
+@pytest.mark.slow
 def test_a_child_whose_parent_is_already_gone_exits_at_once(tmp_path: Path) -> None:
     env = {**os.environ, PARENT_ENV: "1" if os.getpid() != 1 else "2"}
     code = "from callrec.service.ownership import die_with_parent; die_with_parent(); print('ran on')"

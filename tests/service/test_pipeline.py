@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 
 from callrec.db.schema import COMPLETED, QUEUED, Call, Recording
@@ -15,6 +16,8 @@ from tests.service.backends import Backend
 from tests.service.conftest import drain
 from tests.support.audio import decode, probe, xcorr
 from tests.support.tapes import make_tape
+
+pytestmark = pytest.mark.slow  # the pipeline mixing real calls on both backends (seconds each)
 
 
 def _recording(service: Service, call_id: str) -> Recording:

@@ -34,7 +34,8 @@ from callrec.service.queue import JobQueue, make_huey
 from tests.service.backends import REDIS_URL, redis_queue
 from tests.support.faultproxy import FaultProxy
 
-BACKENDS = ["sqlite", "redis"]
+# RedisHuey waits a second on an empty queue: slow (`make test-fast` runs SqliteHuey)
+BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.slow)]
 RECORDING = "3f2a9c1e0b7d4e59a6c8d1f0e2b3a4c5"
 # how long a test waits for something a worker does at once; never a bound on how fast it is
 PATIENCE_S = 30.0
@@ -128,6 +129,7 @@ def test_a_producer_and_a_worker_share_the_queue_by_url_and_name_only(queue_back
     assert producer.backlog() == 0, "taken by the worker means gone for the producer too"
 
 
+@pytest.mark.slow
 def test_a_message_from_another_process_reaches_a_worker_started_later(queue_backend: QueueBackend) -> None:
     cfg = queue_backend.config
     script = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from callrec.db.engine import transaction
@@ -16,6 +17,8 @@ from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
 from tests.support.tapes import make_tape
+
+pytestmark = pytest.mark.slow  # the pipeline mixing real calls on both backends (seconds each)
 
 DAY = timedelta(days=1).total_seconds()
 

@@ -102,6 +102,7 @@ def test_a_finished_recording_becomes_a_call_and_leaves_the_spool_an_unfinished_
     assert running_pcap.exists() and running_meta.exists()
 
 
+@pytest.mark.slow
 def test_an_unknown_domain_files_the_call_into_default_and_the_key_names_are_configurable(
     service: Service, backend: Backend, tmp_path: Path
 ) -> None:

@@ -70,6 +70,7 @@ def _matches(segment: np.ndarray, voice: np.ndarray) -> float:
     return xcorr(segment, voice.astype(np.float64), LAG)[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["tape", "recording"])
 def test_three_calls_stitch_with_the_customer_left_operators_right_and_the_waits_cut(
     service: Service, backend: Backend, tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
@@ -117,6 +118,7 @@ def stitch_media_pause() -> float:
     return PAUSE_S
 
 
+@pytest.mark.slow
 def test_a_stitch_waits_for_a_call_still_recording_and_is_made_when_it_completes(
     service: Service, backend: Backend
 ) -> None:
@@ -136,6 +138,7 @@ def test_a_stitch_waits_for_a_call_still_recording_and_is_made_when_it_completes
     assert row.state == COMPLETED and len(row.chapters) == 2 and row.chapters[1]["call_id"] == open_id
 
 
+@pytest.mark.slow
 def test_a_call_joining_remakes_the_stitch_and_deleting_every_call_deletes_it(
     service: Service, backend: Backend
 ) -> None:
@@ -170,6 +173,7 @@ def test_a_call_joining_remakes_the_stitch_and_deleting_every_call_deletes_it(
     assert storage.stat(second.storage_key) is None
 
 
+@pytest.mark.slow
 def test_a_lost_stitch_message_is_queued_again_by_the_sweep(service: Service, backend: Backend) -> None:
     _call(service, backend, "ix-lost", T0, (CUSTOMER, "201"), 1)
     drain(service)
@@ -199,6 +203,7 @@ def _key(service: Service, domain: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+@pytest.mark.slow
 def test_the_api_asks_for_the_stitch_serves_it_with_range_and_hides_it_from_other_domains(
     service: Service, backend: Backend, client: TestClient
 ) -> None:

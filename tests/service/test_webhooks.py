@@ -148,6 +148,7 @@ def _client(service: Service) -> tuple[TestClient, dict[str, str], dict[str, str
     return TestClient(create_app(service)), {"Authorization": f"Bearer {key}"}, {"Authorization": f"Bearer {other}"}
 
 
+@pytest.mark.slow
 def test_a_completed_recording_is_posted_signed_with_the_call_card_and_a_working_link(
     service: Service, backend: Backend, receiver: Receiver
 ) -> None:
@@ -183,6 +184,7 @@ def test_a_completed_recording_is_posted_signed_with_the_call_card_and_a_working
         assert client.get(f"{link.path}/audio").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_failing_receiver_is_retried_with_back_off_and_gets_the_event_once(
     service: Service, backend: Backend, clock: FakeClock
 ) -> None:
@@ -219,6 +221,7 @@ def test_a_failing_receiver_is_retried_with_back_off_and_gets_the_event_once(
     assert all(isinstance(e["ms"], int) and e["at"] for e in delivery.log)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)  # the counting is the same on both
 def test_a_receiver_that_keeps_failing_is_given_up_on(service: Service, backend: Backend, clock: FakeClock) -> None:
     receiver = Receiver(answers=[503] * webhooks.MAX_ATTEMPTS)
@@ -234,6 +237,7 @@ def test_a_receiver_that_keeps_failing_is_given_up_on(service: Service, backend:
     assert delivery.state == "failed" and delivery.last_status == 503 and len(delivery.log) == webhooks.MAX_ATTEMPTS
 
 
+@pytest.mark.slow
 def test_no_answer_in_time_is_retried(
     service: Service, backend: Backend, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,6 +256,7 @@ def test_no_answer_in_time_is_retried(
     assert delivery.state == "delivered" and [e["status"] for e in delivery.log] == [None, 200]
 
 
+@pytest.mark.slow
 def test_failed_and_deleted_recordings_are_told(
     service: Service, backend: Backend, clock: FakeClock, receiver: Receiver
 ) -> None:
@@ -279,6 +284,7 @@ def test_failed_and_deleted_recordings_are_told(
     assert len(receiver.got) == 2 and len(_deliveries(service)) == 2
 
 
+@pytest.mark.slow
 def test_a_lost_message_and_a_dead_sender_are_taken_up_by_the_sweep(
     service: Service, backend: Backend, clock: FakeClock, receiver: Receiver
 ) -> None:
@@ -303,6 +309,7 @@ def test_a_lost_message_and_a_dead_sender_are_taken_up_by_the_sweep(
     assert len(receiver.delivered) == 2 and _deliveries(service)[0].state == "delivered"
 
 
+@pytest.mark.slow
 def test_deliveries_in_the_api_redelivery_and_another_domain(
     service: Service, backend: Backend, clock: FakeClock, receiver: Receiver
 ) -> None:
@@ -337,6 +344,7 @@ def test_deliveries_in_the_api_redelivery_and_another_domain(
         assert one["state"] == "delivered" and [e["status"] for e in one["log"]] == [200, 200]
 
 
+@pytest.mark.slow
 def test_webhooks_without_a_usable_secret_fail_without_sending(
     service: Service, backend: Backend, receiver: Receiver
 ) -> None:

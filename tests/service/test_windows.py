@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from callrec.db.schema import COMPLETED, QUEUED, Recording
@@ -13,6 +14,8 @@ from callrec.service.schedule import FakeClock
 from tests.service.backends import Backend
 from tests.service.conftest import drain, set_settings
 from tests.support.tapes import make_tape
+
+pytestmark = pytest.mark.slow  # the pipeline mixing real calls on both backends (seconds each)
 
 NIGHT_MOSCOW = {
     "mode": "windows",

@@ -26,7 +26,8 @@ MIB = 1024 * 1024
 # moto, like S3, refuses parts below 5 MiB (except the last)
 PART = 5 * MIB
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-BACKENDS = ["memory", "local", "s3", "s3-prefix"]
+# S3 on a moto server is slow (`make test-fast` runs memory and local)
+BACKENDS = ["memory", "local", *(pytest.param(kind, marks=pytest.mark.slow) for kind in ("s3", "s3-prefix"))]
 BAD_KEYS = [
     "",
     "/abs/key",
@@ -298,6 +299,7 @@ def test_local_path_is_only_given_by_the_local_folder(storage: Storage) -> None:
 # ---- what only one backend can show ----
 
 
+@pytest.mark.slow
 def test_s3_large_file_goes_up_in_parts_with_the_full_md5_kept(s3_server: MotoServer, tmp_path: Path) -> None:
     bucket = s3_server.make_bucket()
     storage = S3Storage(s3_config(s3_server.endpoint, bucket, prefix="/p/"), multipart_threshold=PART, part_size=PART)
@@ -345,6 +347,7 @@ def test_local_hides_temp_files_and_removes_emptied_folders(tmp_path: Path) -> N
     assert tmp_path.is_dir()
 
 
+@pytest.mark.slow
 def test_local_disk_full_is_a_storage_error_saying_so(tmp_path: Path) -> None:
     # a 64 KiB tmpfs in a private mount namespace: a real ENOSPC without touching the machine's disks
     mount = tmp_path / "small"

@@ -22,6 +22,8 @@ from callrec.storage import S3Storage
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3server import MotoServer, s3_config
 
+pytestmark = pytest.mark.slow  # a moto S3 server behind a fault proxy, read timeouts
+
 MIB = 1024 * 1024
 PART = 5 * MIB
 READ_TIMEOUT_S = 1.0

@@ -10,6 +10,8 @@ from playwright.sync_api import Browser, BrowserContext, Page, Request, expect
 
 from tests.web.conftest import NUMBER, Site, shot, sign_in
 
+pytestmark = pytest.mark.slow  # Chromium
+
 PHONE = {"width": 390, "height": 844}
 
 

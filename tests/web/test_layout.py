@@ -15,6 +15,8 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from tests.web.conftest import Site, shot, sign_in, tone_capture
 from tests.web.test_browser import _until
 
+pytestmark = pytest.mark.slow  # Chromium
+
 PHONE = {"width": 360, "height": 800}
 WIDE = {"width": 1280, "height": 900}
 # how far the player may be from the clicked time: the click also plays from there

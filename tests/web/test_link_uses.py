@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser
 
@@ -30,6 +31,7 @@ def _uses(api: Api, mixed: Mixed, link_id: str) -> int:
     return uses
 
 
+@pytest.mark.slow
 def test_an_opening_and_a_play_are_one_use_and_a_download_another(api: Api, mixed: Mixed) -> None:
     made, token = make_link(api, mixed.tenant, mixed.recording_id)
     page = api.client.get(f"/r/{token}", headers=HTML)
@@ -125,6 +127,7 @@ def test_the_api_documents_what_a_use_is(api: Api) -> None:
 # --- in Chromium: what a person does with a link ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_in_a_browser_a_view_with_play_and_seek_is_one_use_and_a_download_another(browser: Browser, site: Site) -> None:
     made = site.serve.api.post(f"/api/v1/recordings/{site.recording_id}/links", headers=site.as_domain(), json={})
     assert made.status_code == 201, made.text
@@ -160,6 +163,7 @@ def test_in_a_browser_a_view_with_play_and_seek_is_one_use_and_a_download_anothe
         stranger.close()
 
 
+@pytest.mark.slow
 def test_in_a_browser_the_waiting_pages_reload_flag_leaves_the_address(browser: Browser, site: Site) -> None:
     made = site.serve.api.post(f"/api/v1/recordings/{site.recording_id}/links", headers=site.as_domain(), json={})
     assert made.status_code == 201, made.text

@@ -41,6 +41,7 @@ def _key(tenant: Tenant) -> str:
 # --- a party without speech ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_party_who_only_sends_a_tone_is_said_to_hold_no_speech(api: Api, browser: TestClient, tmp_path: Path) -> None:
     owner = api.tenant()
     (call_id,) = api.upload(owner.headers, tone_capture(tmp_path / "tone.pcap", 8.0, "tone-http@test"))

@@ -343,6 +343,7 @@ def test_a_document_of_exactly_the_size_limit_parses() -> None:
     assert len(RecordingMetadata.parse(data).participants) == 2
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=512))
 @settings(max_examples=300)
 def test_random_bytes_raise_only_parse_error(data: bytes) -> None:
@@ -378,6 +379,7 @@ def elements(depth: int) -> st.SearchStrategy[str]:
     return st.builds(render, st.sampled_from(NAMES), attrs, text, children)
 
 
+@pytest.mark.slow
 @given(st.lists(elements(3), max_size=8), st.lists(elements(2), max_size=4))
 @settings(max_examples=200)
 def test_random_metadata_shapes_parse_update_and_answer(first: list[str], second: list[str]) -> None:

@@ -106,6 +106,7 @@ def test_sdp_errors(body: str, sentence: str) -> None:
         Sdp.parse(body)
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.text(max_size=400))
 def test_sdp_parse_raises_only_parse_error(text: str) -> None:
