@@ -30,7 +30,7 @@ from tests.test_rtpengine_mix import check_mix
 
 pytestmark = pytest.mark.slow  # Debian's rtpengine in a network namespace, real serve processes
 
-FIXTURE = Path(__file__).parent / "data" / "rtpengine" / "simple"
+FIXTURE = Path(__file__).parents[1] / "data" / "rtpengine" / "simple"
 SAMPLE_PCAP = next((FIXTURE / "pcaps").glob("*.pcap"))
 SAMPLE_META = next((FIXTURE / "metadata").glob("*.txt"))
 
