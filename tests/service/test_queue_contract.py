@@ -220,7 +220,7 @@ def test_a_worker_runs_a_delayed_message_after_its_delay(queue_backend: QueueBac
                                            backoff=1.2, max_delay=0.05)  # fmt: skip
     consumer.start()
     try:
-        queue_backend.queue().put(RECORDING, delay_s=1.5)
+        queue_backend.queue().put(RECORDING, delay_s=3.0)  # a margin no loaded machine needs to start a worker
         queue_backend.queue().put("stitch:now")
         assert taken.wait_for(1) == ["stitch:now"], "the message without delay runs first"
         assert taken.wait_for(2) == ["stitch:now", RECORDING]
