@@ -1,0 +1,5 @@
+"""``python -m callrec.cli``."""
+
+from callrec.cli import main
+
+main()
