@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callrec.media.speech import SpeechMeter
+from callrec.media.speech import SpeechMeter, percentile
 from callrec.media_limits import OutputOptions
 from callrec.mix import mix
 from tests.support import audio, synth
@@ -71,3 +71,39 @@ def test_left_names_the_parties_for_the_left_channel(tmp_path: Path) -> None:
     other = audio.decode(swapped.calls[0].output)
     assert one.shape == other.shape and one.shape[1] == 2
     assert np.array_equal(one[:, 0], other[:, 1]) and np.array_equal(one[:, 1], other[:, 0])
+
+
+def test_frame_energies_are_exactly_the_sum_of_each_frames_squares() -> None:
+    # the vectorised add against the definition, sample by sample: runs at any position and length,
+    # partial frames at both ends, full scale (where int16 squares overflow anything narrower than int64)
+    rate = 8000
+    meter = SpeechMeter(rate)
+    frame = meter.frame
+    rng = np.random.default_rng(7)
+    energy: dict[int, int] = {}
+    count: dict[int, int] = {}
+    pos = 3
+    for _ in range(200):
+        n = int(rng.integers(1, 3 * frame))
+        pcm = rng.integers(-32768, 32768, n).astype(np.int16)
+        if rng.random() < 0.2:
+            pcm[:] = -32768
+        meter.add(pos, pcm)
+        for i, x in enumerate(pcm.tolist()):
+            k = (pos + i) // frame
+            energy[k] = energy.get(k, 0) + x * x
+            count[k] = count.get(k, 0) + 1
+        pos += n + int(rng.integers(0, 2 * frame)) * int(rng.random() < 0.3)
+    frames = max(energy) + 1
+    assert meter._frames == frames
+    assert meter._energy[:frames].tolist() == [float(energy.get(k, 0)) for k in range(frames)]
+    assert meter._count[:frames].tolist() == [count.get(k, 0) for k in range(frames)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 101, 1000])
+def test_the_noise_floor_percentile_is_numpys(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        values = rng.normal(-40, 15, n).round(int(rng.integers(0, 3)))  # ties too
+        for q in (0, 20, 50, 99.5, 100):
+            assert percentile(values, q) == float(np.percentile(values, q)), (n, q)

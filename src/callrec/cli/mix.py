@@ -67,8 +67,11 @@ def mix_command(
     _check_input(input)
     # the input is readable and of a kind we read: only now the media stack (numpy, ...) loads, and rich's
     # progress bar only for a terminal
+    import gc
+
     from callrec.mix import mix
 
+    gc.freeze()  # the modules just loaded live as long as the process: no collection need walk them again
     opts = OutputOptions(chosen, codec.value if codec else DEFAULT.codec, bitrate, rate)
     show_progress = sys.stderr.isatty() and not as_json
     try:

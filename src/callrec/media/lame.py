@@ -33,13 +33,16 @@ class Encoder(Protocol):
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("CALLREC_MP3_ENCODER") == "lameenc":
         return None
-    name = ctypes.util.find_library("mp3lame")
-    if name is None:
-        return None
     try:
-        lib = ctypes.CDLL(name)
+        lib = ctypes.CDLL("libmp3lame.so.0")  # by its soname first: find_library runs ldconfig (~0.02 CPU-s)
     except OSError:
-        return None
+        name = ctypes.util.find_library("mp3lame")
+        if name is None:
+            return None
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            return None
     lib.lame_init.restype = ctypes.c_void_p
     for fn in ("lame_set_num_channels", "lame_set_in_samplerate", "lame_set_out_samplerate", "lame_set_brate",
                "lame_set_mode", "lame_set_quality", "lame_set_VBR", "lame_set_bWriteVbrTag"):
