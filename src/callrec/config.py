@@ -60,6 +60,11 @@ class RecorderConfig:
     # the ng protocol ``metadata`` keys (``key:value|key:value``) naming a recording's domain and interaction
     rtpengine_domain_key: str = "domain"
     rtpengine_interaction_key: str = "interaction"
+    # live passive capture (``serve --capture``): interfaces read, their BPF filter ("" = the default) and
+    # where a call's domain comes from (``callrec.live.domains``)
+    captures: list[str] = field(default_factory=list)
+    capture_filter: str = ""
+    capture_domain_from: str = "fixed:default"
 
     @property
     def tapes_dir(self) -> Path:
@@ -229,6 +234,10 @@ def recorder_config_from_env(env: Mapping[str, str] | None = None) -> RecorderCo
         cfg.interaction_keys = tuple(k.strip() for k in env["CALLREC_INTERACTION_KEYS"].split(",") if k.strip())
     if "CALLREC_RTPENGINE_SPOOL" in env:
         cfg.rtpengine_spools = parse_spools(env["CALLREC_RTPENGINE_SPOOL"])
+    if "CALLREC_CAPTURE" in env:
+        cfg.captures = parse_interfaces(env["CALLREC_CAPTURE"])
+    cfg.capture_filter = env.get("CALLREC_CAPTURE_FILTER", cfg.capture_filter)
+    cfg.capture_domain_from = env.get("CALLREC_CAPTURE_DOMAIN_FROM", cfg.capture_domain_from)
     for name, attr in (("CALLREC_RTPENGINE_DOMAIN_KEY", "rtpengine_domain_key"),
                        ("CALLREC_RTPENGINE_INTERACTION_KEY", "rtpengine_interaction_key")):  # fmt: skip
         if name in env:
@@ -247,6 +256,15 @@ def parse_spools(text: str) -> list[Path]:
         path = Path(part.strip())
         if part.strip() and path not in out:
             out.append(path)
+    return out
+
+
+def parse_interfaces(text: str) -> list[str]:
+    """Network interfaces separated by ``:`` or ``,`` (``CALLREC_CAPTURE=eth1,eth2``), each once."""
+    out: list[str] = []
+    for part in text.replace(",", ":").split(":"):
+        if part.strip() and part.strip() not in out:
+            out.append(part.strip())
     return out
 
 

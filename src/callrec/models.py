@@ -9,7 +9,7 @@ from typing import Any
 from callrec.errors import ParseError
 
 PARTY_ROLES = ("caller", "callee", "participant")
-SOURCES = ("siprec", "pcap", "upload", "rtpengine")
+SOURCES = ("siprec", "pcap", "upload", "rtpengine", "capture")
 # what a call.json may hold (an uploaded one is refused past these, with the limit named): times are
 # seconds since 1970 up to the year 9999 (what a datetime holds); a call of a conference has few streams
 MAX_TIME_S = 253_402_300_799.0

@@ -227,6 +227,13 @@ def children_for(
         for spool in rec.rtpengine_spools:
             argv += ["--rtpengine-spool", str(spool)]
         children.append(Child("recorder", argv, env, pass_fds))
+    if rec.captures:
+        # one capture process for every interface: a call seen on two of them is one tape
+        argv = exe + ["capture", "--service", "--data", str(service.data_dir)]
+        argv += ["--idle-timeout", str(rec.idle_timeout_s)]
+        for interface in rec.captures:
+            argv += ["--interface", interface]
+        children.append(Child("capture", argv, env, pass_fds))
     if work:
         children.append(Child("worker", exe + ["worker", "--workers", str(service.workers)], env, pass_fds))
     return children

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from callrec.db.schema import COMPLETED, RECORDING, STATES, Domain, Job, Recording
 from callrec.files import tape
+from callrec.live import capstats
 from callrec.recorder import recstats
 from callrec.service import disk
 from callrec.service.pipeline import Service
@@ -119,12 +120,40 @@ class RecorderCollector(Collector):
             yield family
 
 
+class CaptureCollector(Collector):
+    """The figures of the live capture writing into this host's data folder (``capstats``): per interface
+    (packets, kernel drops, link errors), calls and packets, open calls; none without one."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())  # the file is read at scrape time only
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        interfaces, counters, gauges = capstats.read(self.data_dir)
+        if interfaces:
+            for name, text in capstats.INTERFACE_COUNTERS.items():
+                family = CounterMetricFamily(name, text, labels=["interface"])
+                for interface, values in sorted(interfaces.items()):
+                    if name in values:
+                        family.add_metric([interface], values[name])
+                yield family
+        for name, value in counters.items():
+            counter = CounterMetricFamily(name, capstats.COUNTERS[name])
+            counter.add_metric([], value)
+            yield counter
+        for name, value in gauges.items():
+            yield GaugeMetricFamily(name, capstats.GAUGES[name], value=value)
+
+
 def make_router(service: Service) -> APIRouter:
     """The ops routes, with a Prometheus registry of this app's own."""
     router = APIRouter(tags=["operations"])
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ServiceCollector(service))
     registry.register(RecorderCollector(service.ctx.config.data_dir))
+    registry.register(CaptureCollector(service.ctx.config.data_dir))
 
     @router.get("/healthz", summary="Whether the database and the queue answer, whether the disk is short of "
                 "space (degraded), and what a shared setup lacks")  # fmt: skip

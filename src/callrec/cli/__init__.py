@@ -1,11 +1,13 @@
 """The ``callrec`` command line: one Typer app, a module per group of commands.
 
 ``mix`` (cli/mix.py) starts light; ``record``, ``serve`` and ``worker`` (cli/service.py) load what they run
-inside the command; ``keys`` (cli/keys.py) works on the database directly.
+inside the command, and so does ``capture`` (cli/capture.py, live capture from an interface); ``keys``
+(cli/keys.py) works on the database directly.
 """
 
 from __future__ import annotations
 
+from callrec.cli import capture as _capture  # noqa: F401 - registers the command
 from callrec.cli import mix as _mix  # noqa: F401 - registers the command
 from callrec.cli import service as _service  # noqa: F401 - registers the commands
 from callrec.cli.common import app

@@ -214,6 +214,15 @@ def serve_command(
         ),
     ] = 0,
     rtpengine_spool: RtpengineSpools = None,
+    capture: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--capture",
+            metavar="IF",
+            help="Also record the calls seen on this interface, a mirror port or the PBX's own (repeatable;"
+            " env CALLREC_CAPTURE, interfaces separated by ':' or ','; see callrec capture --help)",
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", metavar="N", help="Mixing processes (default: CPU count)")
     ] = None,
@@ -261,6 +270,12 @@ def serve_command(
             _spools(rec, rtpengine_spool)
         elif rtpengine_spool:
             _fail("--rtpengine-spool is read by the recorder: it cannot be used with --no-record")
+        if capture:
+            rec.captures = list(dict.fromkeys(capture))
+        if rec.captures:
+            from callrec.live.domains import DomainRule
+
+            DomainRule.parse(rec.capture_domain_from)  # a bad CALLREC_CAPTURE_DOMAIN_FROM stops serve, not its child
         check_shared_setup(svc)
         serve(rec, svc, record=record, work=work)
     except StartRefused as exc:
