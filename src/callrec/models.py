@@ -16,6 +16,8 @@ MAX_TIME_S = 253_402_300_799.0
 MAX_CALL_IDS = 64
 MAX_PARTIES = 256
 MAX_STREAMS = 512
+# SRTP keys a call.json may hold: a few re-keyings of every stream
+MAX_SRTP_KEYS = 4 * MAX_STREAMS
 MAX_RTPMAP = 128
 
 # RFC 3551 Table 4: static payload type -> (encoding name, RTP clock rate, channels)
@@ -112,6 +114,9 @@ class CallInfo:
     # the recorded call's own identifiers as its SRC names them (SIPREC metadata: the original Call-ID(s),
     # <sipSessionID>), beside ``call_ids`` (the dialogs we saw); searchable like them
     original_call_ids: list[str] = field(default_factory=list)
+    # SRTP keys (SDES) of the streams that were encrypted, each entry naming its stream by its index in
+    # ``streams``, the key only sealed with the service's secret box (media/srtp_keys.py); empty: no SRTP
+    srtp: list[Any] = field(default_factory=list)
 
     @property
     def call_id(self) -> str:
@@ -124,6 +129,8 @@ class CallInfo:
         data = asdict(self)
         for stream in data["streams"]:
             stream["rtpmap"] = {str(pt): codec for pt, codec in stream["rtpmap"].items()}
+        if not data["srtp"]:
+            del data["srtp"]  # a call without SRTP keeps the call.json it always had
         data["version"] = 1
         return data
 
@@ -166,11 +173,17 @@ class CallInfo:
             ]
             call_ids = [str(c) for c in data["call_ids"]]
             original = [str(c) for c in data.get("original_call_ids", [])]
+            # kept as found: a damaged entry is the mixer's to explain (srtp_keys.open_keys), not a bad call.json
+            srtp = data.get("srtp") or []
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ParseError(f"call.json is not a valid tape description: {exc}") from exc
         _check_sizes(call_ids, parties, streams)
         if len(original) > MAX_CALL_IDS:
             raise ParseError(f"call.json: more than {MAX_CALL_IDS} original_call_ids")
+        if not isinstance(srtp, list):
+            srtp = [srtp]  # open_keys names what is wrong with it
+        if len(srtp) > MAX_SRTP_KEYS:
+            raise ParseError(f"call.json: more than {MAX_SRTP_KEYS} srtp keys")
         return cls(
             call_ids=call_ids,
             parties=parties,
@@ -185,6 +198,7 @@ class CallInfo:
             end_reason=str(data.get("end_reason", "")),
             recorder=str(data.get("recorder", "")),
             original_call_ids=original,
+            srtp=srtp,
         )
 
 

@@ -91,8 +91,13 @@ async def serve_recorder(
         mixer.start()
     handoff, outbox = _service_handoff(service) if service is not None else (None, None)
     if handoff is not None:
+        # SRTP keys are sealed with the service's own secret box (without the service, recorder/srtp.py loads it)
         recorder = Recorder(
-            cfg, on_tape_closed=handoff.closed, on_tape_opened=handoff.opened, on_tape_discarded=handoff.discarded
+            cfg,
+            on_tape_closed=handoff.closed,
+            on_tape_opened=handoff.opened,
+            on_tape_discarded=handoff.discarded,
+            box=handoff.pipeline.ctx.box,
         )
     else:
         recorder = Recorder(cfg, on_tape_closed=mixer.submit if mixer is not None else None)

@@ -25,8 +25,10 @@ from callrec.recorder.recstats import RecorderStats
 from callrec.recorder.session import RecordingSession
 from callrec.recorder.sipout import BYE_CONNECT_S, SipOut
 from callrec.recorder.srs import SrsDialogs
+from callrec.recorder.srtp import SrtpKeys
 from callrec.recorder.table import STOP_WAIT_S, SessionTable
 from callrec.recorder.transactions import T1_S, T2_S, ServerTransactions
+from callrec.secretbox import SecretBox
 
 log = logging.getLogger("callrec.recorder")
 
@@ -49,9 +51,12 @@ class Recorder:
         on_tape_discarded: Callable[[Path], object] | None = None,
         t1: float = T1_S,
         port_rest_s: float = PORT_REST_S,
+        box: SecretBox | None = None,
     ) -> None:
         """``t1`` is SIP's round-trip estimate (RFC 3261 timer T1); retransmissions and timeouts scale with it.
-        ``port_rest_s``: how long a closed session's RTP port pair rests before reuse (see ``PortAllocator``)."""
+        ``port_rest_s``: how long a closed session's RTP port pair rests before reuse (see ``PortAllocator``).
+        ``box``: the service's secret box, which seals SRTP keys onto tapes (by default loaded as
+        ``recorder/srtp.py`` says, the first time an SRTP stream is offered)."""
         self.cfg = cfg
         self._t1 = t1
         self.stats = RecorderStats()
@@ -66,6 +71,8 @@ class Recorder:
         )
         self.sessions: dict[str, RecordingSession] = self.table.sessions
         self.streams = self.table.streams
+        if box is not None:
+            self.streams.keys = SrtpKeys(cfg.data_dir, box)
         self._listener = SipListener(self._handle)
         self.sip = SipOut(cfg, self.stats, self._listener)
         self.srs = SrsDialogs(cfg, self.stats, self.table, self.sip)

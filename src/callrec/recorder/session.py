@@ -11,6 +11,7 @@ from callrec.files.tape import TapeWriter
 from callrec.models import CallInfo, Party, Stream
 from callrec.recorder.listener import Origin
 from callrec.recorder.sipuri import new_tag, route_set, target_uri
+from callrec.wire.sdes import SdesAnswer, is_srtp_profile
 from callrec.wire.sdp import SdpMedia
 from callrec.wire.sip import SipMessage, display_name, uri_user
 from callrec.wire.siprec import MetaParticipant, RecordingMetadata
@@ -20,11 +21,16 @@ RECORDABLE_PROFILES = ("RTP/AVP", "RTP/AVPF")
 
 @dataclass(slots=True)
 class MediaLine:
-    """One ``m=`` line of the offer and what we answered for it (``port`` 0: rejected)."""
+    """One ``m=`` line of the offer and what we answered for it (``port`` 0: rejected).
+
+    An SRTP line (RTP/SAVP, RTP/SAVPF) holds the ``a=crypto`` we accepted and answered (``sdes``); when its
+    latest offer has none we can decrypt, ``refused`` says why and it is answered with port 0."""
 
     offer: SdpMedia
     port: int = 0
     stream: Stream | None = None
+    sdes: SdesAnswer | None = None
+    refused: str = ""
 
     @property
     def label(self) -> str:
@@ -178,7 +184,7 @@ def build_answer(session: RecordingSession, address: str) -> bytes:
     for line in session.lines:
         offer = line.offer
         formats = " ".join(str(f) for f in offer.formats) or "0"
-        if not line.port or not recordable(offer):
+        if not line.port or line.refused or not recordable(offer):
             # a stream rejected, or removed by the SRC (port 0), is answered with port 0 (RFC 3264 section 8.2)
             lines.append(f"m={offer.media} 0 {offer.proto} {formats}")
             continue
@@ -194,6 +200,8 @@ def build_answer(session: RecordingSession, address: str) -> bytes:
                 lines.append(f"a=fmtp:{pt} {params}")
         if offer.label:
             lines.append(f"a=label:{offer.label}")
+        if line.sdes is not None:
+            lines.append(line.sdes.answer.line())
         # an SRC that stops sending (hold) is answered inactive; otherwise we only ever receive
         lines.append("a=recvonly" if offer.direction in ("sendonly", "sendrecv") else "a=inactive")
     return ("\r\n".join(lines) + "\r\n").encode()
@@ -220,4 +228,6 @@ def label_call(session: RecordingSession, msg: SipMessage, domain: str, cfg: Rec
 
 
 def recordable(media: SdpMedia) -> bool:
-    return media.media == "audio" and media.port != 0 and media.proto.upper() in RECORDABLE_PROFILES
+    """An audio stream we can record: plain RTP, or SRTP keyed by SDES (when its ``a=crypto`` suits us)."""
+    proto = media.proto.upper()
+    return media.media == "audio" and media.port != 0 and (proto in RECORDABLE_PROFILES or is_srtp_profile(proto))

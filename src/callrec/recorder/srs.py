@@ -30,6 +30,7 @@ from callrec.recorder.session import (
 from callrec.recorder.sipout import ALLOWED_METHODS, SipOut
 from callrec.recorder.sipuri import new_tag, target_uri
 from callrec.recorder.table import SessionTable, SourceShareTaken, source_key
+from callrec.wire.sdes import crypto_by_media
 from callrec.wire.sdp import Sdp
 from callrec.wire.sip import SipMessage
 from callrec.wire.siprec import RecordingMetadata
@@ -154,7 +155,7 @@ class SrsDialogs:
             return
         session = self._new_session(msg, origin, metadata, source, domain)
         try:
-            self.streams.apply_offer(session, sdp, self.sip.advertised(origin))
+            self.streams.apply_offer(session, sdp, self.sip.advertised(origin), crypto_by_media(sdp_body))
         except PortsExhausted as exc:
             self.streams.release(session)
             self.stats.sessions_rejected += 1
@@ -168,6 +169,12 @@ class SrsDialogs:
                 to_tag=session.local_tag,
                 headers=[("retry-after", str(RETRY_AFTER_S))],
             )
+            return
+        if not session.ports():
+            # every audio stream is SRTP without an a=crypto we can decrypt (each logged with its reason)
+            self.streams.release(session)
+            reason = next((line.refused for line in session.lines if line.refused), "")
+            self._respond(msg, origin, 488, f"Not Acceptable Here: {reason}", to_tag=session.local_tag)
             return
         self.table.add(session)
         loop = asyncio.get_running_loop()
@@ -251,7 +258,7 @@ class SrsDialogs:
             session.info.original_call_ids = list(session.metadata.call_ids)
         if sdp is not None:
             try:
-                self.streams.apply_offer(session, sdp, self.sip.advertised(origin))
+                self.streams.apply_offer(session, sdp, self.sip.advertised(origin), crypto_by_media(body or b""))
             except PortsExhausted:
                 self._respond(
                     msg,

@@ -5,13 +5,15 @@ filtered to the SRC's sources, and given back when a session ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from callrec.config import RecorderConfig
 from callrec.models import Party, Stream
 from callrec.recorder.media_io import MediaReceiver
 from callrec.recorder.ports import PortAllocator, PortsExhausted
 from callrec.recorder.session import MediaLine, RecordingSession, build_answer, party_of, recordable
+from callrec.recorder.srtp import SrtpKeys
+from callrec.wire.sdes import MediaCrypto, SdesAnswer, is_srtp_profile
 from callrec.wire.sdp import Sdp
 
 log = logging.getLogger("callrec.recorder")
@@ -20,19 +22,28 @@ log = logging.getLogger("callrec.recorder")
 class SessionMedia:
     """Port pairs from ``ports`` and the ``receiver`` (set once the recorder runs) reading them onto tapes.
 
-    ``share_check`` is asked before a session takes another pair (it raises ``PortsExhausted`` to refuse).
+    ``share_check`` is asked before a session takes another pair (it raises ``PortsExhausted`` to refuse);
+    ``keys`` answers SRTP offers and seals the SRC's keys for the tape (see ``recorder/srtp.py``).
     """
 
     def __init__(
-        self, cfg: RecorderConfig, ports: PortAllocator, share_check: Callable[[RecordingSession], None]
+        self,
+        cfg: RecorderConfig,
+        ports: PortAllocator,
+        share_check: Callable[[RecordingSession], None],
+        keys: SrtpKeys | None = None,
     ) -> None:
         self.cfg = cfg
         self.ports = ports
         self.receiver: MediaReceiver | None = None
+        self.keys = keys if keys is not None else SrtpKeys(cfg.data_dir)
         self._share_check = share_check
 
-    def apply_offer(self, session: RecordingSession, sdp: Sdp, advertised: str) -> None:
-        """Match the offer's ``m=`` lines to the session's (by position), taking ports for new streams."""
+    def apply_offer(
+        self, session: RecordingSession, sdp: Sdp, advertised: str, crypto: Sequence[MediaCrypto] = ()
+    ) -> None:
+        """Match the offer's ``m=`` lines to the session's (by position), taking ports for new streams;
+        ``crypto``: the offer's ``a=crypto`` lines, one entry per ``m=`` line (``sdes.crypto_by_media``)."""
         assert self.receiver is not None
         for index, offer in enumerate(sdp.media):
             if index < len(session.lines):
@@ -41,8 +52,13 @@ class SessionMedia:
             else:
                 line = MediaLine(offer)
                 session.lines.append(line)
+            line.refused = ""
             if not recordable(offer):
                 continue  # a stream removed (port 0) keeps its port until the session ends
+            sdes = self._sdes(session, index, line, crypto[index] if index < len(crypto) else None)
+            if line.refused:
+                line.sdes = None
+                continue  # answered with port 0; a port it had stays until the session ends
             if not line.port:
                 self._share_check(session)
                 line.port = self._bind_port()
@@ -52,6 +68,9 @@ class SessionMedia:
                     session.info.parties.append(Party(id=party, role="participant"))
                 line.stream = Stream(party=party, local_addr=advertised, local_port=line.port, label=line.label)
                 session.info.streams.append(line.stream)
+            if sdes is not None and sdes is not line.sdes:  # a new key: onto the tape, sealed
+                session.info.srtp += self.keys.seal(session.info.streams.index(line.stream), sdes.offer)
+            line.sdes = sdes
             line.stream.remote_addr = offer.address or ""
             line.stream.remote_port = offer.port
             for pt in offer.formats:
@@ -59,6 +78,21 @@ class SessionMedia:
                 if codec is not None:
                     line.stream.rtpmap[pt] = codec
         session.answer = build_answer(session, advertised)
+
+    def _sdes(
+        self, session: RecordingSession, index: int, line: MediaLine, offered: MediaCrypto | None
+    ) -> SdesAnswer | None:
+        """Our answer to an SRTP line's ``a=crypto`` (``line.sdes`` itself when its key is offered again), or
+        None: refused (``line.refused`` says why, logged) or a plain RTP line."""
+        if not is_srtp_profile(line.offer.proto):
+            return None
+        sdes, line.refused = self.keys.answer(line.sdes, offered)
+        if line.refused:
+            log.warning(
+                "session %s: m= line %d (%s) answered with port 0: %s",
+                session.call_id, index + 1, line.offer.proto, line.refused,
+            )  # fmt: skip
+        return sdes
 
     def _bind_port(self) -> int:
         assert self.receiver is not None
