@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +26,9 @@ from callrec.media_limits import (
     WavCodec,
     one_of,
 )
+
+if TYPE_CHECKING:
+    from callrec.secretbox import SecretBox
 
 
 @app.command("mix")
@@ -52,6 +55,15 @@ def mix_command(
         str | None, typer.Option("--call-id", metavar="CALL-ID", help="Mix only the call with this Call-ID")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per call (JSON Lines)")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            metavar="DIR",
+            help="A tape with sealed SRTP keys: the data folder of the service that recorded it (its secret.key; "
+            "default CALLREC_DATA, else ./data; CALLREC_SECRET_KEY wins)",
+        ),
+    ] = None,
 ) -> None:
     """Mix every call in a capture (or a tape, or an rtpengine recording) into a stereo recording: caller
     left, callee right."""
@@ -65,6 +77,7 @@ def mix_command(
     if rate not in SAMPLE_RATES:
         _fail(f"--rate must be one of {one_of(SAMPLE_RATES)}")
     _check_input(input)
+    box = _secret_box(input, data)
     # the input is readable and of a kind we read: only now the media stack (numpy, ...) loads, and rich's
     # progress bar only for a terminal
     import gc
@@ -90,11 +103,11 @@ def mix_command(
             ) as bar:
                 task = bar.add_task(f"mixing {input.name}", total=None)
                 report = mix(
-                    input, out, opts, call_id=call_id,
+                    input, out, opts, call_id=call_id, box=box,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )  # fmt: skip
         else:
-            report = mix(input, out, opts, call_id=call_id)
+            report = mix(input, out, opts, call_id=call_id, box=box)
     except CallrecError as exc:
         _fail(str(exc))
         return
@@ -142,6 +155,39 @@ def _check_input(path: Path) -> None:
         _fail(f"{path}: cannot read it: {exc.strerror or exc}")
     if not looks_like_capture(head) and not _text(head):
         _fail(f"{path}: not a pcap or pcapng capture")
+
+
+def _secret_box(path: Path, data: Path | None) -> SecretBox | None:
+    """The secret box that opens a tape's sealed SRTP keys, found as the service finds its own
+    (CALLREC_SECRET_KEY, else DATA/secret.key; a key file is never made here); None when not needed."""
+    from callrec.files import tape  # light: no numpy
+    from callrec.secretbox import SecretBox
+
+    if not tape.is_tape(path):
+        return None
+    try:
+        sealed = tape.read_info(path).srtp
+    except CallrecError:
+        return None  # the mixer names what is wrong with the tape
+    if not sealed:
+        return None
+    key = os.environ.get("CALLREC_SECRET_KEY", "").strip()
+    if not key:
+        folder = data if data is not None else Path(os.environ.get("CALLREC_DATA") or "data")
+        key_file = folder / "secret.key"
+        try:
+            key = key_file.read_text("ascii").strip()
+        except FileNotFoundError:
+            where = "" if data is not None else " (none given: run with --data DIR)"
+            _fail(f"{path}: this tape's SRTP keys are sealed and {key_file} does not exist{where}: --data must name "
+                  "the data folder of the service that recorded it, or CALLREC_SECRET_KEY hold its secret")  # fmt: skip
+        except (OSError, UnicodeError) as exc:
+            _fail(f"{key_file}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        return SecretBox(key)
+    except CallrecError as exc:
+        _fail(str(exc))
+        return None
 
 
 def _text(head: bytes) -> bool:

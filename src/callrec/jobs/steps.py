@@ -20,6 +20,7 @@ from callrec.db.schema import COMPLETED, MIXING, QUEUED, STORING, Call, Domain, 
 from callrec.errors import CallrecError, EgressRefused, OutputError, Permanent, StorageError, Transient
 from callrec.files import tape
 from callrec.jobs.retention import delete_tape
+from callrec.media.srtp_keys import SealedKeysError
 from callrec.media_limits import OutputOptions
 from callrec.mix import CallOutput, mix
 from callrec.service import fairness, leased
@@ -156,7 +157,8 @@ def _mix_and_store(pipeline: Pipeline, held: leased.Claim, job_id: int) -> None:
         now = ctx.clock.now()
         rec = s.get(Recording, recording_id)
         assert rec is not None
-        rec.state, rec.bytes, rec.reason = COMPLETED, stored.size, ""
+        # a recording made anyway says what it lacks (SRTP it could not decrypt: silence there)
+        rec.state, rec.bytes, rec.reason = COMPLETED, stored.size, "; ".join(report.reasons) if report else ""
         rec.completed_at = rec.updated_at = now
         rec.lease_until = None
         rec.expires_at = expires_at(policy, facts)
@@ -208,7 +210,9 @@ def _mix(
                 raise _os_error("fetching the tape", exc) from exc
         target = scratch / f"out{out.suffix}"
         try:
-            report = mix(source, target, output, call_id=sip_call_id or None)
+            report = mix(source, target, output, call_id=sip_call_id or None, box=ctx.box)
+        except SealedKeysError as exc:
+            raise Permanent(str(exc)) from exc  # the tape's keys were sealed with another secret: no retry opens them
         except OutputError as exc:
             if _disk_full(exc):
                 raise Transient(f"disk full while mixing: {exc}") from exc
@@ -316,3 +320,7 @@ def _quality(call: Any, streams: list[dict[str, Any]], speech: dict[str, list[li
             "max_jitter_ms": max((float(q.get("max_jitter_ms", 0.0)) for q in mine), default=0.0),
             "ssrcs": mine,
         }
+        srtp = [q for q in mine if "srtp_auth_failures" in q]
+        if srtp:  # the party sent SRTP: what could not be decrypted
+            for name in ("srtp_auth_failures", "srtp_replayed", "srtp_undecryptable"):
+                row.quality[name] = sum(int(q.get(name, 0)) for q in srtp)

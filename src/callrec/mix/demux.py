@@ -4,7 +4,8 @@ SIP builds the dialogs and says where each party receives media; RTP sent there 
 mixer, which streams the call's recording to disk as it goes. Most of a capture is plain RTP of streams
 already known: a classic pcap is read a block at a time and such packets go through the vectorised lane
 (:mod:`callrec.mix.lane`) with exactly the per-packet path's results; every other packet takes the
-per-packet path below, in capture order.
+per-packet path below, in capture order. SRTP (:mod:`callrec.mix.srtp`) is decrypted there, before its RTP
+is read; its routes are kept apart from plain RTP's, so plain RTP neither pays for it nor leaves the lane.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from callrec.media.timeline import SsrcTimeline
 from callrec.media_limits import OutputOptions
 from callrec.mix.lane import BlockLane
 from callrec.mix.report import CallOutput, MixReport, unique_name
-from callrec.models import CallInfo, RtpMap, static_rtpmap
+from callrec.mix.srtp import SrtpStream, add_counters, reasons
+from callrec.models import CallInfo, RtpMap, Stream, static_rtpmap
 from callrec.names import safe_name
 from callrec.wire.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
 from callrec.wire.rtp import payload_offset, unpack_header
@@ -46,6 +48,7 @@ class Route:
     codecs: dict[int, RtpMap | None]
     binding: Binding | None
     timeline: SsrcTimeline | None = None
+    srtp: SrtpStream | None = None  # an SRTP stream's decryption (its routes are in Demux.srtp_routes)
 
 
 SKIP = Route(lambda *args: None, 0.0, 0, {}, None)  # RTP nobody signalled, or of a call not asked for
@@ -77,6 +80,11 @@ class Demux:
         self.report = MixReport()
         self.names: set[str] = set()
         self.routes: dict[StreamKey, Route] = {}
+        # SRTP streams' routes: apart, so the lane and plain RTP's hot path never meet them
+        self.srtp_routes: dict[StreamKey, Route] = {}
+        # each SRTP stream's decryption, kept across route changes (replay windows, counters): id(stream) ->
+        # (the stream, held so its id stays its own, its decryption)
+        self._srtp: dict[int, tuple[Stream, SrtpStream]] = {}
         self.epoch = 0  # bumped whenever routes are added or dropped
         self.counts = {"rtp": 0, "rtcp": 0, "sip": 0, "not_rtp": 0, "unmatched": 0}
         self.next_tick = 0.0
@@ -90,7 +98,7 @@ class Demux:
         bindings = tracker.bindings
         framers: dict[tuple[bytes, int, bytes, int], StreamFramer] = {}
         self._progress, self._reader = progress, reader
-        routes = self.routes
+        routes, srtp_routes = self.routes, self.srtp_routes
         rtp_count = 0
         for d in BlockLane(self).datagrams(reader.batches()) if VECTOR_LANE else reader:
             now = self.now = d.ts
@@ -104,8 +112,18 @@ class Demux:
                     b0, b1, seq, ts, ssrc = unpack_header(payload)
                     route = routes.get((d.dst, d.dport, ssrc))
                     if route is None:
-                        binding = bindings.get((d.dst, d.dport))
-                        route = SKIP if binding is None else self._route(binding, d.dst, d.dport, ssrc, now, d.src)
+                        # SRTP, or a stream's first packet: plain RTP of a known stream never comes here
+                        route = srtp_routes.get((d.dst, d.dport, ssrc))
+                        if route is None:
+                            binding = bindings.get((d.dst, d.dport))
+                            route = (
+                                SKIP if binding is None else self._route(binding, d.dst, d.dport, ssrc, now, d.src)
+                            )
+                        if route.srtp is not None:
+                            plain = route.srtp.unprotect(payload, ssrc)  # the header is the same, in clear
+                            if plain is None:
+                                continue  # counted by the stream
+                            payload = plain
                     if route is not SKIP:
                         if b0 & 0x3F:  # padding, an extension or CSRCs
                             start, end = payload_offset(payload)
@@ -186,9 +204,21 @@ class Demux:
             route = Route(
                 timeline.push, job.mixer.origin, job.mixer.rate, dict(binding.stream.rtpmap), binding, timeline
             )
+            if binding.srtp:
+                route.srtp = self._srtp_stream(binding)
+                self.srtp_routes[(dst, dport, ssrc)] = route
+                return route
         self.routes[(dst, dport, ssrc)] = route
         self.epoch += 1
         return route
+
+    def _srtp_stream(self, binding: Binding) -> SrtpStream:
+        """The decryption of an SRTP stream, with every key known for it now."""
+        entry = self._srtp.get(id(binding.stream))
+        if entry is None:
+            entry = self._srtp[id(binding.stream)] = (binding.stream, SrtpStream())
+        entry[1].update(binding.keys())
+        return entry[1]
 
     def _shared(self, binding: Binding, src: bytes, dst: bytes, dport: int, ssrc: int, now: float) -> Binding:
         """Call finding by media: a call whose SSRC another live call already has (a proxy that masks the
@@ -228,13 +258,15 @@ class Demux:
         version = self.tracker.version
         self.tracker.feed(now, data)
         if self.tracker.version != version:
-            # endpoints or codecs changed: routes are rebuilt on the next packet
+            # endpoints, codecs or keys changed: routes are rebuilt on the next packet
             self.routes.clear()
+            self.srtp_routes.clear()
             self.epoch += 1
 
     def _forget_routes(self) -> None:
         # fallbacks are keyed by object ids, which a finished dialog's objects give back
         self.routes.clear()
+        self.srtp_routes.clear()
         self._fallbacks.clear()
         self.epoch += 1
 
@@ -270,11 +302,15 @@ class Demux:
         self._forget_routes()
         job = self.jobs.pop(id(dialog), None)
         info = dialog.info
+        srtp = [(i, s.party, e[1]) for i, s in enumerate(info.streams) if (e := self._srtp.pop(id(s), None))]
         if job is None:
             if self.call_id is None or self.call_id in info.call_ids:
                 self.report.calls.append(CallOutput(info.call_id, None, error="the call has no media"))
             return
         result = job.mixer.finish()
+        streams = result.streams_json()
+        add_counters(streams, [(party, s) for _, party, s in srtp])
+        told = [reason for index, party, s in srtp for reason in reasons(index, party, s)]
         self.report.calls.append(
             CallOutput(
                 call_id=info.call_id,
@@ -283,9 +319,10 @@ class Demux:
                 sample_rate=result.sample_rate,
                 channels=result.channels,
                 bytes=job.writer.bytes,
-                streams=result.streams_json(),
-                warnings=result.warnings,
+                streams=streams,
+                warnings=result.warnings + told,
                 started_at=result.t0,
                 speech=result.speech,
+                reasons=told,
             )
         )

@@ -24,6 +24,8 @@ class CallOutput:
     started_at: float | None = None
     # each party's speaking segments in output time, {"A": [[from_s, to_s], ...], ...}
     speech: dict[str, list[list[float]]] = field(default_factory=dict)
+    # what the recording itself should say (SRTP it could not decrypt: that audio is silence); in warnings too
+    reasons: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {

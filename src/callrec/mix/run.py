@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callrec.errors import OutputError
 from callrec.files import rtpengine, tape
@@ -14,6 +15,13 @@ from callrec.files.pcap import CaptureReader
 from callrec.media_limits import DEFAULT, OUTPUT_SUFFIXES, OutputOptions
 from callrec.mix.demux import Demux
 from callrec.mix.report import MixReport
+
+if TYPE_CHECKING:
+    from callrec.secretbox import SecretBox
+    from callrec.wire.sdes import CryptoAttribute
+
+# mix() was given no secret box and the tape's SRTP keys are sealed
+NO_BOX = "the tape's SRTP keys are sealed and no secret was given to open them"
 
 
 def mix(
@@ -24,12 +32,15 @@ def mix(
     call_id: str | None = None,
     left: frozenset[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    box: SecretBox | None = None,
 ) -> MixReport:
     """Mix every call of a capture or tape ``source`` into ``output`` (a folder, or one file).
 
     ``call_id``: only the call with this Call-ID. ``left`` (stereo only): the party ids ("A", "B", "P1"...)
     for the left channel, every other party right (stitching puts the customer left); None keeps the
     default layout (caller left, callee right). ``progress(done, total)`` is called with bytes read.
+    ``box``: the secret box of the service that recorded a tape, which opens its sealed SRTP keys (a tape
+    with such keys and no box, or the wrong one: ``SealedKeysError``, nothing mixed).
     """
     source, output = Path(source), Path(output)
     single_file = output.suffix.lower() in OUTPUT_SUFFIXES and not output.is_dir()
@@ -43,7 +54,7 @@ def mix(
         run = Demux(staging, options, call_id=call_id, left=left)
         if tape.is_tape(source):
             info = tape.read_info(source)
-            run.tracker.add_call(info)
+            run.tracker.add_call(info, _tape_keys(info.srtp, box))
             pcap_path = source / tape.MEDIA_FILE
         elif rtpengine.is_recording(source):
             rec = rtpengine.locate(source)
@@ -59,6 +70,17 @@ def mix(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return run.report
+
+
+def _tape_keys(sealed: list[object], box: SecretBox | None) -> dict[int, list[CryptoAttribute]]:
+    """A tape's SRTP keys by stream index, opened with ``box``; none when the tape has none."""
+    if not sealed:
+        return {}
+    from callrec.media.srtp_keys import SealedKeysError, open_keys
+
+    if box is None:
+        raise SealedKeysError(NO_BOX)
+    return open_keys(box, sealed)
 
 
 def _place_outputs(report: MixReport, output: Path, single_file: bool) -> None:

@@ -12,16 +12,22 @@ not tell (a proxy that also resets Max-Forwards, a B2BUA relaying media as it is
 from one call into another (its SSRC the same party's in another live call, first seen there within
 ``SHARED_SSRC_S``, sent then to the host this copy now comes from) makes its call join that one
 (``note_ssrc``), as long as nothing of it was mixed yet.
+
+SRTP keyed by SDES (RFC 4568): each party's ``a=crypto`` is the key *it* sends with, so the offerer's line
+decrypts what the offerer sends and the answerer's what the answerer sends; a dialog keeps them by sending
+party and ``m=`` line (``Dialog.crypto``), and a binding says whether its stream is SRTP and which line's
+keys decrypt it (``Binding.keys``).
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from callrec.errors import ParseError
 from callrec.models import CallInfo, Party, Stream
+from callrec.wire.sdes import CryptoAttribute, crypto_by_media
 from callrec.wire.sdp import Sdp
 from callrec.wire.sip import SipMessage, display_name, uri_user
 
@@ -46,6 +52,8 @@ class Dialog:
     # what the initial INVITE said, to recognise the same INVITE forwarded with a masked Call-ID
     from_uri: str = ""
     max_forwards: int | None = None
+    # SDES keys: (sending party, m= line index; a tape's: stream index) -> its a=crypto attributes, oldest first
+    crypto: dict[tuple[str, int], list[CryptoAttribute]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -54,6 +62,13 @@ class Binding:
 
     dialog: Dialog
     stream: Stream
+    # the receiver's m= line (a tape's: the stream's index) and whether it is SRTP (RTP/SAVP, RTP/SAVPF...)
+    section: int = -1
+    srtp: bool = False
+
+    def keys(self) -> list[CryptoAttribute]:
+        """The SDES keys its sender may use on this stream, oldest first (none known: empty)."""
+        return self.dialog.crypto.get((self.stream.party, self.section), [])
 
 
 class DialogTracker:
@@ -159,7 +174,9 @@ class DialogTracker:
             return
         # media sent to the SDP's sender comes from the other party
         party = "B" if sender_is_caller else "A"
-        for media in sdp.media:
+        if b"a=crypto:" in body:
+            self._take_crypto(dialog, "A" if sender_is_caller else "B", body)
+        for section, media in enumerate(sdp.media):
             if media.media != "audio" or media.port == 0 or not media.address:
                 continue
             try:
@@ -187,7 +204,19 @@ class DialogTracker:
                 if codec is not None and pt not in stream.rtpmap:
                     stream.rtpmap[pt] = codec
             dialog.endpoints.add(endpoint)
-            self.bindings[endpoint] = Binding(dialog, stream)
+            srtp = "SAVP" in media.proto.upper()  # SDES or DTLS-SRTP (UDP/TLS/RTP/SAVP): never plain RTP
+            self.bindings[endpoint] = Binding(dialog, stream, section, srtp)
+
+    def _take_crypto(self, dialog: Dialog, sender: str, body: bytes) -> None:
+        """Keep the SDES keys ``sender`` announces (each m= line's a=crypto: what it will send with)."""
+        for section, media in enumerate(crypto_by_media(body)):
+            if not media.is_srtp or not media.offers:
+                continue
+            known = dialog.crypto.setdefault((sender, section), [])
+            for offer in media.offers:
+                if all(offer.value() != k.value() for k in known):
+                    known.append(offer)
+                    self.version += 1  # a new key: routes are made again and take it
 
     def note_ssrc(
         self,
@@ -233,8 +262,11 @@ class DialogTracker:
         for endpoint in other.endpoints:
             binding = self.bindings.get(endpoint)
             if binding is not None and binding.dialog is other:
-                self.bindings[endpoint] = Binding(into, binding.stream)
+                self.bindings[endpoint] = Binding(into, binding.stream, binding.section, binding.srtp)
             into.endpoints.add(endpoint)
+        for where, keys in other.crypto.items():
+            known = into.crypto.setdefault(where, [])
+            known += [k for k in keys if all(k.value() != o.value() for o in known)]
         for ssrc, (owner, party, first, relay) in list(self.ssrcs.items()):
             if owner is other:
                 self.ssrcs[ssrc] = (into, party, first, relay)
@@ -243,19 +275,23 @@ class DialogTracker:
             info.started_at = other.info.started_at
         self.version += 1
 
-    def add_call(self, info: CallInfo) -> Dialog:
-        """Track a call whose streams are already known (a tape): no signalling needed."""
+    def add_call(self, info: CallInfo, keys: Mapping[int, Sequence[CryptoAttribute]] | None = None) -> Dialog:
+        """Track a call whose streams are already known (a tape): no signalling needed. ``keys``: the SRTP
+        keys of its SRTP streams, by stream index (those streams are SRTP, every other one plain RTP)."""
         dialog = Dialog(info=info, caller_tag=None, answered=True)
+        keys = keys or {}
         self.dialogs[info.call_id] = dialog
         for call_id in info.call_ids[1:]:  # the signalling of its other legs, if the tape holds it
             self.legs[call_id] = dialog
-        for stream in info.streams:
+        for index, stream in enumerate(info.streams):
             try:
                 endpoint = (_pack(stream.local_addr), stream.local_port)
             except OSError:
                 continue
             dialog.endpoints.add(endpoint)
-            self.bindings[endpoint] = Binding(dialog, stream)
+            if index in keys:
+                dialog.crypto[(stream.party, index)] = list(keys[index])
+            self.bindings[endpoint] = Binding(dialog, stream, index, index in keys)
         return dialog
 
     def forget(self, dialog: Dialog) -> None:

@@ -1,0 +1,66 @@
+"""A synthetic call made SRTP: its SDP offers RTP/SAVP with SDES ``a=crypto`` and its RTP is protected by
+libsrtp (pylibsrtp), each party with the key its own SDP announced (RFC 4568)."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from pylibsrtp import Policy, Session
+
+from tests.support import synth
+
+PROFILES = {
+    "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+    "AEAD_AES_128_GCM": Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+    "AEAD_AES_256_GCM": Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+}
+KEY_LENGTHS = {"AES_CM_128_HMAC_SHA1_80": 30, "AES_CM_128_HMAC_SHA1_32": 30, "AEAD_AES_128_GCM": 28,
+               "AEAD_AES_256_GCM": 44}  # fmt: skip
+IPS = {synth.A_IP: "A", synth.B_IP: "B"}
+Datagram = tuple[float, str, int, str, int, bytes]
+
+
+def crypto_line(suite: str, key: bytes, tag: int = 1) -> str:
+    return f"a=crypto:{tag} {suite} inline:{base64.b64encode(key).decode()}"
+
+
+def make_srtp(
+    datagrams: list[Datagram],
+    suite: str,
+    media_keys: dict[str, bytes],
+    sdp_keys: dict[str, bytes | None] | None = None,
+) -> list[Datagram]:
+    """``datagrams`` (synth.build's) with each party's SDP made RTP/SAVP carrying ``sdp_keys[party]`` (default
+    ``media_keys``; None: no a=crypto line) and each party's RTP protected with ``media_keys[party]``."""
+    sdp_keys = dict(media_keys) if sdp_keys is None else sdp_keys
+    senders = {
+        party: Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILES[suite]))
+        for party, key in media_keys.items()
+    }
+    protected: dict[bytes, bytes] = {}
+    # protect each packet once, in sequence order (a duplicate on the wire is the same SRTP packet twice)
+    rtp = [d for d in datagrams if d[2] not in (5060,)]
+    for _, src, _, _, _, payload in sorted(rtp, key=lambda d: (d[1], d[5][8:12], d[5][2:4])):
+        if payload not in protected:
+            protected[payload] = senders[IPS[src]].protect(payload)
+    out: list[Datagram] = []
+    for ts, src, sport, dst, dport, payload in datagrams:
+        if sport == 5060:
+            payload = _savp(payload, suite, sdp_keys.get(IPS[src]))
+        else:
+            payload = protected[payload]
+        out.append((ts, src, sport, dst, dport, payload))
+    return out
+
+
+def _savp(message: bytes, suite: str, key: bytes | None) -> bytes:
+    head, sep, body = message.partition(b"\r\n\r\n")
+    if b"m=audio" not in body:
+        return message
+    body = body.replace(b" RTP/AVP ", b" RTP/SAVP ")
+    if key is not None:
+        body += (crypto_line(suite, key) + "\r\n").encode()
+    head = re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % len(body), head)
+    return head + sep + body
