@@ -2,9 +2,10 @@
 
 Two baresip phones call each other through Kamailio, which anchors the media in rtpengine, on a Linux
 bridge whose every port is mirrored to the recorder's interface (``tests/support/pbxrig.py``). Each phone
-plays a WAV file of its own. The recorder's namespace takes the traffic with ``tcpdump -w`` (the oracle,
-and the input of ``callrec mix``); the call thus appears twice on the wire (phone -> rtpengine and
-rtpengine -> other phone) under one Call-ID.
+plays a WAV file of its own; the caller hangs up after 8 s. The call appears twice on the wire (phone ->
+rtpengine and rtpengine -> other phone) under one Call-ID. In the recorder's namespace ``tcpdump -w`` always
+takes the traffic (the oracle); phase 1 mixes its capture with ``callrec mix`` (the rig and the offline
+path), phase 2 runs ``callrec capture`` beside it and mixes the one tape it writes, closed on the BYE.
 
 The oracle of "what each phone sent" is independent of callrec: the phone's own RTP packets to rtpengine in
 the capture (read with dpkt, decoded by ffmpeg), themselves checked against the phone's WAV file. The mix
@@ -14,7 +15,11 @@ cross-correlation >= 0.99) at its arrival time (t = 0 is the first media packet 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import struct
+import sys
 import time
 import wave
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ PHONE_IP = {"A": pbxrig.A_IP, "B": pbxrig.B_IP}
 START_IN_WAV_MAX_S = 3.0  # where in its file a phone's first packet may start (baresip starts the file at 0)
 DRAIN_S = 1.5  # after the hang-up, before the recorder stops: the BYE and its 200 reach the file
 LISTEN_TIMEOUT_S = 20.0
+CLOSE_TIMEOUT_S = 20.0  # the capture closes a tape a grace (2 s) after the BYE
 
 
 @dataclass
@@ -76,6 +82,32 @@ def test_real_phones_through_kamailio_rtpengine_tcpdump_then_mix(tmp_path: Path)
     _check_mix(results, out, truth, "callrec mix on tcpdump's capture of the mirror")
 
 
+def test_real_phones_through_kamailio_rtpengine_callrec_capture(tmp_path: Path) -> None:
+    """Phase 2: ``callrec capture`` on the mirror writes one tape for the call (though the proxy makes two
+    legs), which mixes as phase 1's capture does; tcpdump beside it is the oracle."""
+    capture, data = tmp_path / "mirror.pcap", tmp_path / "data"
+    with pbxrig.PbxRig(tmp_path) as rig:
+        wavs = _phones(rig, tmp_path)
+        _tcpdump(rig, capture)
+        _callrec_capture(rig, data)
+        placed = rig.call(f"sip:b@{pbxrig.PROXY_IP}", TALK_S)
+        closed = _wait_tape_closed(data / "tapes")  # on the BYE, a grace later, while still capturing
+        code = rig.stop("callrec-capture")
+        assert code == 0, f"callrec capture exited {code} on SIGTERM\n{rig.logs()}"
+        assert rig.stop("tcpdump") == 0, rig.logs()
+        assert "CALL_CLOSED" in [e.get("type") for e in placed["events"]]
+        log = rig.procs["callrec-capture"].tail()
+    truth = _truth(capture, wavs)
+    tapes = sorted(p.parent for p in (data / "tapes").rglob("call.json"))
+    assert len(tapes) == 1, f"one tape expected for the call, found {tapes}\n{log}"
+    meta = json.loads((tapes[0] / "call.json").read_text())
+    assert (meta.get("source"), meta.get("end_reason")) == ("capture", "bye"), meta
+    assert closed == tapes[0], f"the tape closed on the BYE was {closed}, the one left is {tapes[0]}"
+    out = tmp_path / "tape.wav"
+    results = mix_json(str(tapes[0]), "-o", str(out), "--format", "wav")
+    _check_mix(results, out, truth, "callrec mix on callrec capture's tape")
+
+
 # --- the rig's parts -------------------------------------------------------------------------------------
 
 
@@ -106,6 +138,38 @@ def _tcpdump(rig: pbxrig.PbxRig, capture: Path) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"tcpdump did not start listening within {LISTEN_TIMEOUT_S} s\n{proc.tail()}")
+
+
+def _callrec_capture(rig: pbxrig.PbxRig, data: Path) -> None:
+    """``callrec capture`` on the recorder's mirror interface (no service); returns once it reads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_")}
+    proc = rig.start(
+        "callrec-capture", rig.ns["rec"], sys.executable, "-m", "callrec.cli", "capture",
+        "--interface", "eth0", "--data", str(data), "--no-service", env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + LISTEN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"callrec capture exited {proc.popen.returncode}\n{proc.tail()}")
+        if "callrec capture: reading" in proc.log.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"callrec capture did not start reading within {LISTEN_TIMEOUT_S} s\n{proc.tail()}")
+
+
+def _wait_tape_closed(tapes: Path) -> Path:
+    """The tape whose call.json says it ended on a BYE, once there is one (bounded)."""
+    deadline = time.monotonic() + CLOSE_TIMEOUT_S
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        for meta in sorted(tapes.rglob("call.json")):
+            with contextlib.suppress(OSError, ValueError):  # being rewritten
+                reason = json.loads(meta.read_text()).get("end_reason")
+                seen.append(f"{meta.parent.name}: {reason!r}")
+                if reason == "bye":
+                    return meta.parent
+        time.sleep(0.1)
+    raise AssertionError(f"no tape closed on the BYE within {CLOSE_TIMEOUT_S} s; seen {seen[-4:]}")
 
 
 # --- the oracle ------------------------------------------------------------------------------------------
