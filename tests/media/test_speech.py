@@ -107,3 +107,30 @@ def test_the_noise_floor_percentile_is_numpys(n: int) -> None:
         values = rng.normal(-40, 15, n).round(int(rng.integers(0, 3)))  # ties too
         for q in (0, 20, 50, 99.5, 100):
             assert percentile(values, q) == float(np.percentile(values, q)), (n, q)
+
+
+def test_settled_frames_keep_their_levels_in_one_byte_and_the_open_window_stays_small() -> None:
+    # the mixer settles frames as it emits; the levels must be what a meter that never settles finds, and
+    # memory must not grow with the call beyond one byte a frame
+    rate = 8000
+    settling, keeping = SpeechMeter(rate), SpeechMeter(rate)
+    frame = settling.frame
+    rng = np.random.default_rng(11)
+    pos = 0
+    for i in range(3000):  # 3000 writes of 0.1-0.5 s: ~15 minutes
+        n = int(rng.integers(800, 4000))
+        level = 10 ** rng.uniform(-3.5, 0)
+        pcm = (rng.normal(0, 9000 * level, n).clip(-32768, 32767)).astype(np.int16)
+        for meter in (settling, keeping):
+            meter.add(pos, pcm)
+        pos += n + (int(rng.integers(0, 4000)) if rng.random() < 0.1 else 0)
+        if i % 3 == 0:
+            settling.settle(pos - 2 * frame)  # emitted up to a little behind the last write
+    assert len(settling._energy) == len(keeping._energy[:1024]) == 1024, "the open window never grew"
+    assert len(keeping._energy) > 40_000
+    got, want = settling.levels(), keeping.levels()
+    assert len(got) == len(want) > 40_000
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)])
+    assert settling.segments() == keeping.segments()
+    assert settling._codes.nbytes <= 2 * len(got) + 1024

@@ -333,6 +333,8 @@ class CallMixer:
                 buf[:live] = buf[k : k + live]
             buf[live : min(live + k, self._cap)] = 0
             self._base += k
+        for meter in self._speech.values():
+            meter.settle(self._base)  # nothing is written behind the window: those frames are final
 
     def _begin(self) -> None:
         """Fix t = 0 at the earliest sample written (at the call's first arrival when none was) and drop
