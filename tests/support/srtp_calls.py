@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 from pylibsrtp import Policy, Session
 
+from callrec.files import tape
+from callrec.media.srtp_keys import seal_keys
+from callrec.models import CallInfo, Party, RtpMap, Stream
+from callrec.secretbox import SecretBox
+from callrec.wire.sdes import CryptoAttribute, KeyParam
 from tests.support import synth
 
 PROFILES = {
@@ -47,11 +53,8 @@ def make_srtp(
             protected[payload] = senders[IPS[src]].protect(payload)
     out: list[Datagram] = []
     for ts, src, sport, dst, dport, payload in datagrams:
-        if sport == 5060:
-            payload = _savp(payload, suite, sdp_keys.get(IPS[src]))
-        else:
-            payload = protected[payload]
-        out.append((ts, src, sport, dst, dport, payload))
+        sent = _savp(payload, suite, sdp_keys.get(IPS[src])) if sport == 5060 else protected[payload]
+        out.append((ts, src, sport, dst, dport, sent))
     return out
 
 
@@ -64,3 +67,40 @@ def _savp(message: bytes, suite: str, key: bytes | None) -> bytes:
         body += (crypto_line(suite, key) + "\r\n").encode()
     head = re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % len(body), head)
     return head + sep + body
+
+
+def srtp_tape(
+    folder: Path,
+    built: synth.Built,
+    suite: str,
+    keys: dict[str, bytes],
+    box: SecretBox | None,
+    sealed: dict[str, bytes] | None = None,
+    call_id: str = "srtp-tape@test",
+) -> Path:
+    """A tape as the SIPREC recorder leaves it for an SDES-SRTP call (synth's default ports): the media as
+    received, protected with ``keys``, and ``sealed`` (default ``keys``) sealed with ``box`` in call.json
+    (stream 0 is A's, 1 is B's); ``box`` None: the plain-RTP tape of the same call."""
+    folder.mkdir(parents=True)
+    pcma = {8: RtpMap("PCMA", 8000)}
+    info = CallInfo(
+        call_ids=[call_id],
+        parties=[Party("A", "caller"), Party("B", "callee")],
+        streams=[
+            Stream("A", synth.B_IP, 30000, synth.A_IP, 20000, "1", dict(pcma)),
+            Stream("B", synth.A_IP, 20000, synth.B_IP, 30000, "2", dict(pcma)),
+        ],
+        started_at=built.t0,
+        source="siprec",
+    )
+    media = built.media
+    if box is not None:
+        media = make_srtp(media, suite, keys)
+        sealed = keys if sealed is None else sealed
+        info.srtp = seal_keys(box, [(0, CryptoAttribute(1, suite, (KeyParam(sealed["A"]),))),
+                                    (1, CryptoAttribute(2, suite, (KeyParam(sealed["B"]),)))])  # fmt: skip
+    writer = tape.TapeWriter(folder, info)
+    for ts, src, sport, dst, dport, payload in media:
+        writer.write(ts, (src, sport), (dst, dport), payload)
+    writer.close(ended_at=built.t0 + built.duration, cleanly=True)
+    return folder

@@ -217,7 +217,7 @@ class Demux:
         entry = self._srtp.get(id(binding.stream))
         if entry is None:
             entry = self._srtp[id(binding.stream)] = (binding.stream, SrtpStream())
-        entry[1].update(binding.keys())
+        entry[1].update(binding.sdes_keys())
         return entry[1]
 
     def _shared(self, binding: Binding, src: bytes, dst: bytes, dport: int, ssrc: int, now: float) -> Binding:

@@ -16,7 +16,7 @@ from one call into another (its SSRC the same party's in another live call, firs
 SRTP keyed by SDES (RFC 4568): each party's ``a=crypto`` is the key *it* sends with, so the offerer's line
 decrypts what the offerer sends and the answerer's what the answerer sends; a dialog keeps them by sending
 party and ``m=`` line (``Dialog.crypto``), and a binding says whether its stream is SRTP and which line's
-keys decrypt it (``Binding.keys``).
+keys decrypt it (``Binding.sdes_keys``).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Binding:
     section: int = -1
     srtp: bool = False
 
-    def keys(self) -> list[CryptoAttribute]:
+    def sdes_keys(self) -> list[CryptoAttribute]:
         """The SDES keys its sender may use on this stream, oldest first (none known: empty)."""
         return self.dialog.crypto.get((self.stream.party, self.section), [])
 
