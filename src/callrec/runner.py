@@ -41,8 +41,11 @@ def raise_file_limit() -> int:
 class TapeMixer:
     """Mixes closed tapes one at a time in a child process (``callrec mix``), off the recording path."""
 
-    def __init__(self, recordings: Path) -> None:
+    def __init__(self, recordings: Path, data: Path | None = None) -> None:
+        """``data``: the recorder's data folder, where ``callrec mix`` finds the secret that opens a tape's
+        sealed SRTP keys (recorder/srtp.py)."""
         self._recordings = recordings
+        self._data = data
         self._queue: asyncio.Queue[Path] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -68,6 +71,7 @@ class TapeMixer:
             out.parent.mkdir(parents=True, exist_ok=True)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "callrec", "mix", str(folder), "-o", str(out),
+                *(("--data", str(self._data)) if self._data is not None else ()),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
                 preexec_fn=lambda: os.nice(10),
             )  # fmt: skip
@@ -86,7 +90,7 @@ async def serve_recorder(
     With ``service``, each tape is handed to the service (database, storage, queue) as it opens and closes.
     """
     loop = asyncio.get_running_loop()
-    mixer = TapeMixer(cfg.recordings_dir) if mix else None
+    mixer = TapeMixer(cfg.recordings_dir, cfg.data_dir) if mix else None
     if mixer is not None:
         mixer.start()
     handoff, outbox = _service_handoff(service) if service is not None else (None, None)

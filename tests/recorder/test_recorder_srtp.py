@@ -8,10 +8,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shutil
 import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -447,3 +449,77 @@ def test_sdp_of_the_answer_parses(srec: RecorderThread) -> None:
         # the negotiated session parameters are echoed (RFC 4568 section 6.3)
         assert attr.session_params == ("UNENCRYPTED_SRTCP",)
         assert dialog.bye().status == 200
+
+
+# ---- a real peer: Debian's rtpengine encrypting toward the SRS ----------------------------------------
+
+
+# the suites rtpengine offers before AES_CM_128_HMAC_SHA1_32
+EARLIER_SUITES = (
+    "AEAD_AES_256_GCM", "AEAD_AES_128_GCM", "AES_256_CM_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_32",
+    "AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32", "AES_CM_128_HMAC_SHA1_80",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flags", "suite"),
+    [
+        ({}, None),  # rtpengine's own order: the first suite it offers that we decrypt
+        # rtpengine 10.5 takes suites out of its offer with "no-": the first left that we decrypt is SHA1_32
+        ({"SDES": [f"no-{s}" for s in EARLIER_SUITES]}, "AES_CM_128_HMAC_SHA1_32"),
+    ],
+    ids=["rtpengine-order", "sha1-32"],
+)
+def test_rtpengine_offering_sdes_srtp_is_recorded_sealed_and_mixes_to_what_it_relayed(
+    tmp_path: Path, flags: dict[str, Any], suite: str | None
+) -> None:
+    from tests.support.audio import callrec, decode, xcorr
+    from tests.support.rtpengine_srtp import SrtpOfferRig
+
+    data = tmp_path / "data"
+    with SrtpOfferRig(tmp_path / "spool", data) as rig:
+        sent, result = rig.srtp_call("srtp-call@rtpengine.test", seconds=3.0, flags=flags)
+        assert rig.stop_recorder() == 0
+        log = rig.recorder_log.read_text("utf-8", "replace")
+    # rtpengine offered SRTP with its keys; we answered one of its lines in the same profile
+    offered = crypto_by_media(result["offer"])
+    assert [m.proto for m in offered] == ["RTP/SAVP"] and offered[0].offers
+    ((proto, (ours,)),) = [(m.proto, list(m.offers)) for m in crypto_by_media(result["srs_answer"])]
+    assert proto == "RTP/SAVP"
+    chosen = next(o for o in offered[0].offers if o.tag == ours.tag)
+    assert chosen.suite == ours.suite and chosen.suite in SUITES
+    if suite is not None:
+        assert chosen.suite == suite
+    (folder,) = [p.parent for p in (data / "tapes").rglob("call.json")]
+    text = (folder / tape.META_FILE).read_text("utf-8")
+    call = json.loads(text)
+    assert [(e["stream"], e["suite"], e["tag"]) for e in call["srtp"]] == [(0, chosen.suite, chosen.tag)]
+    box = SecretBox(load_or_create_key(data / KEY_FILE))
+    assert open_keys(box, call["srtp"])[0][0].value() == chosen.value()
+    every_key = [k.key_salt for o in offered[0].offers for k in o.keys] + [ours.key.key_salt]
+    assert_nowhere(text, secrets_of(*every_key), "call.json")
+    assert_nowhere(log, secrets_of(*every_key), "the recorder's log")
+    # the tape holds what rtpengine sent, encrypted: the clear payload is in no packet, and the sealed key
+    # decrypts every packet back to the caller's frames
+    packets = [p for ps in tape_payloads(folder).values() for p in ps]
+    frames = [sent.payload[i : i + 160] for i in range(0, len(sent.payload), 160)]
+    assert len(packets) == sent.packets == len(frames)
+    assert not any(frame in packet for frame, packet in zip(frames, packets, strict=True))
+    decryptor = SrtpDecryptor(chosen)
+    assert [(decryptor.unprotect(p) or b"")[12:] for p in packets] == frames
+    # callrec mix of the tape, given the data folder whose secret sealed it: the audio rtpengine relayed
+    out = tmp_path / "out.wav"
+    callrec("mix", str(folder), "-o", str(out), "--data", str(data))
+    left = decode(out)[:, 0]
+    _, peak = xcorr(left, sent.pcm, max_lag=4000)
+    assert peak >= 0.99, f"xcorr {peak:.4f} against what the caller sent"
+    # a damaged sealed key: no noise, a clear reason
+    damaged = tmp_path / "damaged" / folder.name
+    shutil.copytree(folder, damaged)
+    call["srtp"][0]["sealed"] = call["srtp"][0]["sealed"][:-8] + "AAAAAAAA"
+    (damaged / tape.META_FILE).write_text(json.dumps(call))
+    proc = callrec("mix", str(damaged), "-o", str(tmp_path / "damaged.wav"), "--data", str(data), check=False)
+    assert proc.returncode != 0
+    assert "the SRTP keys of stream 0 cannot be opened with this service's secret" in proc.stderr
+    assert not (tmp_path / "damaged.wav").exists()
