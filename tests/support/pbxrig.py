@@ -49,7 +49,11 @@ CTRL = ("127.0.0.1", 4444)
 RTPENGINE_PORTS = (30000, 30999)
 RATE = 8000
 BINARIES = ("ip", "tc", "ss", "baresip", "kamailio", "rtpengine", "tcpdump", "ffmpeg")
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+# Debian's multiarch folder (x86_64-linux-gnu, aarch64-linux-gnu, ...)
+KAMAILIO_MODULES = next(
+    (str(p) for p in sorted(Path("/usr/lib").glob("*/kamailio/modules")) if (p / "rtpengine.so").exists()),
+    "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+)
 BARESIP_MODULES = "/usr/lib/baresip/modules"
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
