@@ -1,7 +1,7 @@
 """Time ``callrec mix`` on an hours-long two-party G.711 call beside ffmpeg on the same audio.
 
 Usage: python bench/mix.py [--hours 1] [--long-hours 8] [--workdir DIR] [--cpu 0] [--repeat 1]
-                           [--lame-qualities 2,5,7,9] [--profile] [--keep]
+                           [--lame-qualities 2,5,7,9] [--profile] [--keep] [--srtp]
 
 Generates a capture of one call (SIP INVITE/180/200 OK/ACK with SDP, two PCMA RTP streams at 20 ms
 ptime, BYE/200 OK) and the two raw A-law streams it carries, then, each command pinned to one core:
@@ -10,7 +10,9 @@ ptime, BYE/200 OK) and the two raw A-law streams it carries, then, each command 
   - callrec again on a ``--long-hours`` call: its peak RSS must not grow with the call's length;
   - lame alone on the same length of stereo 8 kHz audio (lameenc at several qualities, and the system
     libmp3lame in joint and L/R stereo, which lameenc cannot choose): the encoder's floor;
-  - with ``--profile``, callrec under py-spy, the samples added up by pipeline stage.
+  - with ``--profile``, callrec under py-spy, the samples added up by pipeline stage;
+  - with ``--srtp``, the same call as SDES-SRTP (AES_CM_128_HMAC_SHA1_80: RTP/SAVP with a=crypto, every
+    packet protected by libsrtp) beside the plain one, interleaved: what decrypting costs per packet.
 Targets (the mixer issue): callrec at least 2x ffmpeg's speed, peak RSS under 150 MB for both lengths.
 
 The capture is written as numpy record blocks (one minute of packets per write), so generating an 8-hour
@@ -204,6 +206,35 @@ def write_capture(
     # t = 0 is A's first packet; B's last frame ends B_OFFSET_US (plus its jitter) later than A's
     seconds = (packets * PTIME_US + B_OFFSET_US) / 1e6
     return Capture(path, raw_a, raw_b, packets, seconds, path.stat().st_size)
+
+
+SRTP_SUITE = "AES_CM_128_HMAC_SHA1_80"
+
+
+def srtp_capture(cap: Capture, workdir: Path, name: str) -> Capture:
+    """``cap`` as SDES-SRTP: each party's SDP RTP/SAVP with an a=crypto of its own, each RTP packet protected
+    with that key by libsrtp (pylibsrtp), as tests/support/srtp_calls.py does for the tests."""
+    from tests.support import srtp_calls
+
+    keys = {ip: os.urandom(30) for ip in (A_IP, B_IP)}
+    sessions = {ip: srtp_calls.sender(SRTP_SUITE, key) for ip, key in keys.items()}
+    path = workdir / f"{name}.pcap"
+    with open(cap.path, "rb") as src, open(path, "wb", buffering=1 << 22) as f:
+        f.write(src.read(24))
+        ident = 0
+        while head := src.read(16):
+            t_sec, t_usec, incl, _ = struct.unpack("<IIII", head)
+            frame = src.read(incl)
+            ip_src, ip_dst = (".".join(map(str, frame[i : i + 4])) for i in (26, 30))
+            sport, dport = struct.unpack_from("!HH", frame, 34)
+            payload = frame[42:]
+            if sport == 5060:
+                payload = srtp_calls.savp(payload, SRTP_SUITE, keys[ip_src])
+            else:
+                payload = sessions[ip_src].protect(payload)
+            ident = (ident + 1) & 0xFFFF
+            _write_record(f, t_sec * 1_000_000 + t_usec, _frame(ip_src, sport, ip_dst, dport, payload, ident))
+    return Capture(path, cap.raw_a, cap.raw_b, cap.packets, cap.seconds, path.stat().st_size)
 
 
 # -- measuring ------------------------------------------------------------------------------------------
@@ -424,6 +455,8 @@ def main() -> None:
     ap.add_argument("--lame-qualities", default="2,5,7,9", help="lame qualities to time alone ('' skips)")
     ap.add_argument("--profile", action="store_true", help="also sample callrec with py-spy, by stage")
     ap.add_argument("--keep", action="store_true", help="keep the captures, raw streams and MP3s")
+    ap.add_argument("--srtp", action="store_true",
+                    help="also time the same call as SDES-SRTP (AES_CM_128_HMAC_SHA1_80) beside plain RTP")
     args = ap.parse_args()
     if not shutil.which("ffmpeg") or not shutil.which("ffprobe"):
         sys.exit("ffmpeg and ffprobe are needed")
@@ -504,6 +537,30 @@ def report(args: argparse.Namespace, workdir: Path, made: list[Path]) -> None:
             f"callrec peak RSS: {ours.max_rss_mb:.1f} MB ({args.hours:g} h), {long_run.max_rss_mb:.1f} MB "
             f"({args.long_hours:g} h), growth {long_run.max_rss_mb - ours.max_rss_mb:+.1f} MB  "
             f"(target < 150 MB, the same for both)"
+        )
+
+    # SRTP: the same call encrypted, beside the plain one (interleaved): decryption's cost per packet
+    if args.srtp:
+        t0 = time.perf_counter()
+        scap = srtp_capture(cap, workdir, "call-srtp")
+        made.append(scap.path)
+        print(f"generated {scap.path} ({scap.bytes / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s", flush=True)
+        plain_out, srtp_out = workdir / "callrec-plain.mp3", workdir / "callrec-srtp.mp3"
+        made += [plain_out, srtp_out]
+        pcmds = [callrec_cmd(cap.path, plain_out), callrec_cmd(scap.path, srtp_out)]
+        commands += [shlex.join(pin + c) for c in pcmds]
+        p_run, s_run = best_of(pcmds, args.cpu, args.repeat)
+        row("callrec mix, plain RTP (again, interleaved)", p_run, secs)
+        row(f"callrec mix, SRTP {SRTP_SUITE}", s_run, secs)
+        n = 2 * cap.packets
+        s_json = json.loads(s_run.stdout.splitlines()[0])
+        failed = sum(st.get("srtp_auth_failures", 0) + st.get("srtp_undecryptable", 0) for st in s_json["streams"])
+        same = plain_out.read_bytes() == srtp_out.read_bytes()
+        lines.append(
+            f"per RTP packet ({n} packets): plain {p_run.cpu_s / n * 1e6:.2f} us cpu, SRTP "
+            f"{s_run.cpu_s / n * 1e6:.2f} us cpu: SRTP costs {(s_run.cpu_s - p_run.cpu_s) / n * 1e6:+.2f} us cpu "
+            f"({(s_run.wall_s - p_run.wall_s) / n * 1e6:+.2f} us wall) more; {failed} packets not decrypted; "
+            f"same MP3 as plain: {'yes' if same else 'NO'}"
         )
 
     # the outputs: size and length

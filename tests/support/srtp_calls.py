@@ -32,6 +32,11 @@ def crypto_line(suite: str, key: bytes, tag: int = 1) -> str:
     return f"a=crypto:{tag} {suite} inline:{base64.b64encode(key).decode()}"
 
 
+def sender(suite: str, key: bytes) -> Session:
+    """A libsrtp session protecting what one party sends (any SSRC) with ``key`` (master key || salt)."""
+    return Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILES[suite]))
+
+
 def make_srtp(
     datagrams: list[Datagram],
     suite: str,
@@ -41,10 +46,7 @@ def make_srtp(
     """``datagrams`` (synth.build's) with each party's SDP made RTP/SAVP carrying ``sdp_keys[party]`` (default
     ``media_keys``; None: no a=crypto line) and each party's RTP protected with ``media_keys[party]``."""
     sdp_keys = dict(media_keys) if sdp_keys is None else sdp_keys
-    senders = {
-        party: Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILES[suite]))
-        for party, key in media_keys.items()
-    }
+    senders = {party: sender(suite, key) for party, key in media_keys.items()}
     protected: dict[bytes, bytes] = {}
     # protect each packet once, in sequence order (a duplicate on the wire is the same SRTP packet twice)
     rtp = [d for d in datagrams if d[2] not in (5060,)]
@@ -53,12 +55,13 @@ def make_srtp(
             protected[payload] = senders[IPS[src]].protect(payload)
     out: list[Datagram] = []
     for ts, src, sport, dst, dport, payload in datagrams:
-        sent = _savp(payload, suite, sdp_keys.get(IPS[src])) if sport == 5060 else protected[payload]
+        sent = savp(payload, suite, sdp_keys.get(IPS[src])) if sport == 5060 else protected[payload]
         out.append((ts, src, sport, dst, dport, sent))
     return out
 
 
-def _savp(message: bytes, suite: str, key: bytes | None) -> bytes:
+def savp(message: bytes, suite: str, key: bytes | None) -> bytes:
+    """A SIP message whose SDP offers RTP/SAVP with ``key`` in an a=crypto line (None: none)."""
     head, sep, body = message.partition(b"\r\n\r\n")
     if b"m=audio" not in body:
         return message
