@@ -449,6 +449,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hours", type=float, default=1.0, help="length of the timed call (default 1)")
     ap.add_argument("--long-hours", type=float, default=8.0, help="length of the RSS call (default 8; 0 skips)")
+    ap.add_argument("--short-minutes", type=float, default=20.0,
+                    help="also time callrec beside ffmpeg on a call this long, where start-up counts (default 20;"
+                         " 0 skips)")
     ap.add_argument("--workdir", type=Path, help="where the captures go (default: a new temporary folder)")
     ap.add_argument("--cpu", type=int, default=0, help="the core every timed command is pinned to (default 0)")
     ap.add_argument("--repeat", type=int, default=1, help="time the 1-call commands this often, keep the best")
@@ -518,6 +521,21 @@ def report(args: argparse.Namespace, workdir: Path, made: list[Path]) -> None:
     lines.append(f"callrec speed / ffmpeg speed: {theirs.wall_s / ours.wall_s:.2f}  (target >= 2.00)   "
                  f"vs ffmpeg at lame q7: {theirs7.wall_s / ours.wall_s:.2f}")
 
+    # the short call: start-up is a larger share of it
+    if args.short_minutes > 0:
+        short_cap = write_capture(workdir, args.short_minutes / 60, loops, "short")
+        made += [short_cap.path, short_cap.raw_a, short_cap.raw_b]
+        outs["callrec-short.mp3"] = workdir / "callrec-short.mp3"
+        outs["ffmpeg-short.mp3"] = workdir / "ffmpeg-short.mp3"
+        scmds = [callrec_cmd(short_cap.path, outs["callrec-short.mp3"]),
+                 ffmpeg_cmd(short_cap.raw_a, short_cap.raw_b, outs["ffmpeg-short.mp3"])]
+        commands += [shlex.join(pin + c) for c in scmds]
+        s_ours, s_theirs = best_of(scmds, args.cpu, args.repeat)
+        row(f"callrec mix, {args.short_minutes:g}-minute call", s_ours, short_cap.seconds)
+        row(f"ffmpeg, lame default, {args.short_minutes:g}-minute call", s_theirs, short_cap.seconds)
+        lines.append(f"callrec speed / ffmpeg speed, {args.short_minutes:g}-minute call: "
+                     f"{s_theirs.wall_s / s_ours.wall_s:.2f}  (target >= 2.00)")
+
     # the long call: callrec's memory must not grow with the call's length
     long_result = None
     if args.long_hours > 0:
@@ -566,7 +584,8 @@ def report(args: argparse.Namespace, workdir: Path, made: list[Path]) -> None:
     # the outputs: size and length
     lines += ["", f"{'output':46s} {'bytes':>12s} {'KB/min':>8s} {'ffprobe s':>10s} {'call s':>10s} {'diff s':>7s}"]
     for name, path in outs.items():
-        want = long_cap.seconds if name == "callrec-long.mp3" else secs
+        want = (long_cap.seconds if name == "callrec-long.mp3"
+                else short_cap.seconds if name.endswith("-short.mp3") else secs)
         size, got = path.stat().st_size, mp3_duration(path)
         verdict = "ok" if abs(got - want) <= 1.0 else "WRONG LENGTH"
         lines.append(f"{name:46s} {size:12d} {kb_per_min(size, want):8.1f} {got:10.2f} {want:10.2f} "
