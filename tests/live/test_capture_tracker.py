@@ -19,6 +19,7 @@ from callrec.config import ConfigError
 from callrec.files import tape
 from callrec.live.domains import DomainRule
 from callrec.live.tracker import LiveTracker, TrackerSettings
+from callrec.mix.run import mix
 from callrec.recorder.recovery import OPEN_DIR, TapeRegistry
 from callrec.wire.netparse import Datagram
 from callrec.wire.sip import SipMessage
@@ -192,3 +193,24 @@ def test_domain_rules(rule: str, domain: str) -> None:
 def test_bad_domain_rules_are_refused(bad: str) -> None:
     with pytest.raises(ConfigError, match="--domain-from"):
         DomainRule.parse(bad)
+
+
+def test_a_tape_with_the_callees_reinvite_mixes_each_party_as_itself(tmp_path: Path) -> None:
+    """The tape holds the call's SIP: a re-INVITE the callee sends (a session refresh) must not make the mixer
+    take the callee for the caller (the tape's initial INVITE says whose From tag is the caller's)."""
+    tracker, events = make(tmp_path)
+    cid = "refresh@a"
+    call(tracker, cid, T0, packets=0, bye=False)  # the refresh comes before any media: nothing is routed yet
+    refresh = sip("INVITE", cid, sdp_host=B, sdp_port=6000, to_tag=True, cseq=1)
+    refresh = refresh.replace(b"tag=alice1", b"tag=bob1").replace(b"To: <sip:2002@acme.example>;tag=bob1",
+                                                                 b"To: <sip:1001@acme.example>;tag=alice1")  # fmt: skip
+    tracker.datagram(dgram(T0 + 1, B, 5060, A, 5060, refresh))
+    for i in range(50):
+        tracker.datagram(dgram(T0 + 0.3 + i * 0.02, A, 4000, B, 6000, rtp(i, 0xA)))
+        tracker.datagram(dgram(T0 + 0.3 + i * 0.02, B, 6000, A, 4000, rtp(i, 0xB)))
+    tracker.close_all()
+    folder = events[-1][1]
+    assert {(s.party, s.local_port) for s in tape.read_info(folder).streams} == {("B", 4000), ("A", 6000)}
+    report = mix(folder, tmp_path / "out.wav")
+    [result] = report.calls
+    assert {(s["party"], s["ssrc"]) for s in result.streams} == {("A", 0xA), ("B", 0xB)}, result.streams

@@ -102,6 +102,8 @@ class DialogTracker:
             dialog = self._forwarded(ts, msg) or self._new_dialog(ts, msg)
         if dialog is None:
             return None
+        if dialog.caller_tag is None and msg.method == "INVITE" and msg.to_tag is None:
+            dialog.caller_tag = msg.from_tag  # a tape's call (add_call) whose signalling it holds: its caller
         info = dialog.info
         # who sent this: a request from the caller carries the caller's From tag, and so does its response
         from_caller = dialog.caller_tag is None or msg.from_tag == dialog.caller_tag
