@@ -40,7 +40,7 @@ a=rtpmap:0 PCMU/8000
 
 UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="capture caller">
-  <Global variables="sender"/>
+  <Global variables="sender,peer"/>
   <send retrans="500"><![CDATA[
 INVITE sip:2002@acme.example SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
@@ -74,7 +74,7 @@ Content-Length: 0
 ]]></send>
   <nop>
     <action>
-      <exec command="[$sender] [remote_ip] [$port]"/>
+      <exec command="[$sender] [$peer] [$port]"/>
     </action>
   </nop>
 {reinvite}
@@ -182,10 +182,23 @@ Content-Length: [len]
 """
 
 
+# a stateless SIP relay (UDP): what a sends goes to b and the other way round, unchanged; ends when idle
+RELAY = """
+import socket, sys
+a, b, me = sys.argv[1:4]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((me, 5060))
+sock.settimeout(90)
+while True:
+    data, src = sock.recvfrom(65535)
+    sock.sendto(data, ((b if src[0] == a else a), 5060))
+"""
+
+
 @dataclass(slots=True)
 class Phones:
     bridge: str
-    ns: dict[str, str]  # "a" (caller), "b" (callee) -> namespace
+    ns: dict[str, str]  # "a" (caller), "b" (callee), "p" (a proxy, used by ``call(proxy=True)``) -> namespace
     ip: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -197,8 +210,10 @@ class Phones:
         return proc
 
     def call(self, work: Path, caller_audio: Path, callee_audio: Path, *, transport: str = "u1",
-             reinvite: bool = False, talk_ms: int = 6000, wait: bool = True) -> subprocess.Popen[bytes]:  # fmt: skip
-        """Run one call from a to b; with ``wait`` until sipp on both sides exited 0, else return the caller's
+             reinvite: bool = False, talk_ms: int = 6000, wait: bool = True, proxy: bool = False,
+             ) -> subprocess.Popen[bytes]:  # fmt: skip
+        """Run one call from a to b (``proxy``: its SIP relayed by p, so seen twice, on two legs; media goes
+        straight between the phones); with ``wait`` until sipp on both sides exited 0, else return the caller's
         sipp (the callee's is in ``procs``)."""
         sipp = need(shutil.which("sipp"), "sipp")
         work.mkdir(parents=True, exist_ok=True)
@@ -213,9 +228,16 @@ class Phones:
                                   "-set", "peer", self.ip["a"]],
                             work / "uas.log")  # fmt: skip
         listening(self.ns["b"], transport)
+        target = self.ip["b"]
+        if proxy:
+            assert transport == "u1", "the relay is UDP only"
+            self.popen("p", [sys.executable, "-c", RELAY, self.ip["a"], self.ip["b"], self.ip["p"]], work / "relay.log")
+            listening(self.ns["p"], transport)
+            target = self.ip["p"]
         caller = self.popen("a", [sipp, "-sf", str(work / "uac.xml"), "-i", self.ip["a"], "-mi", self.ip["a"], *common,
                                   "-set", "sender", sender.format(caller_audio, "0xA1CE", work / "sent-a.log"),
-                                  f"{self.ip['b']}:5060"], work / "uac.log")  # fmt: skip
+                                  "-set", "peer", self.ip["b"],
+                                  f"{target}:5060"], work / "uac.log")  # fmt: skip
         if wait:
             for proc, name in ((caller, "uac"), (callee, "uas")):
                 code = proc.wait(timeout=SIPP_TIMEOUT_S + 10)
@@ -244,7 +266,8 @@ def phones_fixture() -> Iterator[Phones]:
     net = f"198.19.{random.randrange(1, 255)}"
     made: list[str] = []
     links: list[str] = []
-    rig = Phones(bridge=f"lb{tag}", ns={"a": f"lb{tag}a", "b": f"lb{tag}b"}, ip={"a": f"{net}.1", "b": f"{net}.2"})
+    rig = Phones(bridge=f"lb{tag}", ns={who: f"lb{tag}{who}" for who in "abp"},
+                 ip={"a": f"{net}.1", "b": f"{net}.2", "p": f"{net}.3"})  # fmt: skip
     try:
         run("ip", "link", "add", rig.bridge, "type", "bridge")
         links.append(rig.bridge)

@@ -3,9 +3,9 @@
 Each call is one tape (source ``capture``), closed by the BYE, with the phones' numbers as parties and the
 domain from the Request-URI; ``callrec mix`` of the tape puts what the caller sent on the left and what the
 callee sent on the right (xcorr >= 0.99 within 20 ms of the arrival). Over UDP and TCP, and with a
-re-INVITE. A capture killed mid-call leaves its tape marked open; the next start recovers it (interrupted,
-end reason ``crash``). ``serve --capture`` hands the tape to the service: the call appears in the API and
-its recording completes. Root and netns: skipped with the reason elsewhere, never under ``CI=true``.
+re-INVITE; through a proxy (two legs, one tape). A capture killed mid-call leaves its tape marked open;
+the next start recovers it (interrupted, end reason ``crash``). ``serve --capture`` hands the tape to the
+service: the call appears in the API and its recording completes. Root and netns: skipped with the reason elsewhere, never under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -168,6 +168,26 @@ def test_each_call_is_one_tape_closed_on_bye_that_mixes_to_each_side(
     figures = json.loads((data / "capture-stats.json").read_text())
     assert figures["counters"]["callrec_capture_calls"] == 1 and figures["gauges"]["callrec_capture_calls_open"] == 0
     assert figures["interfaces"][phones.bridge]["callrec_capture_drops"] == 0, figures
+
+
+def test_a_call_through_a_proxy_is_one_tape(phones: Phones, tmp_path: Path) -> None:
+    """The proxy's two legs of the call (caller-proxy, proxy-callee: the same Call-ID) are one call."""
+    a_path, a_pcm = noise(tmp_path, "caller", 7)
+    b_path, b_pcm = noise(tmp_path, "callee", 11)
+    data = tmp_path / "data"
+    capture = Capture(data, "--interface", phones.bridge)
+    try:
+        phones.call(tmp_path / "call", a_path, b_path, talk_ms=TALK_S * 1000 + 800, proxy=True)
+        [folder] = wait_closed(data)
+    finally:
+        assert capture.stop() == 0, capture.log()
+    info = info_of(folder)
+    assert info["end_reason"] == "bye" and len(tapes(data)) == 1, info
+    with (folder / "media.pcap").open("rb") as f:
+        invites = {socket.inet_ntoa(dpkt.ip.IP(frame).src) for _, frame in dpkt.pcap.Reader(f)
+                   if bytes(dpkt.ip.IP(frame).data.data)[:7] == b"INVITE "}  # fmt: skip
+    assert invites == {phones.ip["a"], phones.ip["p"]}, "both legs' INVITEs are on the one tape"
+    check_channels(folder, tmp_path, a_pcm, b_pcm, phones)
 
 
 def test_a_capture_killed_mid_call_leaves_a_tape_the_next_start_recovers(phones: Phones, tmp_path: Path) -> None:
