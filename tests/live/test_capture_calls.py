@@ -5,7 +5,8 @@ domain from the Request-URI; ``callrec mix`` of the tape puts what the caller se
 callee sent on the right (xcorr >= 0.99 within 20 ms of the arrival). Over UDP and TCP, and with a
 re-INVITE; through a proxy (two legs, one tape). A capture killed mid-call leaves its tape marked open;
 the next start recovers it (interrupted, end reason ``crash``). ``serve --capture`` hands the tape to the
-service: the call appears in the API and its recording completes. Root and netns: skipped with the reason elsewhere, never under ``CI=true``.
+service: the call appears in the API and its recording completes. Root and netns: skipped with the reason
+elsewhere, never under ``CI=true``.
 """
 
 from __future__ import annotations
