@@ -228,3 +228,28 @@ def test_the_command_line_finds_the_services_secret_and_shows_no_key(tmp_path: P
     assert max(s["srtp_auth_failures"] for s in line["streams"]) > 0
     for proc in (refused, other, done, bad):
         assert not any(k in proc.stdout + proc.stderr for k in shown)
+
+
+def test_srtp_beside_plain_rtp_gives_the_same_files_with_and_without_the_lane(
+    tmp_path: Path, call: synth.Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SRTP call takes the per-packet path while a plain call in the same capture keeps the vectorised
+    lane: both give what the per-packet path alone gives, to the last bit."""
+    import callrec.mix.demux as demux
+
+    suite = SUITES[2]
+    plain_call = synth.build(synth.Scenario(call_id="plain-2@test", duration=SECONDS, seed=5, a_port=22000,
+                                            b_port=32000))  # fmt: skip
+    datagrams = sorted(srtp_calls.make_srtp(call.datagrams, suite, keys_for(suite)) + plain_call.datagrams,
+                       key=lambda d: d[0])  # fmt: skip
+    capture = synth.write_pcap(tmp_path / "both.pcap", datagrams)
+    outputs = {}
+    for lane in (True, False):
+        monkeypatch.setattr(demux, "VECTOR_LANE", lane)
+        report = mix(capture, tmp_path / f"lane-{lane}", WAV)
+        assert sorted(c.call_id for c in report.calls) == ["plain-2@test", "srtp-1@test"]
+        assert all(c.warnings == [] for c in report.calls)
+        outputs[lane] = {c.call_id: samples(c.output) for c in report.calls if c.output is not None}
+    for call_id in ("plain-2@test", "srtp-1@test"):
+        assert np.array_equal(outputs[True][call_id], outputs[False][call_id])
+        assert outputs[True][call_id].any()

@@ -116,9 +116,7 @@ class Demux:
                         route = srtp_routes.get((d.dst, d.dport, ssrc))
                         if route is None:
                             binding = bindings.get((d.dst, d.dport))
-                            route = (
-                                SKIP if binding is None else self._route(binding, d.dst, d.dport, ssrc, now, d.src)
-                            )
+                            route = SKIP if binding is None else self._route(binding, d.dst, d.dport, ssrc, now, d.src)
                         if route.srtp is not None:
                             plain = route.srtp.unprotect(payload, ssrc)  # the header is the same, in clear
                             if plain is None:
