@@ -41,6 +41,8 @@ SOURCE = "capture"
 # TCP connections whose SIP is being cut into messages at once; the least recently used goes beyond
 MAX_TCP_STREAMS = 4096
 TapeEvent = Callable[[Path], object]
+# how often the open calls are looked over (ends, timeouts, flushes), at most
+CHECK_S = 0.25
 
 
 @dataclass(slots=True)
@@ -93,7 +95,7 @@ class LiveTracker:
             ("sip", "rtp", "rtcp", "written", "unmatched", "calls", "calls_refused", "tape_errors"), 0
         )
         self.closed: dict[str, int] = {}
-        self._next_flush = 0.0
+        self._next_flush = self._next_check = 0.0
 
     # ---- input --------------------------------------------------------------------------------------
     def feed(self, item: Datagram | UdpBlock) -> None:
@@ -242,7 +244,10 @@ class LiveTracker:
     def tick(self, now: float | None = None) -> None:
         """Flush the tapes now and then; close those whose call ended a grace ago or went quiet."""
         now = time.time() if now is None else now
+        if now < self._next_check:
+            return
         settings = self.settings
+        self._next_check = now + CHECK_S
         for call in list(self.calls.values()):
             dialog = call.dialog
             if dialog.ended_at is not None and now - dialog.ended_at > settings.end_grace_s:
