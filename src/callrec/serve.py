@@ -92,7 +92,11 @@ class Child:
 
 
 def _is_ready(line: str) -> bool:
-    return "callrec record: listening on" in line or ("callrec worker:" in line and "mixing processes" in line)
+    return (
+        "callrec record: listening on" in line
+        or ("callrec worker:" in line and "mixing processes" in line)
+        or "callrec capture: reading" in line
+    )
 
 
 class ChildFailed(StartRefused):

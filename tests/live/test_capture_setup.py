@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from callrec.api.ops import CaptureCollector
 from callrec.config import RecorderConfig, ServiceConfig, parse_interfaces, recorder_config_from_env
 from callrec.live import capstats
-from callrec.serve import children_for
+from callrec.serve import _is_ready, children_for
+from callrec.service.sanity import EXIT_REFUSED
 from tests.support.audio import callrec
 
 
@@ -32,6 +33,7 @@ def test_serve_runs_one_capture_child_for_every_interface(tmp_path: Path) -> Non
     assert argv[:4] == ["capture", "--service", "--data", str(tmp_path)]
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--interface"] == ["eth1", "span0"]
     assert children_for(RecorderConfig(), ServiceConfig(data_dir=tmp_path), record=False, work=False) == []
+    assert _is_ready("callrec capture: reading eth1, span0 (filter 'udp'), domain from ruri, tapes under d/tapes")
 
 
 def test_the_capture_figures_reach_metrics(tmp_path: Path) -> None:
@@ -60,9 +62,13 @@ def test_the_capture_figures_reach_metrics(tmp_path: Path) -> None:
 
 
 def test_capture_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    """Refused with the status a supervisor (serve) does not start again: it would fail the same way."""
     done = callrec("capture", "--interface", "lo", "--data", str(tmp_path), "--domain-from", "tenant", check=False)
-    assert done.returncode == 2 and done.stderr.startswith("callrec: error: --domain-from 'tenant'"), done.stderr
+    assert done.returncode == EXIT_REFUSED, done.stderr
+    assert done.stderr.startswith("callrec capture: --domain-from 'tenant'"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     done = callrec("capture", "--interface", "nosuch0", "--data", str(tmp_path), check=False)
-    assert done.returncode == 2 and "nosuch0" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == EXIT_REFUSED and "nosuch0" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = callrec("capture", "--interface", "lo", "--data", str(tmp_path), "--filter", "udp and (", check=False)
+    assert done.returncode == EXIT_REFUSED and "Traceback" not in done.stderr, done.stderr
     assert not list((tmp_path / "tapes").glob("[0-9]*")), "no tape without a capture"

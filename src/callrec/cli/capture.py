@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from callrec.cli.common import _fail, _refused, app
-from callrec.errors import CallrecError
+from callrec.errors import CallrecError, ConfigError
 
 if TYPE_CHECKING:
     from callrec.config import ServiceConfig
@@ -105,7 +105,8 @@ def capture_command(
             _run(settings, svc)
         finally:
             lock.release()
-    except StartRefused as exc:
+    except (StartRefused, ConfigError) as exc:
+        # no root, no such interface, a bad filter or rule: starting again would fail the same way
         _refused("capture", exc)
     except CallrecError as exc:
         _fail(str(exc))
