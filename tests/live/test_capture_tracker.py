@@ -214,3 +214,37 @@ def test_a_tape_with_the_callees_reinvite_mixes_each_party_as_itself(tmp_path: P
     report = mix(folder, tmp_path / "out.wav")
     [result] = report.calls
     assert {(s["party"], s["ssrc"]) for s in result.streams} == {("A", 0xA), ("B", 0xB)}, result.streams
+
+
+def test_a_masked_call_id_leg_and_a_relayed_leg_join_the_call(tmp_path: Path) -> None:
+    """Legs under other Call-IDs are one call too: a proxy masking the Call-ID (the same INVITE forwarded, the
+    same From, a lower Max-Forwards) and a B2BUA's second leg whose RTP is the first leg's, relayed."""
+    tracker, events = make(tmp_path)
+    invite = sip("INVITE", "leg1@a", sdp_host=A, sdp_port=4000)
+    tracker.datagram(dgram(T0, A, 5060, PROXY, 5060, invite))
+    masked = invite.replace(b"leg1@a", b"masked-xyz").replace(b"Max-Forwards: 70", b"Max-Forwards: 69")
+    tracker.datagram(dgram(T0 + 0.01, PROXY, 5060, B, 5060, masked))
+    assert [e for e, _ in events] == ["opened"], "the forwarded INVITE is the same call"
+    answer = sip("200 OK", "masked-xyz", sdp_host=B, sdp_port=6000, to_tag=True)
+    tracker.datagram(dgram(T0 + 0.1, B, 5060, PROXY, 5060, answer))
+    tracker.close_all()
+    assert [e for e, _ in events] == ["opened", "closed"]
+    assert tape.read_info(events[0][1]).call_ids == ["leg1@a", "masked-xyz"]
+
+    tracker, events = make(tmp_path / "b2bua")
+    tracker.datagram(dgram(T0, A, 5060, PROXY, 5060, sip("INVITE", "in@a", sdp_host=A, sdp_port=4000)))
+    tracker.datagram(dgram(T0, PROXY, 5060, A, 5060, sip("200 OK", "in@a", sdp_host=PROXY, sdp_port=10000,
+                                                         to_tag=True)))  # fmt: skip
+    out = sip("INVITE", "out@p", sdp_host=PROXY, sdp_port=10002).replace(b"tag=alice1", b"tag=pbx1")
+    tracker.datagram(dgram(T0 + 0.1, PROXY, 5060, B, 5060, out))
+    answer = sip("200 OK", "out@p", sdp_host=B, sdp_port=6000, to_tag=True).replace(b"tag=alice1", b"tag=pbx1")
+    tracker.datagram(dgram(T0 + 0.1, B, 5060, PROXY, 5060, answer))
+    assert [e for e, _ in events] == ["opened", "opened"]
+    tracker.datagram(dgram(T0 + 1, A, 4000, PROXY, 10000, rtp(1, 0xA)))  # the caller's packet ...
+    tracker.datagram(dgram(T0 + 1.001, PROXY, 10002, B, 6000, rtp(1, 0xA)))  # ... relayed on the second leg
+    assert [e for e, _ in events] == ["opened", "opened", "discarded"], "the relayed leg joins the first call"
+    assert len(tracker.calls) == 1
+    tracker.close_all()
+    folder = events[0][1]
+    assert tape.read_info(folder).call_ids == ["in@a", "out@p"]
+    assert [dport for _, dport, payload in packets_of(folder) if payload[:1] == b"\x80"] == [10000, 6000]
