@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from callrec.cli.common import _fail, _refused, app
+from callrec.cli.common import HandToService, LogLevel, _fail, _refused, app, log_to_stderr
 from callrec.errors import CallrecError, ConfigError
 
 if TYPE_CHECKING:
@@ -53,19 +53,10 @@ def capture_command(
         typer.Option("--idle-timeout", metavar="S", help="Close a call with no media nor SIP for this long, s"),
     ] = 300.0,
     max_calls: Annotated[int, typer.Option("--max-calls", metavar="N", help="Calls followed at once")] = 5000,
-    service: Annotated[
-        bool,
-        typer.Option(
-            "--service/--no-service",
-            help="Hand each tape to the service (database, storage, queue); on when CALLREC_DATABASE_URL is set",
-        ),
-    ] = False,
-    log_level: Annotated[
-        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")
-    ] = "info",
+    service: HandToService = False,
+    log_level: LogLevel = "info",
 ) -> None:
     """Record every call seen on an interface (SIP over UDP and TCP, RTP) to one tape per call, until SIGTERM."""
-    import logging
 
     from callrec.config import recorder_config_from_env
     from callrec.live.capture import DEFAULT_FILTER, CaptureSettings
@@ -75,11 +66,7 @@ def capture_command(
     from callrec.service.sanity import StartRefused, check_shared_setup
 
     die_with_parent()  # when started by serve: end with it
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(log_level)
     try:
         env = recorder_config_from_env()
         if idle_timeout <= 0 or max_calls < 1:

@@ -56,3 +56,25 @@ def _refused(command: str, exc: Exception) -> None:
 
     print(f"callrec {command}: {exc}", file=sys.stderr)
     raise typer.Exit(EXIT_REFUSED)
+
+
+# options several long-running commands take
+LogLevel = Annotated[str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")]
+HandToService = Annotated[
+    bool,
+    typer.Option(
+        "--service/--no-service",
+        help="Hand each tape to the service (database, storage, queue); on when CALLREC_DATABASE_URL is set",
+    ),
+]
+
+
+def log_to_stderr(level: str) -> None:
+    """Log lines on stderr at ``level`` (debug, info, warning or error)."""
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from callrec.cli.common import _fail, _refused, app
+from callrec.cli.common import HandToService, LogLevel, _fail, _refused, app, log_to_stderr
 from callrec.errors import CallrecError
 
 if TYPE_CHECKING:
@@ -27,6 +27,32 @@ RtpengineSpools = Annotated[
         " its files removed once stored (repeatable; env CALLREC_RTPENGINE_SPOOL, folders separated by ':')",
     ),
 ]
+Allow = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow",
+        metavar="CIDR",
+        help="SRC address or CIDR trusted for every domain (repeatable); with no --allow nor"
+        " --allow-domain only loopback SRCs may record; 0.0.0.0/0 opens it to all",
+    ),
+]
+AllowDomain = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-domain",
+        metavar="DOMAIN=CIDR",
+        help="DOMAIN=CIDR[,CIDR...]: SRCs that record into DOMAIN only (repeatable)",
+    ),
+]
+MaxSessionsPerSource = Annotated[
+    int,
+    typer.Option(
+        "--max-sessions-per-source",
+        metavar="N",
+        help="Sessions one SRC address may hold at once; more get 503 (0: an eighth of the RTP port pairs,"
+        " at least 16)",
+    ),
+]
 
 
 @app.command("record")
@@ -36,32 +62,9 @@ def record_command(
     data: Annotated[Path, typer.Option("--data", metavar="DIR", help="Data folder; tapes go to DATA/tapes")] = Path(
         "data"
     ),
-    allow: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow",
-            metavar="CIDR",
-            help="SRC address or CIDR trusted for every domain (repeatable); with no --allow nor"
-            " --allow-domain only loopback SRCs may record; 0.0.0.0/0 opens it to all",
-        ),
-    ] = None,
-    allow_domain: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-domain",
-            metavar="DOMAIN=CIDR",
-            help="DOMAIN=CIDR[,CIDR...]: SRCs that record into DOMAIN only (repeatable)",
-        ),
-    ] = None,
-    max_sessions_per_source: Annotated[
-        int,
-        typer.Option(
-            "--max-sessions-per-source",
-            metavar="N",
-            help="Sessions one SRC address may hold at once; more get 503 (0: an eighth of the RTP port pairs,"
-            " at least 16)",
-        ),
-    ] = 0,
+    allow: Allow = None,
+    allow_domain: AllowDomain = None,
+    max_sessions_per_source: MaxSessionsPerSource = 0,
     media_address: Annotated[
         str,
         typer.Option(
@@ -77,19 +80,10 @@ def record_command(
     ] = 5000,
     rtpengine_spool: RtpengineSpools = None,
     mix: Annotated[bool, typer.Option("--mix/--no-mix", help="Mix each tape when it closes")] = False,
-    service: Annotated[
-        bool,
-        typer.Option(
-            "--service/--no-service",
-            help="Hand each tape to the service (database, storage, queue); on when CALLREC_DATABASE_URL is set",
-        ),
-    ] = False,
-    log_level: Annotated[
-        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")
-    ] = "info",
+    service: HandToService = False,
+    log_level: LogLevel = "info",
 ) -> None:
     """Record SIPREC sessions (RFC 7866) to tapes without transcoding, until SIGTERM or SIGINT."""
-    import logging
 
     from callrec.config import (
         DEFAULT_SIP_PORT,
@@ -104,11 +98,7 @@ def record_command(
     from callrec.service.sanity import StartRefused, check_shared_setup
 
     die_with_parent()  # when started by serve: end with it
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr(log_level)
     try:
         cfg = recorder_config_from_env()
         cfg.listen_host, cfg.listen_port = parse_hostport(listen, DEFAULT_SIP_PORT, "--listen")
@@ -167,16 +157,6 @@ def _trust_warnings(cfg: RecorderConfig) -> None:
         )
 
 
-def _logging(level: str) -> None:
-    import logging
-
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 @app.command("serve")
 def serve_command(
     data: Annotated[
@@ -187,32 +167,9 @@ def serve_command(
     ] = "127.0.0.1:8080",
     listen: SipListen = "0.0.0.0:5060",
     rtp_ports: RtpPorts = "30000-39999",
-    allow: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow",
-            metavar="CIDR",
-            help="SRC address or CIDR trusted for every domain (repeatable); with no --allow nor"
-            " --allow-domain only loopback SRCs may record; 0.0.0.0/0 opens it to all",
-        ),
-    ] = None,
-    allow_domain: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-domain",
-            metavar="DOMAIN=CIDR",
-            help="DOMAIN=CIDR[,CIDR...]: SRCs that record into DOMAIN only (repeatable)",
-        ),
-    ] = None,
-    max_sessions_per_source: Annotated[
-        int,
-        typer.Option(
-            "--max-sessions-per-source",
-            metavar="N",
-            help="Sessions one SRC address may hold at once; more get 503 (0: an eighth of the RTP port pairs,"
-            " at least 16)",
-        ),
-    ] = 0,
+    allow: Allow = None,
+    allow_domain: AllowDomain = None,
+    max_sessions_per_source: MaxSessionsPerSource = 0,
     rtpengine_spool: RtpengineSpools = None,
     capture: Annotated[
         list[str] | None,
@@ -228,9 +185,7 @@ def serve_command(
     ] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Run the SIPREC recorder")] = True,
     work: Annotated[bool, typer.Option("--work/--no-work", help="Run the background workers")] = True,
-    log_level: Annotated[
-        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")
-    ] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the whole system on one machine: recorder, background workers and HTTP API, until SIGTERM."""
     from callrec.config import (
@@ -245,7 +200,7 @@ def serve_command(
     from callrec.serve import serve
     from callrec.service.sanity import StartRefused, check_shared_setup
 
-    _logging(log_level)
+    log_to_stderr(log_level)
     try:
         svc = service_config_from_env()
         rec = recorder_config_from_env()
@@ -292,9 +247,7 @@ def worker_command(
         int | None, typer.Option("--workers", metavar="N", help="Mixing processes (default: CPU count)")
     ] = None,
     sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Re-queue stuck work, apply retention")] = True,
-    log_level: Annotated[
-        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error")
-    ] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Mix and store recordings from the queue (CALLREC_QUEUE_URL, CALLREC_DATABASE_URL), until SIGTERM."""
     from callrec.config import service_config_from_env
@@ -303,7 +256,7 @@ def worker_command(
     from callrec.service.sanity import StartRefused, check_shared_setup
 
     die_with_parent()  # when started by serve: end with it
-    _logging(log_level)
+    log_to_stderr(log_level)
     try:
         cfg = service_config_from_env()
         if workers is not None and workers < 1:
