@@ -6,12 +6,12 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from callrec.errors import ParseError
+from callrec.files.atomic import write_json
 from callrec.files.pcapwriter import PcapWriter  # not files.pcap: asking about a tape loads no numpy
 from callrec.models import CallInfo
 from callrec.names import safe_name
@@ -116,14 +116,7 @@ def quarantined(data_dir: Path) -> int:
 
 def write_info(folder: str | os.PathLike[str], info: CallInfo) -> None:
     """Replace ``call.json`` atomically, so a crash never leaves half a file."""
-    folder = Path(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".call.", suffix=".json")
-    os.fchmod(fd, 0o600)  # private like the rest of the data folder (the mixer and the service run as its user)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(info.to_json(), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / META_FILE)
+    write_json(Path(folder) / META_FILE, info.to_json(), indent=2, durable=True)
 
 
 class TapeWriter:

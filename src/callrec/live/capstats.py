@@ -9,10 +9,10 @@ start (Prometheus counters may reset when it restarts); the kernel's figures are
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from callrec.files.atomic import write_json
 
 STATS_FILE = "capture-stats.json"
 
@@ -38,14 +38,7 @@ def write(
 ) -> None:
     """Replace the figures file atomically (a reader never sees half of it)."""
     values = {"interfaces": interfaces, "counters": totals, "gauges": gauges}
-    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".capture-stats.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(values, f, sort_keys=True)
-        os.replace(tmp, data_dir / STATS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(data_dir / STATS_FILE, values)
 
 
 def _ints(value: Any, known: dict[str, str]) -> dict[str, int]:

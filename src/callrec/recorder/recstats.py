@@ -10,10 +10,10 @@ recorder's own tallies (sessions, SIP messages refused or failed, tapes recovere
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from callrec.files.atomic import write_json
 
 STATS_FILE = "recorder-stats.json"
 
@@ -43,14 +43,7 @@ class RecorderStats:
 
 def write(data_dir: Path, values: dict[str, int]) -> None:
     """Replace the figures file atomically (a reader never sees half of it)."""
-    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".recorder-stats.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(values, f, sort_keys=True)
-        os.replace(tmp, data_dir / STATS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(data_dir / STATS_FILE, values)
 
 
 def read(data_dir: Path) -> dict[str, int]:
