@@ -1,17 +1,19 @@
 """The whole live capture (``callrec capture``) recording N concurrent calls, beside ``tcpdump -w`` (issue 16, item 3).
 
-Usage (root): python bench/capture_calls.py [--calls 500,1000] [--seconds 20] [--cpu-gen 0] [--cpu-cap 1]
-                                            [--data-root /var/tmp] [--no-tcpdump] [--profile]
+Usage (root): python bench/capture_calls.py [--calls 500,1000] [--seconds 20] [--rate 100] [--cpu-gen 0]
+                                            [--cpu-cap 1] [--data-root /var/tmp] [--no-tcpdump] [--profile]
 
 A veth pair joins the root namespace (its end is the interface captured, as a mirror port would be) to a
 generator namespace. Two "phones" (addresses nobody has: static neighbour entries give them a foreign MAC,
-so the root namespace's IP stack drops their packets, as on a mirror port) talk N calls: for each call the
-generator sends INVITE with SDP, 200 OK with SDP and ACK over UDP between the two addresses (port 5060),
-then both streams of every call at 50 packets/s (172-byte G.711 RTP, each stream its own SSRC, from and to
-the ports each side's SDP gave: 2 streams per call, so 1,000 calls = 100,000 packets/s) for ``--seconds``,
-then BYE and its 200 OK for every call. Every packet (SIP and RTP) is built whole (IPv4 + UDP) in one numpy
-buffer and sent through a raw socket (IP_HDRINCL) by ``sendmmsg(2)`` from one Python process pinned to
-``--cpu-gen``, the RTP's seq/timestamp patched per slice of the 20 ms tick.
+so the root namespace's IP stack drops their packets, as on a mirror port) talk N calls, set up at
+``--rate`` calls/s: for each call the generator sends INVITE with SDP, 200 OK with SDP and ACK over UDP
+between the two addresses (port 5060), and from then on both streams of the call at 50 packets/s (172-byte
+G.711 RTP, each stream its own SSRC, from and to the ports each side's SDP gave: 2 streams per call, so 1,000
+calls = 100,000 packets/s). Once every call is up, ``--seconds`` of steady RTP; then the RTP stops and every
+call gets BYE and its 200 OK, at ``--rate``. Every packet (SIP and RTP) is built whole (IPv4 + UDP) in numpy
+buffers and sent through a raw socket (IP_HDRINCL) by ``sendmmsg(2)`` from one Python process pinned to
+``--cpu-gen``, the RTP's seq (= the 20 ms tick's number) and timestamp patched per tick, each tick cut into
+20 slices.
 
 Per N, two runs on the same traffic, each capture alone on ``--cpu-cap``:
   * ``callrec capture --interface IF --data DIR`` (its default filter, ring and tracker); after the BYEs
@@ -19,10 +21,10 @@ Per N, two runs on the same traffic, each capture alone on ``--cpu-cap``:
     packets counted per stream against what was sent (missing must be 0), the kernel's drop counter read
     from ``DATA/capture-stats.json``;
   * ``tcpdump -w DIR/all.pcap`` with the same filter and ring size: the reference (captured, kernel drops).
-CPU: the capture process's user+sys time (``/proc/PID/stat``) while the RTP flowed (the generator says when
-it starts and stops), as a % of one core, and its whole CPU from ready to exit (``wait4``: set-up of the
-calls, the BYEs, closing every tape). ``--profile`` runs ``py-spy record`` on callrec capture (raw format,
-to DIR/../profile-N.txt).
+CPU: the capture process's user+sys time (``/proc/PID/stat``) during the steady RTP and during the ramp (the
+generator says when each starts and stops), as a % of one core, and its whole CPU from ready to exit
+(``wait4``: set-up of the calls, the BYEs, closing every tape). ``--profile`` runs ``py-spy record`` on
+callrec capture (raw format, to DIR/../profile-N.txt).
 """
 
 from __future__ import annotations
@@ -168,31 +170,25 @@ def sip_messages(i: int, a: str, b: str, phase: str) -> list[tuple[bool, bytes]]
     ]
 
 
-def send_sip(sender: Sender, calls: int, a: str, b: str, phase: str, per_round: int = 200) -> int:
-    """Each call's messages in order, ``per_round`` calls at a time (a SIP phone's pace does not matter)."""
+def sip_batch(sender: Sender, calls: int, a: str, b: str, phase: str) -> np.ndarray:
+    """Every call's messages of ``phase``, call after call, each call's in order: ``per_call`` messages each."""
     pa, pb = socket.inet_aton(a), socket.inet_aton(b)
-    sent = 0
-    for lo in range(0, calls, per_round):
-        for step in range(3 if phase == "setup" else 2):
-            packets = []
-            for i in range(lo, min(calls, lo + per_round)):
-                by_a, text = sip_messages(i, a, b, phase)[step]
-                src, dst = (pa, pb) if by_a else (pb, pa)
-                packets.append((udp_packet(src, SIP_PORT, dst, SIP_PORT, text), dst))
-            blob = b"".join(p for p, _ in packets)
-            buf = np.frombuffer(bytearray(blob), np.uint8)
-            starts = np.cumsum([0] + [len(p) for p, _ in packets[:-1]]).tolist()
-            mmsg = sender.prepare(buf, starts, [len(p) for p, _ in packets], [d for _, d in packets])
-            sent += sender.send(mmsg, 0, len(packets))
-            time.sleep(0.005)
-    return sent
+    packets = []
+    for i in range(calls):
+        for by_a, text in sip_messages(i, a, b, phase):
+            src, dst = (pa, pb) if by_a else (pb, pa)
+            packets.append((udp_packet(src, SIP_PORT, dst, SIP_PORT, text), dst))
+    buf = np.frombuffer(bytearray(b"".join(p for p, _ in packets)), np.uint8)
+    starts = np.cumsum([0] + [len(p) for p, _ in packets[:-1]]).tolist()
+    return sender.prepare(buf, starts, [len(p) for p, _ in packets], [d for _, d in packets])
 
 
 def generate(args: argparse.Namespace) -> None:
+    """Calls set up at ``--rate`` calls/s, each call's two streams starting once it is answered; when all are
+    up, ``--seconds`` of steady RTP; then the RTP stops and every call is hung up at ``--rate``."""
     calls, a, b = args.calls_n, args.phone_a, args.phone_b
     sender = Sender()
-    sip_sent = send_sip(sender, calls, a, b, "setup")
-    time.sleep(0.5)
+    setup, teardown = sip_batch(sender, calls, a, b, "setup"), sip_batch(sender, calls, a, b, "teardown")
     streams = 2 * calls
     rng = np.random.default_rng()
     pa, pb = socket.inet_aton(a), socket.inet_aton(b)
@@ -212,10 +208,13 @@ def generate(args: argparse.Namespace) -> None:
     mmsg = sender.prepare(buf, (np.arange(streams) * PACKET.itemsize).tolist(), [PACKET.itemsize] * streams,
                           list(packets["dst"]))  # fmt: skip
     bounds = np.linspace(0, streams, SLICES + 1).astype(int).tolist()
-    sent, late = 0, 0
+    per_stream = np.zeros(streams, np.int64)
+    per_tick: list[int] = []  # RTP packets sent per 20 ms tick (= RTP sequence number)
+    sent = sip_sent = late = up = 0
     slice_s = TICK_S / SLICES
-    ticks = int(args.seconds / TICK_S)
-    print("rtp-start", flush=True)
+    ramp_ticks = int(np.ceil(calls / args.rate / TICK_S))
+    ticks = ramp_ticks + int(args.seconds / TICK_S)
+    print("ramp-start", flush=True)
     t0 = time.monotonic()
     for n in range(ticks * SLICES):
         due = t0 + n * slice_s
@@ -227,15 +226,31 @@ def generate(args: argparse.Namespace) -> None:
         sl = n % SLICES
         if sl == 0:
             k = n // SLICES
+            if k == ramp_ticks:
+                print("rtp-start", flush=True)
+                t1 = time.monotonic()
             packets["seq"] = k & 0xFFFF
             packets["ts"] = (k * PAYLOAD_BYTES) & 0xFFFFFFFF
-            packets["b1"] = 0x80 if k == 0 else 0
-        sent += sender.send(mmsg, bounds[sl], bounds[sl + 1])
-    elapsed = time.monotonic() - t0
+            per_tick.append(0)
+        want = min(calls, int(args.rate * n * slice_s) + 1)
+        if want > up:  # INVITE, 200 OK, ACK of the calls due by now
+            sip_sent += sender.send(setup, 3 * up, 3 * want)
+            up = want
+        lo, hi = bounds[sl], min(bounds[sl + 1], 2 * up)
+        if hi > lo:
+            got = sender.send(mmsg, lo, hi)
+            sent += got
+            per_tick[-1] += got
+            per_stream[lo:hi] += 1
+    elapsed = time.monotonic() - t1
     print("rtp-end", flush=True)
     time.sleep(0.2)
-    sip_sent += send_sip(sender, calls, a, b, "teardown")
-    figures = {"rtp_sent": sent, "per_stream": ticks, "sip_sent": sip_sent, "seconds": elapsed,
+    for lo in range(0, calls, max(1, int(args.rate * TICK_S))):  # BYE and its 200 OK at --rate
+        hi = min(calls, lo + max(1, int(args.rate * TICK_S)))
+        sip_sent += sender.send(teardown, 2 * lo, 2 * hi)
+        time.sleep(TICK_S)
+    figures = {"rtp_sent": sent, "per_stream": per_stream.tolist(), "per_tick": per_tick, "sip_sent": sip_sent,
+               "seconds": elapsed, "ramp_ticks": ramp_ticks, "steady_sent": int(sum(per_tick[ramp_ticks:])),
                "late_slices": late, "errors": sender.errors, "cpu_s": time.process_time()}  # fmt: skip
     print(json.dumps(figures), flush=True)
 
@@ -246,6 +261,7 @@ def generate(args: argparse.Namespace) -> None:
 def count_tapes(tapes: Path) -> dict[str, object]:
     """RTP packets per stream (destination port) over every tape's media.pcap (raw IPv4, 16-byte records)."""
     per_port: dict[int, int] = {}
+    per_seq: dict[int, int] = {}  # RTP packets on the tapes per sequence number (all streams)
     n_tapes = sip = 0
     for media in tapes.rglob("media.pcap"):
         n_tapes += 1
@@ -259,8 +275,10 @@ def count_tapes(tapes: Path) -> dict[str, object]:
                 sip += 1
             else:
                 per_port[dport] = per_port.get(dport, 0) + 1
+                seq = struct.unpack_from(">H", data, rec + 30)[0]
+                per_seq[seq] = per_seq.get(seq, 0) + 1
             at = rec + incl
-    return {"tapes": n_tapes, "sip_on_tapes": sip, "per_port": per_port}
+    return {"tapes": n_tapes, "sip_on_tapes": sip, "per_port": per_port, "per_seq": per_seq}
 
 
 def ticks_of(pid: int) -> int:
@@ -312,7 +330,7 @@ def one_run(args: argparse.Namespace, kind: str, calls: int, net: dict[str, str]
         me = [sys.executable, str(Path(__file__).resolve())]
         gen = subprocess.Popen(
             ["ip", "netns", "exec", net["netns"], *me, "--generate", "--calls-n", str(calls), "--phone-a", net["a"],
-             "--phone-b", net["b"], "--seconds", str(args.seconds)],
+             "--phone-b", net["b"], "--seconds", str(args.seconds), "--rate", str(args.rate)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: pin(args.cpu_gen),
         )  # fmt: skip
         assert gen.stdout is not None
@@ -320,7 +338,7 @@ def one_run(args: argparse.Namespace, kind: str, calls: int, net: dict[str, str]
         last = ""
         for line in gen.stdout:
             line = line.strip()
-            if line in ("rtp-start", "rtp-end"):
+            if line in ("ramp-start", "rtp-start", "rtp-end"):
                 marks[line] = (time.monotonic(), ticks_of(cap.pid))
             elif line:
                 last = line
@@ -340,23 +358,29 @@ def one_run(args: argparse.Namespace, kind: str, calls: int, net: dict[str, str]
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
-    (t0, k0), (t1, k1) = marks["rtp-start"], marks["rtp-end"]
+    (tr, kr), (t0, k0), (t1, k1) = marks["ramp-start"], marks["rtp-start"], marks["rtp-end"]
+    gen_figures = {k: v for k, v in sent.items() if k not in ("per_stream", "per_tick")}
     r: dict[str, object] = {
         "kind": kind, "calls": calls, "rtp_sent": sent["rtp_sent"], "sip_sent": sent["sip_sent"],
-        "pps": sent["rtp_sent"] / sent["seconds"], "gen": sent,
-        "cpu_rtp_pct": 100 * (k1 - k0) / CLK_TCK / (t1 - t0), "cpu_total_s": usage.ru_utime + usage.ru_stime,
+        "pps": sent["steady_sent"] / sent["seconds"], "gen": gen_figures,
+        "cpu_rtp_pct": 100 * (k1 - k0) / CLK_TCK / (t1 - t0),
+        "cpu_ramp_pct": 100 * (k0 - kr) / CLK_TCK / (t0 - tr), "cpu_total_s": usage.ru_utime + usage.ru_stime,
         "cpu_after_rtp_s": (ticks_end - k1) / CLK_TCK, "exit": cap.returncode,
         "load_before": load_before, "load_after": loadavg(),
     }  # fmt: skip
     text = log.read_text(errors="replace")
     if kind == "callrec":
         counted = count_tapes(folder / "data" / "tapes")
-        per_port = counted.pop("per_port")
-        assert isinstance(per_port, dict)
+        per_port, per_seq = counted.pop("per_port"), counted.pop("per_seq")
+        assert isinstance(per_port, dict) and isinstance(per_seq, dict)
+        # when the losses were: the 20 ms ticks (RTP sequence numbers) with packets missing, as ranges
+        short = [k for k, n in enumerate(sent["per_tick"]) if per_seq.get(k, 0) < n]
+        r["missing_ticks"] = _ranges(short)[:20]
+        # stream 2i goes to B's port of call i, 2i+1 to A's
+        ports = [(PORT_A if s % 2 else PORT_B) + 2 * (s // 2) for s in range(2 * calls)]
         want = sent["per_stream"]
-        ports = [PORT_A + 2 * i for i in range(calls)] + [PORT_B + 2 * i for i in range(calls)]
-        r["missing"] = sum(max(0, want - per_port.get(p, 0)) for p in ports)
-        r["extra"] = sum(max(0, per_port.get(p, 0) - want) for p in ports)
+        r["missing"] = sum(max(0, w - per_port.get(p, 0)) for p, w in zip(ports, want, strict=True))
+        r["extra"] = sum(max(0, per_port.get(p, 0) - w) for p, w in zip(ports, want, strict=True))
         r["rtp_on_tapes"] = sum(per_port.values())
         r.update(counted)
         stats = json.loads((folder / "data" / "capture-stats.json").read_text())
@@ -370,6 +394,16 @@ def one_run(args: argparse.Namespace, kind: str, calls: int, net: dict[str, str]
         r["missing"] = int(sent["rtp_sent"]) + int(sent["sip_sent"]) - got["captured"]
         r["drops"] = got["dropped by kernel"]
     return r
+
+
+def _ranges(values: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for v in values:
+        if out and out[-1][1] == v - 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    return out
 
 
 def _find_drops(stats: object) -> int:
@@ -404,13 +438,15 @@ def drop_net(net: dict[str, str]) -> None:
 def row(r: dict[str, object], t: dict[str, object] | None) -> str:
     tcp = f"{t['cpu_rtp_pct']:.0f} % | {t['drops']} | {t['missing']}" if t else "– | – | –"
     return (f"| {r['calls']:,} | {r['pps']:,.0f} | {r['rtp_sent']:,} | {r['missing']:,} | {r['drops']} | "
-            f"{r['cpu_rtp_pct']:.0f} % | {r['cpu_total_s']:.1f} | {tcp} | {r['load_before']} |")  # fmt: skip
+            f"{r['cpu_rtp_pct']:.0f} % | {r['cpu_ramp_pct']:.0f} % | {r['cpu_total_s']:.1f} | {tcp} | "
+            f"{r['load_before']} |")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", default="500,1000", help="concurrent calls per run, comma-separated (default 500,1000)")
-    ap.add_argument("--seconds", type=float, default=20.0, help="seconds of RTP per run (default 20)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="seconds of steady RTP, all calls up (default 20)")
+    ap.add_argument("--rate", type=float, default=100.0, help="calls set up (and hung up) per second (default 100)")
     ap.add_argument("--cpu-gen", type=int, default=0, help="core of the generator (default 0)")
     ap.add_argument("--cpu-cap", type=int, default=1, help="core of the capture under test (default 1)")
     ap.add_argument("--block-size", type=int, default=4 << 20, help="tcpdump -B: as callrec's ring (4 MiB x 32)")
@@ -446,13 +482,13 @@ def main() -> None:
         drop_net(net)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{args.seconds:g} s of RTP per run, generator on core {args.cpu_gen}, each capture alone on core "
-          f"{args.cpu_cap}; {os.cpu_count()} cores; tapes and tcpdump's file under {args.data_root}")  # fmt: skip
-    print(
-        "| calls | RTP packets/s | RTP sent | missing on tapes | kernel drops | callrec capture CPU | "
-        "its CPU s, start to exit | tcpdump -w CPU | tcpdump drops | tcpdump missing | load before |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\ncalls set up and hung up at {args.rate:g}/s, then {args.seconds:g} s of steady RTP per run; generator on "
+          f"core {args.cpu_gen}, each capture alone on core {args.cpu_cap}; {os.cpu_count()} cores; tapes and "
+          f"tcpdump's file under {args.data_root}")  # fmt: skip
+    print("| calls | RTP packets/s (steady) | RTP sent | missing on tapes | kernel drops | callrec capture CPU, "
+          "steady | its CPU while calls are set up | its CPU s, start to exit | tcpdump -w CPU, steady | "
+          "tcpdump drops | tcpdump missing | load before |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     commit = subprocess.run(["git", "log", "-1", "--oneline"], capture_output=True, text=True, cwd=ROOT)
     print("commit: " + commit.stdout.strip())

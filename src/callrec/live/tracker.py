@@ -29,6 +29,7 @@ from pathlib import Path
 from callrec.errors import CallrecError, ParseError
 from callrec.files import tape
 from callrec.files.pcap import UdpBlock
+from callrec.live.bulk import route_block
 from callrec.live.domains import DomainRule
 from callrec.recorder.recovery import TapeRegistry
 from callrec.wire.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
@@ -101,8 +102,7 @@ class LiveTracker:
     def feed(self, item: Datagram | UdpBlock) -> None:
         """One item of a decoded ring block."""
         if type(item) is UdpBlock:
-            for i in range(len(item)):
-                self.datagram(item.datagram(i))
+            route_block(self, item)  # runs of RTP in bulk, the rest datagram by datagram
         else:
             self.datagram(item)  # type: ignore[arg-type]
 
