@@ -323,8 +323,8 @@ def one_run(args: argparse.Namespace, kind: str, calls: int, net: dict[str, str]
     try:
         wait_for(log, pattern, cap)
         if args.profile and kind == "callrec":
-            spy = subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--format", "raw", "-r", "200", "-p",
-                                    str(cap.pid), "-o", str(folder.parent / f"profile-{calls}.txt")],
+            spy = subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--nonblocking", "--format", "raw", "-r",
+                                    "100", "-p", str(cap.pid), "-o", str(folder.parent / f"profile-{calls}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    preexec_fn=lambda: pin(args.cpu_gen))  # fmt: skip
         me = [sys.executable, str(Path(__file__).resolve())]

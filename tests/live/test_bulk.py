@@ -135,3 +135,8 @@ def test_a_block_of_steady_rtp_is_routed_in_bulk(tmp_path: Path) -> None:
     route_block(tracker, as_block(steady))
     assert not fed and tracker.counts["written"] == before + 100
     assert calls[0].last_media == pytest.approx(T0 + 1 + 99 * 0.02)
+    # a new SSRC in the middle of a run: that datagram alone goes one at a time, the rest in bulk
+    steady[50] = dgram(T0 + 3, A, 4000, B, 6000, rtp(2000, 0x7777))
+    route_block(tracker, as_block(steady))
+    assert [d.payload[8:12] for d in fed] == [b"\0\0\x77\x77"]
+    assert tracker.counts["written"] == before + 100 + 99

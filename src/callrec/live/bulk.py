@@ -7,8 +7,10 @@ datagrams that do not look like RTP (SIP, RTCP, anything else) go one by one, in
 and SSRCs are found once per run, not per packet. When every destination of the run is either bound to an
 open call that already knows the packet's SSRC, bound to no open call, or bound to nothing at all (and is not
 the RTCP port of a binding), nothing a packet does can change how the next one is routed, so the run is
-counted and written straight to the calls' tapes in arrival order, with no per-packet objects. Otherwise (a
-new SSRC, which may show a relayed leg; RTCP on an odd port) the run goes datagram by datagram as before.
+counted and written straight to the calls' tapes in arrival order, with no per-packet objects. A datagram
+that may change the routing (a new SSRC for its call, which may show a relayed leg; RTP-like packets on a
+binding's RTCP port) goes alone through ``LiveTracker.datagram``, and the rest of the run is looked at anew
+(after ``MAX_SPLITS`` of those, the rest goes datagram by datagram).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 # runs shorter than this go datagram by datagram (numpy's set-up costs more than it saves)
 MIN_RUN = 16
+# a run cut more often than this (many new SSRCs at once) goes datagram by datagram from there
+MAX_SPLITS = 64
 
 
 def route_block(tracker: LiveTracker, block: UdpBlock) -> None:
@@ -39,18 +43,26 @@ def route_block(tracker: LiveTracker, block: UdpBlock) -> None:
     rtp = (block.length >= 12) & (b0 >> 6 == 2) & ((b1 < 192) | (b1 > 223))
     at = 0
     for i in [*np.flatnonzero(~rtp).tolist(), n]:
-        if i > at and (i - at < MIN_RUN or not _bulk(tracker, block, at, i)):
-            for j in range(at, i):
-                tracker.datagram(block.datagram(j))
+        splits = 0
+        while at < i:
+            if i - at < MIN_RUN or splits >= MAX_SPLITS:
+                for j in range(at, i):
+                    tracker.datagram(block.datagram(j))
+                break
+            at = _bulk(tracker, block, at, i)
+            if at < i:  # the datagram that may change the routing goes alone
+                tracker.datagram(block.datagram(at))
+                splits += 1
+                at += 1
         if i == n:
             break
         tracker.datagram(block.datagram(i))
         at = i + 1
 
 
-def _bulk(tracker: LiveTracker, block: UdpBlock, lo: int, hi: int) -> bool:
-    """Route the RTP datagrams ``lo:hi`` of ``block`` at once; False (nothing done) when one of them may change
-    the routing of those after it."""
+def _bulk(tracker: LiveTracker, block: UdpBlock, lo: int, hi: int) -> int:
+    """Route the RTP datagrams from ``lo`` at once, up to the first that may change how those after it are
+    routed (a new SSRC for its call, RTP to a binding's RTCP port) or to ``hi``; returns where it stopped."""
     ip = block.ip[lo:hi]
     data, buf = block.data, block.buf
     dst = gather(data, ip + 16, 4, ">u4")
@@ -58,36 +70,42 @@ def _bulk(tracker: LiveTracker, block: UdpBlock, lo: int, hi: int) -> bool:
     ssrc = gather(data, ip + 36, 4, ">u4")
     keys, first, inverse = np.unique((dst << 16) | dport, return_index=True, return_inverse=True)
     bindings, calls = tracker.tracker.bindings, tracker.calls
-    # per destination: the open call its packets go to, or None; and whether they are RTP at all (bound)
+    # per destination: the open call its packets go to, or None; whether they are RTP at all (bound); and
+    # whether they go one by one (RTCP to a binding's next port: written to its call)
     targets: list[_Call | None] = []
     bound: list[bool] = []
-    for key, f in zip(keys.tolist(), first.tolist(), strict=True):
+    alone = np.zeros(len(keys), bool)
+    for k, (key, f) in enumerate(zip(keys.tolist(), first.tolist(), strict=True)):
         p = int(ip[f])
         addr, port = buf[p + 16 : p + 20], key & 0xFFFF
         binding = bindings.get((addr, port))
         if binding is None:
-            if (addr, port - 1) in bindings:
-                return False  # RTCP to a binding's next port: written to its call
+            alone[k] = (addr, port - 1) in bindings
             targets.append(None)
             bound.append(False)
             continue
         targets.append(calls.get(id(binding.dialog)))
         bound.append(True)
-    # every SSRC sent to an open call must be one it knows already (a new one may join two calls)
-    pairs = np.unique((inverse.astype(np.int64) << 32) | ssrc)
-    for pair in pairs.tolist():
+    # an SSRC its open call does not know yet may join two calls: from there on, one by one
+    pairs, back = np.unique((inverse.astype(np.int64) << 32) | ssrc, return_inverse=True)
+    new = np.zeros(len(pairs), bool)
+    for m, pair in enumerate(pairs.tolist()):
         call = targets[pair >> 32]
-        if call is not None and (pair & 0xFFFFFFFF) not in call.ssrcs:
-            return False
+        new[m] = call is not None and (pair & 0xFFFFFFFF) not in call.ssrcs
+    slow = np.flatnonzero(alone[inverse] | new[back])
+    stop = int(slow[0]) if len(slow) else hi - lo
+    if stop == 0:
+        return lo
+    inverse = inverse[:stop]
     counts = tracker.counts
     bound_packets = int(np.count_nonzero(np.asarray(bound)[inverse]))
     counts["rtp"] += bound_packets
-    counts["unmatched"] += (hi - lo) - bound_packets
-    sport = gather(data, ip + 20, 2, ">u2").tolist()
-    ts = block.ts[lo:hi].tolist()
-    lengths = block.length[lo:hi].tolist()
+    counts["unmatched"] += stop - bound_packets
+    sport = gather(data, ip[:stop] + 20, 2, ">u2").tolist()
+    ts = block.ts[lo : lo + stop].tolist()
+    lengths = block.length[lo : lo + stop].tolist()
     written = 0
-    for j, (k, p) in enumerate(zip(inverse.tolist(), ip.tolist(), strict=True)):
+    for j, (k, p) in enumerate(zip(inverse.tolist(), ip[:stop].tolist(), strict=True)):
         call = targets[k]
         if call is None:
             continue
@@ -104,4 +122,4 @@ def _bulk(tracker: LiveTracker, block: UdpBlock, lo: int, hi: int) -> bool:
             continue
         written += 1
     counts["written"] += written
-    return True
+    return lo + stop
