@@ -22,6 +22,7 @@ from callrec.live.frames import FrameDecoder
 from callrec.live.ring import RingReader
 from callrec.live.tracker import LiveTracker, TapeEvent, TrackerSettings
 from callrec.recorder.recovery import TapeRegistry
+from callrec.recorder.srtp import SrtpKeys
 
 log = logging.getLogger("callrec.capture")
 
@@ -62,7 +63,12 @@ def run_capture(
     registry = TapeRegistry(tracker_settings.tapes_dir)
     rings: list[RingReader] = []
     tracker = LiveTracker(
-        tracker_settings, registry=registry, on_opened=on_opened, on_closed=on_closed, on_discarded=on_discarded
+        tracker_settings,
+        registry=registry,
+        on_opened=on_opened,
+        on_closed=on_closed,
+        on_discarded=on_discarded,
+        keys=SrtpKeys(settings.data_dir),  # SDES keys sealed with the service's box, as callrec record does
     )
     try:
         for folder in registry.recover():

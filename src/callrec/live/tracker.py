@@ -7,7 +7,10 @@ party receives media, so RTP (and RTCP, on the next port or multiplexed) sent th
 tape; re-INVITEs and UPDATEs move those bindings; a proxy's legs of one call (same Call-ID, a topoh-masked
 Call-ID, or relayed RTP with the same SSRC) are one dialog, so one tape. Every message and packet of a call
 is written as it came (``media.pcap``; a SIP message that came over TCP is written as one UDP datagram
-between the same addresses and ports), ``call.json`` when the call's parties or streams change.
+between the same addresses and ports), ``call.json`` when the call's parties or streams change. Except SDES
+keys: an SDP ``a=crypto`` key is written as ``*`` of its length (``wire/sdes_redact.py``), the key sealed with
+the service's secret box in ``call.json`` (``srtp``, by sending party, ``m=`` line and tag), where the mixer
+opens it; no key is written in clear.
 
 A tape is closed ``end_grace_s`` after its call's BYE, CANCEL or final failure (RTP may trail them), when
 neither media for ``media_timeout_s`` nor SIP for ``sip_timeout_s`` came, or on shutdown; a call that was
@@ -26,14 +29,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from callrec.config import ConfigError
 from callrec.errors import CallrecError, ParseError
 from callrec.files import tape
 from callrec.files.pcap import UdpBlock
 from callrec.live.bulk import route_block
 from callrec.live.domains import DomainRule
+from callrec.media.srtp_keys import seal_sdp_keys
+from callrec.models import MAX_SRTP_KEYS
 from callrec.recorder.recovery import TapeRegistry
+from callrec.recorder.srtp import SrtpKeys
 from callrec.wire.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
 from callrec.wire.netparse import Datagram
+from callrec.wire.sdes_redact import redact_crypto
 from callrec.wire.sip import SipMessage, StreamFramer
 
 log = logging.getLogger("callrec.capture")
@@ -68,6 +76,7 @@ class _Call:
     reason: str = ""
     rtp: int = 0
     ssrcs: set[int] = field(default_factory=set)
+    sealed: set[tuple[str, int, str]] = field(default_factory=set)  # SDES keys in call.json (party, m=, value)
 
 
 class LiveTracker:
@@ -75,6 +84,7 @@ class LiveTracker:
 
     ``registry`` marks each open tape (crash recovery); ``on_opened`` / ``on_closed`` / ``on_discarded`` get
     each tape folder (the service's hand-off). ``counts`` and ``closed`` (per reason) are the figures.
+    ``keys`` seals SDES keys (default: the service's box for the data folder above ``tapes_dir``).
     """
 
     def __init__(
@@ -85,8 +95,10 @@ class LiveTracker:
         on_opened: TapeEvent | None = None,
         on_closed: TapeEvent | None = None,
         on_discarded: TapeEvent | None = None,
+        keys: SrtpKeys | None = None,
     ) -> None:
         self.settings = settings
+        self.keys = keys if keys is not None else SrtpKeys(settings.tapes_dir.parent)
         self.registry = registry
         self.on_opened, self.on_closed, self.on_discarded = on_opened, on_closed, on_discarded
         self.tracker = DialogTracker()
@@ -191,12 +203,36 @@ class LiveTracker:
         if dialog.ended_at is not None and not call.reason:
             method = message[:7].split(b" ", 1)[0]
             call.reason = {b"BYE": "bye", b"CANCEL": "cancel"}.get(method, "rejected" if dialog.failed else "bye")
+        if b"rypto:" in message or b"RYPTO:" in message:
+            self._seal_keys(call)
+            message = redact_crypto(message)
         self._write(dialog, d, message)
         if tracker.version != version:
             try:
                 call.writer.update()  # new or moved streams: call.json says so at once
             except OSError as exc:
                 self._tape_error(call, exc)
+
+    def _seal_keys(self, call: _Call) -> None:
+        """Seal into ``call.json`` the SDES keys of the call not sealed yet (its SIP keeps them as ``*``)."""
+        new = [
+            (party, section, crypto)
+            for (party, section), keys in call.dialog.crypto.items()
+            for crypto in keys
+            if (party, section, crypto.value()) not in call.sealed
+        ]
+        if not new:
+            return
+        call.sealed.update((party, section, crypto.value()) for party, section, crypto in new)
+        info = call.writer.info
+        if len(info.srtp) + len(new) > MAX_SRTP_KEYS:
+            log.error("tape %s: more than %d SRTP keys: the others are not kept", call.writer.folder, MAX_SRTP_KEYS)
+            new = new[: max(0, MAX_SRTP_KEYS - len(info.srtp))]
+        try:
+            info.srtp += seal_sdp_keys(self.keys.box, new)
+        except ConfigError as exc:
+            log.error("tape %s: the SRTP keys cannot be kept: %s", call.writer.folder, exc)
+        # call.json is written with them as the new keys changed the tracker's version
 
     def _write(self, dialog: Dialog, d: Datagram, payload: bytes) -> None:
         call = self.calls.get(id(dialog))

@@ -54,7 +54,8 @@ def mix(
         run = Demux(staging, options, call_id=call_id, left=left)
         if tape.is_tape(source):
             info = tape.read_info(source)
-            run.tracker.add_call(info, _tape_keys(info.srtp, box))
+            keys, run.tracker.sealed = _tape_keys(info.srtp, box)
+            run.tracker.add_call(info, keys)
             pcap_path = source / tape.MEDIA_FILE
         elif rtpengine.is_recording(source):
             rec = rtpengine.locate(source)
@@ -72,15 +73,18 @@ def mix(
     return run.report
 
 
-def _tape_keys(sealed: list[object], box: SecretBox | None) -> dict[int, list[CryptoAttribute]]:
-    """A tape's SRTP keys by stream index, opened with ``box``; none when the tape has none."""
+def _tape_keys(
+    sealed: list[object], box: SecretBox | None
+) -> tuple[dict[int, list[CryptoAttribute]], dict[tuple[str, int, int], list[CryptoAttribute]]]:
+    """A tape's SRTP keys opened with ``box``: by stream index (a recorder's), and by (sending party, m=
+    line, tag) (a capture's, standing in for the keys its SIP holds replaced); none when the tape has none."""
     if not sealed:
-        return {}
-    from callrec.media.srtp_keys import SealedKeysError, open_keys
+        return {}, {}
+    from callrec.media.srtp_keys import SealedKeysError, open_keys, open_sdp_keys
 
     if box is None:
         raise SealedKeysError(NO_BOX)
-    return open_keys(box, sealed)
+    return open_keys(box, sealed), open_sdp_keys(box, sealed)
 
 
 def _place_outputs(report: MixReport, output: Path, single_file: bool) -> None:

@@ -16,7 +16,9 @@ from one call into another (its SSRC the same party's in another live call, firs
 SRTP keyed by SDES (RFC 4568): each party's ``a=crypto`` is the key *it* sends with, so the offerer's line
 decrypts what the offerer sends and the answerer's what the answerer sends; a dialog keeps them by sending
 party and ``m=`` line (``Dialog.crypto``), and a binding says whether its stream is SRTP and which line's
-keys decrypt it (``Binding.sdes_keys``).
+keys decrypt it (``Binding.sdes_keys``). A capture tape's SIP holds its keys replaced by ``*``: the keys
+sealed in its ``call.json`` for that party, line and tag (``DialogTracker.sealed``) are taken in their place;
+none there, none taken (the stream's key is missing).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from callrec.errors import ParseError
 from callrec.models import CallInfo, Party, Stream
 from callrec.wire.sdes import CryptoAttribute, crypto_by_media
+from callrec.wire.sdes_redact import redacted_tags
 from callrec.wire.sdp import Sdp
 from callrec.wire.sip import SipMessage, display_name, uri_user
 
@@ -84,6 +87,9 @@ class DialogTracker:
         self.malformed = 0
         self.sdp_errors = 0
         self.version = 0  # bumped whenever an endpoint or its codecs change
+        # a capture tape's sealed SDES keys, opened: (sending party, m= line, tag) -> its a=crypto attributes;
+        # they stand in for the keys the tape's SIP holds replaced (wire/sdes_redact.py)
+        self.sealed: Mapping[tuple[str, int, int], Sequence[CryptoAttribute]] = {}
 
     def feed(self, ts: float, data: bytes) -> Dialog | None:
         """Take one SIP message as captured; return the dialog it belongs to (None if none)."""
@@ -211,11 +217,15 @@ class DialogTracker:
 
     def _take_crypto(self, dialog: Dialog, sender: str, body: bytes) -> None:
         """Keep the SDES keys ``sender`` announces (each m= line's a=crypto: what it will send with)."""
+        hidden = redacted_tags(body) if b":*" in body else []
         for section, media in enumerate(crypto_by_media(body)):
-            if not media.is_srtp or not media.offers:
+            offers = list(media.offers)
+            if section < len(hidden):
+                offers += [k for tag in hidden[section] for k in self.sealed.get((sender, section, tag), ())]
+            if not media.is_srtp or not offers:
                 continue
             known = dialog.crypto.setdefault((sender, section), [])
-            for offer in media.offers:
+            for offer in offers:
                 if all(offer.value() != k.value() for k in known):
                     known.append(offer)
                     self.version += 1  # a new key: routes are made again and take it
