@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from callrec.media.speech import SpeechMeter, percentile
+from callrec.media import speech
+from callrec.media.speech import SpeechMeter
 from callrec.media_limits import OutputOptions
 from callrec.mix import mix
 from tests.support import audio, synth
@@ -100,13 +101,32 @@ def test_frame_energies_are_exactly_the_sum_of_each_frames_squares() -> None:
     assert meter._count[:frames].tolist() == [count.get(k, 0) for k in range(frames)]
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 101, 1000])
-def test_the_noise_floor_percentile_is_numpys(n: int) -> None:
-    rng = np.random.default_rng(n)
-    for _ in range(20):
-        values = rng.normal(-40, 15, n).round(int(rng.integers(0, 3)))  # ties too
-        for q in (0, 20, 50, 99.5, 100):
-            assert percentile(values, q) == float(np.percentile(values, q)), (n, q)
+def _reference_segments(meter: SpeechMeter) -> list[list[float]]:
+    # the definition, on a float array of every frame's level: np.percentile for the floor, runs by diff
+    db = meter.levels()
+    heard = ~np.isnan(db)
+    if not heard.any():
+        return []
+    floor = float(np.percentile(db[heard], 20))
+    active = heard & (db > max(speech.ABSOLUTE_FLOOR_DB, floor + speech.ABOVE_FLOOR_DB))
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
+    runs = [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    return speech._segments(runs, speech.FRAME_S)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segments_from_the_one_byte_levels_are_the_definitions(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # small scan chunks, so runs cross chunk edges often
+    monkeypatch.setattr(speech, "SCAN_FRAMES", 7 + seed)
+    rng = np.random.default_rng(seed)
+    meter = SpeechMeter(8000)
+    pos = 0
+    for _ in range(int(rng.integers(1, 400))):
+        n = int(rng.integers(1, 4000))
+        level = 10 ** rng.uniform(-4, 0) if rng.random() < 0.7 else 0.0
+        meter.add(pos, rng.normal(0, 12000 * level, n).clip(-32768, 32767).astype(np.int16))
+        pos += n + (int(rng.integers(0, 8000)) if rng.random() < 0.2 else 0)
+    assert meter.segments() == _reference_segments(meter)
 
 
 def test_settled_frames_keep_their_levels_in_one_byte_and_the_open_window_stays_small() -> None:
@@ -134,3 +154,13 @@ def test_settled_frames_keep_their_levels_in_one_byte_and_the_open_window_stays_
     assert np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)])
     assert settling.segments() == keeping.segments()
     assert settling._codes.nbytes <= 2 * len(got) + 1024
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_noise_floor_from_the_histogram_is_numpys_percentile(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, speech.NOT_HEARD, int(rng.integers(1, 500))).astype(np.uint8)
+    histogram = np.bincount(codes, minlength=256)[: speech.NOT_HEARD]
+    levels = codes.astype(np.float64) * -speech.DB_STEP
+    for q in (0, 13, 20, 50, 87.5, 100):
+        assert speech._floor_db(histogram, q) == float(np.percentile(levels, q)), q

@@ -30,6 +30,8 @@ NOT_HEARD = 255
 # frames held open (float64 energy, sample count) ahead of the settled ones; grows only if writes reach
 # further ahead than this (the mixer's window is 4 s: 200 frames)
 OPEN_FRAMES = 1024
+# settled frames are scanned this many at a time (small temporaries, whatever the call's length)
+SCAN_FRAMES = 1 << 16
 
 
 class SpeechMeter:
@@ -116,14 +118,51 @@ class SpeechMeter:
         return db
 
     def segments(self) -> list[list[float]]:
-        """``[[from_s, to_s], ...]`` of speech, in output time."""
-        db = self.levels()
-        heard = ~np.isnan(db)
+        """``[[from_s, to_s], ...]`` of speech, in output time.
+
+        Worked on the one-byte codes a chunk at a time (a histogram for the noise floor, then the runs), so
+        an 8-hour call needs no float array of its 1.44 M frames."""
+        self.settle(self._frames * self.frame)
+        codes = self._codes[: self._settled]
+        histogram = np.zeros(256, np.int64)
+        for lo in range(0, len(codes), SCAN_FRAMES):
+            histogram += np.bincount(codes[lo : lo + SCAN_FRAMES], minlength=256)
+        heard = histogram[:NOT_HEARD]
         if not heard.any():
             return []
-        floor = percentile(db[heard], 20)
-        active = heard & (db > max(ABSOLUTE_FLOOR_DB, floor + ABOVE_FLOOR_DB))
-        return _runs(active, FRAME_S)
+        floor = _floor_db(heard, 20)
+        # a frame is speech when its level -code * DB_STEP is above the threshold: code < limit
+        limit = -max(ABSOLUTE_FLOOR_DB, floor + ABOVE_FLOOR_DB) / DB_STEP
+        runs: list[list[int]] = []
+        was = False
+        for lo in range(0, len(codes), SCAN_FRAMES):
+            active = codes[lo : lo + SCAN_FRAMES] < limit
+            edges = np.flatnonzero(active[1:] != active[:-1]) + 1
+            flips = ([0] if bool(active[0]) != was else []) + edges.tolist()
+            for at in flips:
+                if was:
+                    runs[-1][1] = lo + at
+                else:
+                    runs.append([lo + at, lo + at])
+                was = not was
+            if was:
+                runs[-1][1] = lo + len(active)
+        return _segments(runs, FRAME_S)
+
+
+def _floor_db(histogram: npt.NDArray[np.int64], q: float) -> float:
+    """``np.percentile`` of the heard frames' levels (dBFS = -code * DB_STEP), from the codes' histogram."""
+    n = int(histogram.sum())
+    at = (n - 1) * q / 100.0
+    lo = int(at)
+    hi = min(lo + 1, n - 1)
+    # ascending dB is descending code: the k-th lowest level is the k-th highest code
+    descending = np.cumsum(histogram[::-1])
+    code_lo = len(histogram) - 1 - int(np.searchsorted(descending, lo, side="right"))
+    code_hi = len(histogram) - 1 - int(np.searchsorted(descending, hi, side="right"))
+    a, b, t = code_lo * -DB_STEP, code_hi * -DB_STEP, at - lo
+    # numpy's lerp: from the nearer end, so t = 0 and t = 1 give the values themselves exactly
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
 
 
 def _codes(energy: npt.NDArray[np.float64], count: npt.NDArray[np.int32], frame: int) -> npt.NDArray[np.uint8]:
@@ -137,9 +176,8 @@ def _codes(energy: npt.NDArray[np.float64], count: npt.NDArray[np.int32], frame:
     return codes
 
 
-def _runs(active: npt.NDArray[np.bool_], frame_s: float) -> list[list[float]]:
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
-    runs = [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
+def _segments(runs: list[list[int]], frame_s: float) -> list[list[float]]:
+    """Runs of speech frames ``[first, end)`` as segments in seconds: short pauses bridged, blips dropped."""
     bridge = int(round(BRIDGE_S / frame_s))
     merged: list[list[int]] = []
     for a, b in runs:
@@ -149,17 +187,3 @@ def _runs(active: npt.NDArray[np.bool_], frame_s: float) -> list[list[float]]:
             merged.append([a, b])
     shortest = int(round(MIN_SEGMENT_S / frame_s))
     return [[round(a * frame_s, 2), round(b * frame_s, 2)] for a, b in merged if b - a >= shortest]
-
-
-def percentile(values: npt.NDArray[np.float64], q: float) -> float:
-    """``np.percentile(values, q)`` (its default, linear method), without the import of ``numpy.ma`` that
-    ``np.percentile`` pulls in on first use (~8 ms of every ``callrec mix``)."""
-    n = len(values)
-    at = (n - 1) * q / 100.0
-    lo = int(at)
-    hi = min(lo + 1, n - 1)
-    part = np.partition(values, (lo, hi)) if n > 1 else values
-    a, b, t = float(part[lo]), float(part[hi]), at - lo
-    # numpy's lerp: from the nearer end, so t = 0 and t = 1 give the values themselves exactly
-    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
-
