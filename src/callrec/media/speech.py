@@ -30,6 +30,8 @@ NOT_HEARD = 255
 # frames held open (float64 energy, sample count) ahead of the settled ones; grows only if writes reach
 # further ahead than this (the mixer's window is 4 s: 200 frames)
 OPEN_FRAMES = 1024
+# final frames are settled in batches of at least this many (10 s), well inside the open window
+SETTLE_FRAMES = 512
 # settled frames are scanned this many at a time (small temporaries, whatever the call's length)
 SCAN_FRAMES = 1 << 16
 
@@ -81,10 +83,11 @@ class SpeechMeter:
         counts[-1] -= nframes * frame - lead - n
         self._frames = max(self._frames, first + nframes)
 
-    def settle(self, upto: int) -> None:
-        """Output before sample ``upto`` is final: keep those frames as one-byte levels."""
+    def settle(self, upto: int, *, now: bool = False) -> None:
+        """Output before sample ``upto`` is final: keep those frames as one-byte levels — once a batch of
+        SETTLE_FRAMES is final (or ``now``), so the mixer's every emit does not pay for it."""
         done = min(upto // self.frame, self._frames) - self._origin
-        if done <= 0:
+        if done <= 0 or (done < SETTLE_FRAMES and not now):
             return
         self._keep(_codes(self._energy[:done], self._count[:done], self.frame))
         # slide the open frames down
@@ -111,7 +114,7 @@ class SpeechMeter:
 
     def levels(self) -> npt.NDArray[np.float64]:
         """Every frame's level in dBFS (NaN where no audio was heard), settled or not, at DB_STEP resolution."""
-        self.settle(self._frames * self.frame)
+        self.settle(self._frames * self.frame, now=True)
         codes = self._codes[: self._settled]
         db = codes.astype(np.float64) * -DB_STEP
         db[codes == NOT_HEARD] = np.nan
@@ -122,7 +125,7 @@ class SpeechMeter:
 
         Worked on the one-byte codes a chunk at a time (a histogram for the noise floor, then the runs), so
         an 8-hour call needs no float array of its 1.44 M frames."""
-        self.settle(self._frames * self.frame)
+        self.settle(self._frames * self.frame, now=True)
         codes = self._codes[: self._settled]
         histogram = np.zeros(256, np.int64)
         for lo in range(0, len(codes), SCAN_FRAMES):
