@@ -8,13 +8,16 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+from callrec.config import RecorderConfig
 from callrec.models import CallInfo, Stream
 from callrec.recorder import media_io, mmsg
 from callrec.recorder.media_io import MediaReceiver
 from callrec.recorder.ports import PORT_REST_S, PortAllocator, PortsExhausted
+from callrec.recorder.recorder import Recorder
 from tests.support.recorder_proc import free_udp_block
 
 HOST = "127.0.0.1"
@@ -280,6 +283,29 @@ def test_a_pair_set_aside_does_not_rest_and_goes_to_the_back() -> None:
     taken = ports.take()
     ports.set_aside(taken)  # another program holds it: no session used it
     assert [ports.take(), ports.take(), ports.take()] == [30002, 30004, 30000]
+
+
+def test_by_default_a_pair_rests_at_least_30_s() -> None:
+    # issue 13: "a closed session's ports rest at least 30 s before reuse", by default (the recorder's too)
+    assert PORT_REST_S >= 30.0
+    clock = _Clock()
+    ports = PortAllocator(30000, 30001, clock=clock)  # one pair, the default rest
+    ports.give_back(ports.take())
+    clock.now += 29.999
+    with pytest.raises(PortsExhausted):
+        ports.take()
+    clock.now += 0.001
+    assert ports.take() == 30000
+
+
+def test_the_recorder_allocates_from_a_random_place_and_rests_its_pairs_30_s(tmp_path: Path) -> None:
+    # what callrec record/serve build (runner.py): no start given, the default rest
+    cfg = RecorderConfig(listen_host=HOST, listen_port=0, rtp_first=30000, rtp_last=30199, data_dir=tmp_path)
+    allocators = [Recorder(cfg).streams.ports for _ in range(40)]
+    assert len({a.take() for a in allocators}) > 1, "every restart would hand out the same ports first"
+    port = allocators[0].take()
+    allocators[0].give_back(port)
+    assert allocators[0].resting == 1 and allocators[0]._rest_s >= 30.0
 
 
 def test_allocation_starts_at_a_random_place_in_the_range() -> None:

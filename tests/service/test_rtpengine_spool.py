@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from callrec.files.pcap import CaptureReader
+from tests.service.test_rtpengine_spool_unit import add_recording
 from tests.support.recorder_proc import RecorderProcess, read_call
 from tests.support.rtpengine_peer import PTIME_S, RecordedCall, RtpenginePeer
 from tests.support.serve_proc import ServeProcess
@@ -97,6 +98,33 @@ def test_record_alone_turns_a_finished_recording_into_a_tape_under_data_tapes_mi
     ), call  # fmt: skip
     assert (folder / "media.pcap").read_bytes() == SAMPLE_PCAP.read_bytes()
     assert not pcap.exists() and not meta.exists(), "the spool's files go once the tape is written"
+
+
+@pytest.mark.parametrize("given", ["flags", "environment"])
+def test_record_watches_every_spool_given_twice_or_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """--rtpengine-spool is repeatable, CALLREC_RTPENGINE_SPOOL holds several folders: each is watched."""
+    spools = [tmp_path / "spool-1", tmp_path / "spool-2"]
+    for spool in spools:
+        spool.mkdir()
+    args: list[str] = []
+    if given == "flags":
+        args = [a for spool in spools for a in ("--rtpengine-spool", str(spool))]
+        monkeypatch.delenv("CALLREC_RTPENGINE_SPOOL", raising=False)
+    else:
+        monkeypatch.setenv("CALLREC_RTPENGINE_SPOOL", os.pathsep.join(map(str, spools)))
+    with RecorderProcess(tmp_path / "data", *args) as rec:
+        files = [add_recording(spool, call_id=f"spool-{n}@host", metadata=f"domain:acme|interaction:int-{n}")
+                 for n, spool in enumerate(spools, 1)]  # fmt: skip
+        for _ in range(300):  # at most ~30 s: the watcher looks every second
+            if len(rec.tapes()) == 2 and not any(p.exists() for pair in files for p in pair):
+                break
+            time.sleep(0.1)
+        assert rec.stop() == 0, rec.log()
+    got = sorted((c["call_ids"], c["source"], c["interaction_id"]) for c in map(read_call, rec.tapes()))
+    assert got == [(["spool-1@host"], "rtpengine", "int-1"), (["spool-2@host"], "rtpengine", "int-2")], rec.log()
+    assert not any(p.exists() for pair in files for p in pair), "each spool's files go once its tape is written"
 
 
 def _completed(serve: ServeProcess) -> dict[str, Any] | None:
