@@ -44,6 +44,9 @@ STEP_S = 1.0
 COMMIT_LAG_S = 1.2
 # the output window held in memory
 BUFFER_S = 4.0
+# the window's buffer has room for this many windows more, so emitting moves it along and only once in so
+# many windows is what it holds copied back to the front
+SLIDE_WINDOWS = 4
 # how far before the call's first arrival media may be placed (a stream whose first packets came late)
 LOOKBACK_S = 2.0
 # no sample written yet
@@ -128,8 +131,11 @@ class CallMixer:
         self._speech: dict[str, SpeechMeter] = {}
         self._sources: dict[tuple[str, int], _Source] = {}
         self._cap = int(BUFFER_S * rate)
-        self._buf = np.zeros((self._cap, channels), np.int32)
-        self._base = 0  # output position of _buf[0]; everything before it was emitted
+        # channel-major, so a party's samples are added to contiguous memory; the window slides along
+        # SLIDE_WINDOWS windows of room before what is left of it moves back to the front (not at every emit)
+        self._buf = np.zeros((channels, self._cap * (SLIDE_WINDOWS + 1)), np.int32)
+        self._base = 0  # output position of the window's start; everything before it was emitted
+        self._off = 0  # where the window starts in _buf: _buf[:, _off] holds output position _base
         self._first = _NONE  # the earliest position written
         self._start: int | None = None  # the position of t = 0, once output began
         self._released = 0.0
@@ -308,10 +314,10 @@ class CallMixer:
             self._first = start
         if end - self._base > self._cap:
             self._emit(end - self._cap, final=True)
-        lo, hi = start - self._base, end - self._base
+        lo, hi = start - self._base + self._off, end - self._base + self._off
         source.speech.add(start, pcm)
         for ch in source.channels:
-            self._buf[lo:hi, ch] += pcm
+            self._buf[ch, lo:hi] += pcm
         if end > self._max_end:
             self._max_end = end
 
@@ -323,16 +329,13 @@ class CallMixer:
             if upto <= self._first and not final:
                 return
             self._begin()
-        buf = self._buf
         while self._base < upto:
             k = min(upto - self._base, self._cap)
-            self.sink.write(self._limit(buf[:k]))
-            # only [0, max_end) can hold audio: move what is left of it to the front, clear behind it
-            live = max(0, min(self._max_end - self._base - k, self._cap - k))
-            if live:
-                buf[:live] = buf[k : k + live]
-            buf[live : min(live + k, self._cap)] = 0
-            self._base += k
+            off = self._off
+            window = self._buf[:, off : off + k]
+            self.sink.write(self._limit(window))
+            window[:] = 0
+            self._slide(k)
         for meter in self._speech.values():
             meter.settle(self._base)  # nothing is written behind the window: those frames are final
 
@@ -342,24 +345,39 @@ class CallMixer:
         start = self._start = max(self._base, self._first if self._first != _NONE else int(LOOKBACK_S * self.rate))
         drop = min(start - self._base, self._cap)
         if drop > 0:
-            live = max(0, min(self._max_end - self._base - drop, self._cap - drop))
-            buf = self._buf
-            if live:
-                buf[:live] = buf[drop : drop + live]
-            buf[live : min(live + drop, self._cap)] = 0
-            self._base += drop
+            self._buf[:, self._off : self._off + drop] = 0
+            self._slide(drop)
 
-    def _limit(self, block: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
-        in_range = not len(block) or (int(block.max()) <= FULL_SCALE and int(block.min()) >= -FULL_SCALE)
+    def _slide(self, k: int) -> None:
+        """The window's first ``k`` samples (already cleared) are behind it now. Everything in the buffer
+        outside the window is zero; when the window would run past the buffer's end, what it holds moves
+        back to the front."""
+        self._base += k
+        self._off += k
+        if self._off + self._cap > self._buf.shape[1]:
+            # only [base, max_end) can hold audio
+            live = max(0, min(self._max_end - self._base, self._cap))
+            buf, off = self._buf, self._off
+            if live:
+                buf[:, :live] = buf[:, off : off + live]
+                buf[:, max(live, off) : off + live] = 0
+            self._off = 0
+
+    def _limit(self, window: npt.NDArray[np.int32]) -> npt.NDArray[np.int16]:
+        """The channel-major sums in ``window`` (channels, frames) as interleaved int16 (frames, channels)."""
+        channels, frames = window.shape
+        out = np.empty((frames, channels), np.int16)
+        in_range = not frames or (int(window.max()) <= FULL_SCALE and int(window.min()) >= -FULL_SCALE)
         if self._gain >= 1.0 and in_range:
-            return block.astype(np.int16)
+            for ch in range(channels):
+                out[:, ch] = window[ch]  # one contiguous run per channel (a transposed copy goes sample by sample)
+            return out
         # per-block gain: drops at once to what the block's peak needs, comes back slowly
         size = max(1, int(LIMITER_BLOCK_S * self.rate))
-        out = np.empty(block.shape, np.int16)
-        for lo in range(0, len(block), size):
-            part = block[lo : lo + size].astype(np.float32)
+        for lo in range(0, frames, size):
+            part = window[:, lo : lo + size].astype(np.float32)
             peak = float(np.abs(part).max(initial=0))
             need = LIMITER_CEILING / peak if peak > LIMITER_CEILING else 1.0
             self._gain = min(need, self._gain + LIMITER_RELEASE)
-            out[lo : lo + size] = np.clip(np.rint(part * self._gain), -FULL_SCALE, FULL_SCALE)
+            out[lo : lo + size] = np.clip(np.rint(part * self._gain), -FULL_SCALE, FULL_SCALE).T
         return out

@@ -72,11 +72,25 @@ class SpeechMeter:
         hi = lo + nframes
         if hi > len(self._energy):
             self._grow(hi)
-        # the samples' squares laid on whole frames (zeros outside them), summed per frame; float64 sums of
-        # int16 squares are exact (a frame's sum stays far below 2**53)
-        square = np.zeros(nframes * frame, np.float64)
-        np.multiply(pcm, pcm, out=square[lead : lead + n], dtype=np.float64)
-        self._energy[lo:hi] += square.reshape(nframes, frame).sum(axis=1)
+        # the samples' squares summed per frame: a partial frame at either end on its own, the whole frames
+        # between them at once; float64 sums of int16 squares are exact (a frame's sum stays far below 2**53)
+        energy = self._energy
+        x = pcm.astype(np.float64)
+        at, k = 0, lo
+        if lead:
+            at = min(n, frame - lead)
+            head = x[:at]
+            energy[k] += head @ head
+            k += 1
+        whole = (n - at) // frame
+        if whole:
+            rows = x[at : at + whole * frame].reshape(whole, frame)
+            energy[k : k + whole] += np.einsum("ij,ij->i", rows, rows)
+            at += whole * frame
+            k += whole
+        if at < n:
+            tail = x[at:]
+            energy[k] += tail @ tail
         counts = self._count[lo:hi]
         counts += frame
         counts[0] -= lead
