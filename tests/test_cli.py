@@ -84,6 +84,27 @@ def test_mix_reads_its_input_before_the_media_stack_and_never_loads_what_the_cal
 
 
 @pytest.mark.slow
+def test_mixing_a_plain_rtp_capture_loads_no_srtp_or_secret_box_code(tmp_path: Path) -> None:
+    # libsrtp, the SDES parser and cryptography's Fernet load only for a call with SRTP streams or a tape with
+    # sealed keys: a plain-RTP capture mixed end to end pays for none of them
+    need(synth.FFMPEG, "ffmpeg")
+    built = synth.build(synth.Scenario(call_id="plain@host", duration=2.0), base_time=1_700_000_000.0)
+    pcap = synth.write_pcap(tmp_path / "call.pcap", built.datagrams)
+    out = tmp_path / "call.mp3"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(pcap), str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
+    modules = set(json.loads(proc.stdout.splitlines()[-1])["at_end"])
+    assert "callrec.mix.demux" in modules
+    loaded = {m.split(".")[0] for m in modules}
+    assert loaded.isdisjoint({"pylibsrtp", "cryptography"}), sorted(loaded & {"pylibsrtp", "cryptography"})
+    unneeded = {"callrec.secretbox", "callrec.mix.srtp", "callrec.media.srtp", "callrec.wire.sdes"}
+    assert modules.isdisjoint(unneeded), sorted(modules & unneeded)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

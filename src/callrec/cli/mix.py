@@ -161,7 +161,6 @@ def _secret_box(path: Path, data: Path | None) -> SecretBox | None:
     """The secret box that opens a tape's sealed SRTP keys, found as the service finds its own
     (CALLREC_SECRET_KEY, else DATA/secret.key; a key file is never made here); None when not needed."""
     from callrec.files import tape  # light: no numpy
-    from callrec.secretbox import SecretBox
 
     if not tape.is_tape(path):
         return None
@@ -183,6 +182,8 @@ def _secret_box(path: Path, data: Path | None) -> SecretBox | None:
                   "the data folder of the service that recorded it, or CALLREC_SECRET_KEY hold its secret")  # fmt: skip
         except (OSError, UnicodeError) as exc:
             _fail(f"{key_file}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
+    from callrec.secretbox import SecretBox  # cryptography: only for sealed keys
+
     try:
         return SecretBox(key)
     except CallrecError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callrec.files.pcap import CaptureReader
 from callrec.media.encode import Mp3Writer, WavWriter, open_writer
@@ -21,12 +22,14 @@ from callrec.media.timeline import SsrcTimeline
 from callrec.media_limits import OutputOptions
 from callrec.mix.lane import BlockLane
 from callrec.mix.report import CallOutput, MixReport, unique_name
-from callrec.mix.srtp import SrtpStream, add_counters, reasons
 from callrec.models import CallInfo, RtpMap, Stream, static_rtpmap
 from callrec.names import safe_name
 from callrec.wire.dialogs import Binding, Dialog, DialogTracker, looks_like_sip
 from callrec.wire.rtp import payload_offset, unpack_header
 from callrec.wire.sip import StreamFramer
+
+if TYPE_CHECKING:  # mix/srtp.py (libsrtp, the SDES parser) loads with a call's first SRTP stream
+    from callrec.mix.srtp import SrtpStream
 
 # how often (capture clock) every open call's mixer is moved on
 TICK_S = 0.5
@@ -212,6 +215,8 @@ class Demux:
 
     def _srtp_stream(self, binding: Binding) -> SrtpStream:
         """The decryption of an SRTP stream, with every key known for it now."""
+        from callrec.mix.srtp import SrtpStream
+
         entry = self._srtp.get(id(binding.stream))
         if entry is None:
             entry = self._srtp[id(binding.stream)] = (binding.stream, SrtpStream())
@@ -307,8 +312,12 @@ class Demux:
             return
         result = job.mixer.finish()
         streams = result.streams_json()
-        add_counters(streams, [(party, s) for _, party, s in srtp])
-        told = [reason for index, party, s in srtp for reason in reasons(index, party, s)]
+        told: list[str] = []
+        if srtp:
+            from callrec.mix.srtp import add_counters, reasons
+
+            add_counters(streams, [(party, s) for _, party, s in srtp])
+            told = [reason for index, party, s in srtp for reason in reasons(index, party, s)]
         self.report.calls.append(
             CallOutput(
                 call_id=info.call_id,

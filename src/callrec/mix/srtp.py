@@ -15,10 +15,12 @@ from plain RTP's, so plain RTP pays nothing for them).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callrec.media.srtp import SrtpDecryptor, UnsupportedSrtp
-from callrec.wire.sdes import CryptoAttribute
+
+if TYPE_CHECKING:
+    from callrec.wire.sdes import CryptoAttribute
 
 # the share of a stream's packets failing authentication above which its key is called wrong
 WRONG_KEY_SHARE = 0.9

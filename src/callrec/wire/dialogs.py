@@ -26,13 +26,15 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from callrec.errors import ParseError
 from callrec.models import CallInfo, Party, Stream
-from callrec.wire.sdes import CryptoAttribute, crypto_by_media
-from callrec.wire.sdes_redact import redacted_tags
 from callrec.wire.sdp import Sdp
 from callrec.wire.sip import SipMessage, display_name, uri_user
+
+if TYPE_CHECKING:  # the SDES parser loads with the first a=crypto: a plain-RTP call never needs it
+    from callrec.wire.sdes import CryptoAttribute
 
 Endpoint = tuple[bytes, int]
 # how long after a call's INVITE the same INVITE may come forwarded under another Call-ID (timer B, 64*T1)
@@ -217,6 +219,9 @@ class DialogTracker:
 
     def _take_crypto(self, dialog: Dialog, sender: str, body: bytes) -> None:
         """Keep the SDES keys ``sender`` announces (each m= line's a=crypto: what it will send with)."""
+        from callrec.wire.sdes import crypto_by_media
+        from callrec.wire.sdes_redact import redacted_tags
+
         hidden = redacted_tags(body) if b":*" in body else []
         for section, media in enumerate(crypto_by_media(body)):
             offers = list(media.offers)
