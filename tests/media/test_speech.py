@@ -153,7 +153,7 @@ def test_settled_frames_keep_their_levels_in_one_byte_and_the_open_window_stays_
     assert np.array_equal(np.isnan(got), np.isnan(want))
     assert np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)])
     assert settling.segments() == keeping.segments()
-    assert settling._codes.nbytes <= 2 * len(got) + 1024
+    assert sum(chunk.nbytes for chunk in settling._chunks) <= len(got) + speech.SCAN_FRAMES
 
 
 @pytest.mark.parametrize("seed", range(5))
