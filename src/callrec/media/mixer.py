@@ -355,9 +355,9 @@ class CallMixer:
         self._base += k
         self._off += k
         if self._off + self._cap > self._buf.shape[1]:
-            # only [base, max_end) can hold audio
-            live = max(0, min(self._max_end - self._base, self._cap))
+            # only [base, max_end) can hold audio, and none of it lies past the buffer's end
             buf, off = self._buf, self._off
+            live = max(0, min(self._max_end - self._base, self._cap, buf.shape[1] - off))
             if live:
                 buf[:, :live] = buf[:, off : off + live]
                 buf[:, max(live, off) : off + live] = 0
