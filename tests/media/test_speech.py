@@ -111,7 +111,17 @@ def _reference_segments(meter: SpeechMeter) -> list[list[float]]:
     active = heard & (db > max(speech.ABSOLUTE_FLOOR_DB, floor + speech.ABOVE_FLOOR_DB))
     edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
     runs = [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
-    return speech._segments(runs, speech.FRAME_S)
+    # short pauses bridged, then blips dropped
+    bridge = int(round(speech.BRIDGE_S / speech.FRAME_S))
+    merged: list[list[int]] = []
+    for a, b in runs:
+        if merged and a - merged[-1][1] <= bridge:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    shortest = int(round(speech.MIN_SEGMENT_S / speech.FRAME_S))
+    f = speech.FRAME_S
+    return [[round(a * f, 2), round(b * f, 2)] for a, b in merged if b - a >= shortest]
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -161,7 +161,10 @@ class SpeechMeter:
         floor = _floor_db(heard, 20)
         # a frame is speech when its level -code * DB_STEP is above the threshold: code < limit
         limit = -max(ABSOLUTE_FLOOR_DB, floor + ABOVE_FLOOR_DB) / DB_STEP
-        runs: list[list[int]] = []
+        # runs of speech frames [first, end), a pause of up to `bridge` frames bridged as each run starts (so
+        # only the merged turns are ever held: an 8-hour call's every run of frames would be ~100k lists)
+        bridge = int(round(BRIDGE_S / FRAME_S))
+        merged: list[list[int]] = []
         was = False
         for lo, chunk in zip(range(0, self._settled, SCAN_FRAMES), chunks, strict=True):
             active = chunk < limit
@@ -169,13 +172,14 @@ class SpeechMeter:
             flips = ([0] if bool(active[0]) != was else []) + edges.tolist()
             for at in flips:
                 if was:
-                    runs[-1][1] = lo + at
-                else:
-                    runs.append([lo + at, lo + at])
+                    merged[-1][1] = lo + at
+                elif not merged or lo + at - merged[-1][1] > bridge:
+                    merged.append([lo + at, lo + at])
                 was = not was
             if was:
-                runs[-1][1] = lo + len(active)
-        return _segments(runs, FRAME_S)
+                merged[-1][1] = lo + len(active)
+        shortest = int(round(MIN_SEGMENT_S / FRAME_S))
+        return [[round(a * FRAME_S, 2), round(b * FRAME_S, 2)] for a, b in merged if b - a >= shortest]
 
 
 def _floor_db(histogram: npt.NDArray[np.int64], q: float) -> float:
@@ -202,16 +206,3 @@ def _codes(energy: npt.NDArray[np.float64], count: npt.NDArray[np.int32], frame:
     codes = np.minimum(np.rint(-db / DB_STEP), NOT_HEARD - 1).astype(np.uint8)
     codes[~heard] = NOT_HEARD
     return codes
-
-
-def _segments(runs: list[list[int]], frame_s: float) -> list[list[float]]:
-    """Runs of speech frames ``[first, end)`` as segments in seconds: short pauses bridged, blips dropped."""
-    bridge = int(round(BRIDGE_S / frame_s))
-    merged: list[list[int]] = []
-    for a, b in runs:
-        if merged and a - merged[-1][1] <= bridge:
-            merged[-1][1] = b
-        else:
-            merged.append([a, b])
-    shortest = int(round(MIN_SEGMENT_S / frame_s))
-    return [[round(a * frame_s, 2), round(b * frame_s, 2)] for a, b in merged if b - a >= shortest]
