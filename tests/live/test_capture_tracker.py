@@ -248,3 +248,37 @@ def test_a_masked_call_id_leg_and_a_relayed_leg_join_the_call(tmp_path: Path) ->
     folder = events[0][1]
     assert tape.read_info(folder).call_ids == ["in@a", "out@p"]
     assert [dport for _, dport, payload in packets_of(folder) if payload[:1] == b"\x80"] == [10000, 6000]
+
+
+def test_opening_tapes_waits_for_no_disk_and_a_closed_tape_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of INVITEs must not be a burst of fsyncs on the thread that keeps up with the ring: a tape's
+    call.json is written atomically as the call opens and its streams appear, and flushed to disk when it
+    closes; a tape that is deleted at once (a call never answered) is not flushed at all."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    tracker, events = make(tmp_path, end_grace_s=1.0)
+    for n in range(20):
+        call(tracker, f"burst-{n}@a", T0, packets=3, bye=False)
+    tracker.datagram(dgram(T0, A, 5060, B, 5060, sip("INVITE", "busy@a", sdp_host=A, sdp_port=4000)))
+    tracker.datagram(dgram(T0 + 0.1, B, 5060, A, 5060, sip("486 Busy Here", "busy@a", to_tag=True)))
+    tracker.tick(T0 + 5)
+    assert [e for e, _ in events].count("opened") == 21 and [e for e, _ in events].count("discarded") == 1
+    assert synced == [], "opening tapes (and updating their streams, and discarding one) waited for the disk"
+    for n in range(20):
+        assert tape.read_info(events[n][1]).call_ids == [f"burst-{n}@a"]  # written, atomically
+    tracker.close_all()
+    closed = [folder for e, folder in events if e == "closed"]
+    assert len(closed) == 20
+    # each closed tape's call.json went to disk (through its temporary name, renamed over call.json)
+    assert sorted(Path(p).parent for p in synced) == sorted(closed)
+    assert all(Path(p).name.startswith(".call.") for p in synced)

@@ -114,21 +114,30 @@ def quarantined(data_dir: Path) -> int:
         return 0
 
 
-def write_info(folder: str | os.PathLike[str], info: CallInfo) -> None:
-    """Replace ``call.json`` atomically, so a crash never leaves half a file."""
-    write_json(Path(folder) / META_FILE, info.to_json(), indent=2, durable=True)
+def write_info(folder: str | os.PathLike[str], info: CallInfo, *, durable: bool = True) -> None:
+    """Replace ``call.json`` atomically, so a crash never leaves half a file; ``durable`` (the default)
+    also flushes it to disk first, so a power cut does not lose it."""
+    write_json(Path(folder) / META_FILE, info.to_json(), indent=2, durable=durable)
 
 
 class TapeWriter:
-    """Writes one call's tape: packets go to ``media.pcap`` as received, metadata to ``call.json``."""
+    """Writes one call's tape: packets go to ``media.pcap`` as received, metadata to ``call.json``.
 
-    def __init__(self, folder: str | os.PathLike[str], info: CallInfo, *, append: bool = False) -> None:
+    ``call.json`` is always replaced atomically. With ``sync_open`` (the default) it is also flushed to disk
+    when the tape opens and on every ``update``; without, only when the tape closes: a writer that opens
+    many tapes on one thread (live capture: a burst of INVITEs) does not wait for the disk per call, and
+    an open tape's media is not flushed to disk before it closes either."""
+
+    def __init__(
+        self, folder: str | os.PathLike[str], info: CallInfo, *, append: bool = False, sync_open: bool = True
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.info = info
+        self._sync_open = sync_open
         self._pcap = PcapWriter(self.folder / MEDIA_FILE, append=append)
         self.packets = 0
-        write_info(self.folder, info)
+        write_info(self.folder, info, durable=sync_open)
 
     def write(self, ts: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> None:
         """Append one datagram as received at ``ts`` from ``src`` to ``dst`` (address, port)."""
@@ -147,13 +156,14 @@ class TapeWriter:
     def update(self) -> None:
         """Flush media and rewrite ``call.json`` with the current ``info``."""
         self._pcap.flush()
-        write_info(self.folder, self.info)
+        write_info(self.folder, self.info, durable=self._sync_open)
 
-    def close(self, *, ended_at: float | None = None, cleanly: bool = True) -> None:
-        """Close the tape; ``cleanly=False`` marks it interrupted."""
+    def close(self, *, ended_at: float | None = None, cleanly: bool = True, durable: bool = True) -> None:
+        """Close the tape; ``cleanly=False`` marks it interrupted; ``durable=False`` (a tape about to be
+        deleted) leaves ``call.json`` to the operating system."""
         self._pcap.close()
         if ended_at is not None:
             self.info.ended_at = ended_at
         self.info.closed_cleanly = cleanly
         self.info.interrupted = not cleanly
-        write_info(self.folder, self.info)
+        write_info(self.folder, self.info, durable=durable)

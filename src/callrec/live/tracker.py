@@ -263,7 +263,9 @@ class LiveTracker:
             folder.mkdir(parents=True, exist_ok=True)
             if self.registry is not None:
                 self.registry.register(folder)
-            writer = tape.TapeWriter(folder, info)
+            # call.json reaches the disk when the tape closes: a burst of INVITEs is not a burst of fsyncs
+            # on the thread that must keep up with the ring
+            writer = tape.TapeWriter(folder, info, sync_open=False)
         except (OSError, CallrecError) as exc:
             log.error("cannot create tape %s: %s", folder, exc)
             if self.registry is not None:
@@ -319,7 +321,10 @@ class LiveTracker:
         writer, folder = call.writer, call.writer.folder
         info = writer.info
         try:
-            writer.close(ended_at=info.ended_at or call.dialog.ended_at or max(call.last_media, call.last_sip))
+            writer.close(
+                ended_at=info.ended_at or call.dialog.ended_at or max(call.last_media, call.last_sip),
+                durable=not discard,
+            )
         except (OSError, CallrecError) as exc:
             # the marker stays: the next start closes the tape as interrupted, nothing is lost
             log.error("tape %s: cannot close it: %s", folder, exc)
